@@ -1,0 +1,144 @@
+"""One shared botocore config, client creation and AWS error classification.
+
+Every AWS client in the process is made here, so timeouts, retries and the endpoint override
+(`aws.endpoint_url`: VPC endpoints, S3-compatible stores, tests) are set in one place.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from aggregator.config import AwsSettings
+
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "AuthorizationError",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "AWSOrganizationsNotInUseException",
+        "AccountNotFoundException",
+        "NoSuchEntity",
+        "RegionDisabledException",
+        "UnrecognizedClientException",
+        "OptInRequired",
+        "AllAccessDisabled",
+    }
+)
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "RequestThrottled",
+        "RequestThrottledException",
+    }
+)
+NOT_FOUND_CODES = frozenset(
+    {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "TrailNotFoundException"}
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of an exception ('AccessDenied'), or its class name."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    return type(exc).__name__
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_access_denied(exc: BaseException) -> bool:
+    return error_code(exc) in ACCESS_DENIED_CODES
+
+
+def is_throttling(exc: BaseException) -> bool:
+    return error_code(exc) in THROTTLING_CODES
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return error_code(exc) in NOT_FOUND_CODES
+
+
+def is_aws_error(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError | BotoCoreError)
+
+
+class Aws:
+    """Client factory bound to one AwsSettings."""
+
+    def __init__(self, settings: AwsSettings) -> None:
+        self.settings = settings
+        self.config = AioConfig(
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            connect_timeout=settings.connect_timeout_secs,
+            read_timeout=settings.read_timeout_secs,
+            max_pool_connections=settings.max_pool_connections,
+            # Regional STS endpoints; path-style works with every S3-compatible store.
+            s3={"addressing_style": "auto"},
+        )
+
+    def base_session(self) -> aioboto3.Session:
+        """The base identity: the default chain (IRSA/web identity, instance role, profile)."""
+        return aioboto3.Session(
+            profile_name=self.settings.profile, region_name=self.settings.region
+        )
+
+    def client_kwargs(self, region: str | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"region_name": region or self.settings.region, "config": self.config}
+        if self.settings.endpoint_url:
+            kw["endpoint_url"] = self.settings.endpoint_url
+        return kw
+
+    def client(self, session: aioboto3.Session, service: str, region: str | None = None) -> Any:
+        """An async context manager yielding a client (``async with aws.client(...) as c``)."""
+        return session.client(service, **self.client_kwargs(region))
+
+
+class ClientPool:
+    """Clients kept open for the length of a cycle, one per (session, service, region).
+
+    Making an aiobotocore client costs milliseconds (endpoint and model loading); a cycle
+    touching hundreds of sources must not pay that per object.
+    """
+
+    def __init__(self, aws: Aws) -> None:
+        self.aws = aws
+        self._stack = AsyncExitStack()
+        self._clients: dict[tuple[int, str, str], Any] = {}
+
+    async def get(self, session: aioboto3.Session, service: str, region: str | None = None) -> Any:
+        key = (id(session), service, region or self.aws.settings.region)
+        client = self._clients.get(key)
+        if client is None:
+            client = await self._stack.enter_async_context(
+                self.aws.client(session, service, region)
+            )
+            self._clients[key] = client
+        return client
+
+    async def close(self) -> None:
+        self._clients.clear()
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> ClientPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

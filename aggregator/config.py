@@ -1,0 +1,355 @@
+"""Configuration: read a YAML file, interpolate ``${VAR}`` secrets, validate strictly.
+
+No network I/O happens here. Every problem is reported at once, each with its path in the
+document (``discovery.accounts.include_ous[1]: ...``), so an operator fixes a config in one pass.
+
+Interpolation is done on parsed string values (never on the raw text), so a secret containing
+YAML syntax cannot change the document's structure:
+
+* ``${VAR}``            the variable's value; an error if it is unset
+* ``${VAR:?message}``   the same, with the operator's own message
+* ``${VAR:-default}``   ``default`` when unset or empty
+* ``$${``               a literal ``${``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ACCOUNT_ID = r"^\d{12}$"
+AccountId = Annotated[str, Field(pattern=ACCOUNT_ID)]
+Region = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+
+
+class ConfigError(Exception):
+    """A config could not be used. ``problems`` lists every problem with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class StateSettings(Strict):
+    path: str = Field(
+        default="./state/ctagg.db", description="SQLite file; put it on a persistent volume."
+    )
+
+
+class AwsSettings(Strict):
+    region: str = Field(default="us-east-1", description="Region for global APIs (STS, Orgs).")
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Override every AWS endpoint (VPC endpoints, S3-compatible stores, tests).",
+    )
+    profile: str | None = Field(default=None, description="Named profile for the base identity.")
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    connect_timeout_secs: float = Field(default=5.0, gt=0)
+    read_timeout_secs: float = Field(default=60.0, gt=0)
+    max_pool_connections: int = Field(default=64, ge=1, le=1024)
+
+
+class AccountRoleOverride(Strict):
+    role_arn: str | None = None
+    external_id: SecretStr | None = None
+
+
+class CredentialSettings(Strict):
+    role_arn_template: str = Field(
+        default="arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
+        description="Role assumed in each member account; {account_id} is substituted.",
+    )
+    external_id: SecretStr | None = None
+    role_chain: list[str] = Field(
+        default_factory=list,
+        description="Role ARNs assumed in order from the base identity before the member role.",
+    )
+    session_name: str = Field(default="ctagg", pattern=r"^[\w+=,.@-]{2,64}$")
+    duration_secs: int = Field(default=3600, ge=900, le=43200)
+    refresh_margin_secs: int = Field(
+        default=900, ge=60, description="Renew credentials this long before they expire."
+    )
+    hub_account_ids: list[AccountId] = Field(
+        default_factory=list,
+        description="Accounts read with the base identity itself (no role assumed).",
+    )
+    accounts: dict[str, AccountRoleOverride] = Field(default_factory=dict)
+
+    @field_validator("role_arn_template")
+    @classmethod
+    def _template_has_placeholder(cls, v: str) -> str:
+        if "{account_id}" not in v:
+            raise ValueError("must contain {account_id}")
+        return v
+
+    @field_validator("accounts")
+    @classmethod
+    def _override_keys_are_ids(
+        cls, v: dict[str, AccountRoleOverride]
+    ) -> dict[str, AccountRoleOverride]:
+        bad = [k for k in v if not re.match(ACCOUNT_ID, k)]
+        if bad:
+            raise ValueError(f"keys must be 12-digit account ids, got {bad}")
+        return v
+
+
+class StaticAccount(Strict):
+    id: AccountId
+    name: str = ""
+    ou_path: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class AccountDiscovery(Strict):
+    source: Literal["organizations", "static"] = "organizations"
+    static: list[StaticAccount] = Field(default_factory=list)
+    organizations_role_arn: str | None = Field(
+        default=None,
+        description="Role to assume for Organizations calls (management or delegated admin).",
+    )
+    include_ids: list[AccountId] = Field(default_factory=list)
+    exclude_ids: list[AccountId] = Field(default_factory=list)
+    include_ous: list[str] = Field(
+        default_factory=list,
+        description="OU ids (ou-...) or OU paths (Root/Prod); an account matches if under one.",
+    )
+    exclude_ous: list[str] = Field(default_factory=list)
+    include_tags: dict[str, str] = Field(default_factory=dict)
+    exclude_tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _static_needs_accounts(self) -> AccountDiscovery:
+        if self.source == "static" and not self.static:
+            raise ValueError("source 'static' needs at least one entry in 'static'")
+        return self
+
+
+class RegionDiscovery(Strict):
+    include: list[Region] = Field(default_factory=list)
+    exclude: list[Region] = Field(default_factory=list)
+
+
+class StaticSource(Strict):
+    """A trail bucket named explicitly (when describe_trails is not allowed or not wanted)."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = Field(default="", description="S3KeyPrefix of the trail, without AWSLogs/.")
+    organization_id: str | None = Field(default=None, pattern=r"^o-[a-z0-9]{10,32}$")
+    reader_account_id: AccountId | None = Field(
+        default=None, description="Whose role reads the bucket; default: the base identity."
+    )
+
+
+class TrailDiscovery(Strict):
+    discover: bool = Field(default=True, description="describe_trails in every account.")
+    organization_trail_reader_account_id: AccountId | None = Field(
+        default=None,
+        description="Account whose role reads the organization trail bucket (log archive).",
+    )
+    static_sources: list[StaticSource] = Field(default_factory=list)
+
+
+class DiscoverySettings(Strict):
+    accounts: AccountDiscovery = Field(default_factory=AccountDiscovery)
+    regions: RegionDiscovery = Field(default_factory=RegionDiscovery)
+    trails: TrailDiscovery = Field(default_factory=TrailDiscovery)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+
+
+class CollectSettings(Strict):
+    max_concurrency: int = Field(
+        default=16, ge=1, le=512, description="Source objects read at once, across all sources."
+    )
+    relist_days: int = Field(
+        default=2,
+        ge=1,
+        le=31,
+        description="Day prefixes this recent are listed again every cycle to catch late files.",
+    )
+    backfill_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ignore day prefixes older than this on first sight; null = all history.",
+    )
+    max_object_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024, description="Decompressed size cap per object."
+    )
+    max_record_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="A record larger than this quarantines."
+    )
+
+
+class DedupeSettings(Strict):
+    window_days: int = Field(
+        default=7, ge=1, le=3650, description="How long event keys are remembered (event time)."
+    )
+
+
+class ArchiveSettings(Strict):
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = Field(default="", description="Optional prefix before AWSLogs/.")
+    kms_key_id: str | None = Field(default=None, description="SSE-KMS key; null = SSE-S3.")
+    writer_account_id: AccountId | None = Field(
+        default=None, description="Whose role writes the bucket; default: the base identity."
+    )
+    compress_level: int = Field(default=1, ge=1, le=9)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_shape(cls, v: str) -> str:
+        if v.startswith("/"):
+            raise ValueError("must not start with '/'")
+        return v if not v or v.endswith("/") else v + "/"
+
+
+class Settings(Strict):
+    """The whole config file."""
+
+    state: StateSettings = Field(default_factory=StateSettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    credentials: CredentialSettings = Field(default_factory=CredentialSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
+    collect: CollectSettings = Field(default_factory=CollectSettings)
+    dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    archive: ArchiveSettings
+
+
+# --------------------------------------------------------------------------- loading
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:\?|:-)([^}]*))?\}")
+
+
+def _fmt_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def interpolate(
+    value: Any, env: Mapping[str, str], problems: list[str], path: tuple[str | int, ...] = ()
+) -> Any:
+    """Replace ``${VAR}`` forms in every string of a parsed document; collect problems."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            name, op, arg = m.group(1), m.group(2), m.group(3)
+            got = env.get(name)
+            if op == ":-":
+                return got if got else (arg or "")
+            if got is None or (op == ":?" and got == ""):
+                msg = arg if op == ":?" and arg else f"environment variable {name} is not set"
+                problems.append(f"{_fmt_path(path)}: {msg}")
+                return ""
+            return got
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, problems, (*path, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, problems, (*path, i)) for i, v in enumerate(value)]
+    return value
+
+
+def parse_settings(doc: Any, env: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed document. Raises ConfigError naming every problem."""
+    problems: list[str] = []
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError([f"<root>: expected a mapping, got {type(doc).__name__}"])
+    doc = interpolate(doc, os.environ if env is None else env, problems)
+    try:
+        settings = Settings.model_validate(doc)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_fmt_path(loc)}: {msg}")
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(
+            [f"{p}: invalid YAML at {where}: {getattr(exc, 'problem', exc)}"]
+        ) from None
+    return parse_settings(doc, env)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Settings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cloudtrail-aggregator config"
+    return schema
+
+
+def _schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m aggregator.config --write-schema F | --check-schema F``."""
+    ap = argparse.ArgumentParser(prog="python -m aggregator.config")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--write-schema", metavar="FILE")
+    g.add_argument("--check-schema", metavar="FILE")
+    args = ap.parse_args(argv)
+    if args.write_schema:
+        Path(args.write_schema).write_text(_schema_text(), encoding="utf-8")
+        return 0
+    current = Path(args.check_schema).read_text(encoding="utf-8")
+    if current != _schema_text():
+        print(f"{args.check_schema} is stale: run 'make schema'", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

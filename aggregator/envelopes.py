@@ -1,0 +1,154 @@
+"""Recognise every shape CloudTrail records arrive in, and yield the records.
+
+Accepted: a bare record, a ``{"Records": [...]}`` log file (plain or gzip), an EventBridge
+event whose ``detail`` is a CloudTrail record, NDJSON (one of the above per line), a JSON array
+of the above, and CloudTrail Insights events. Digest files are recognised and reported as such,
+never mistaken for events. Pure code: bytes in, records out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+# EventBridge detail-types that carry a CloudTrail record in ``detail``.
+CLOUDTRAIL_DETAIL_TYPES = frozenset(
+    {
+        "AWS API Call via CloudTrail",
+        "AWS Console Sign In via CloudTrail",
+        "AWS Console Action via CloudTrail",
+        "AWS Service Event via CloudTrail",
+        "AWS Insight via CloudTrail",
+    }
+)
+
+
+class Kind(StrEnum):
+    RECORD = "record"
+    LOG_FILE = "log_file"
+    EVENTBRIDGE = "eventbridge"
+    INSIGHT = "insight"
+    DIGEST = "digest"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One CloudTrail record (or a recognised digest, whose ``record`` is the digest body)."""
+
+    record: dict[str, Any]
+    kind: Kind
+    where: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str
+    reason: str
+
+
+Item = Parsed | Problem
+
+
+def is_digest(doc: dict[str, Any]) -> bool:
+    return "digestSignatureAlgorithm" in doc or ("digestStartTime" in doc and "logFiles" in doc)
+
+
+def is_record(doc: dict[str, Any]) -> bool:
+    return "eventName" in doc or "eventID" in doc or ("eventType" in doc and "eventTime" in doc)
+
+
+def maybe_gunzip(data: bytes, max_bytes: int = 1 << 30) -> bytes:
+    """Decompress gzip data (bounded, so a gzip bomb is an error, not an OOM)."""
+    if not data.startswith(GZIP_MAGIC):
+        return data
+    d = zlib.decompressobj(wbits=31)
+    out = d.decompress(data, max_bytes)
+    if d.unconsumed_tail:
+        raise ValueError(f"decompressed size exceeds {max_bytes} bytes")
+    if not d.eof:
+        raise gzip.BadGzipFile("truncated gzip stream")
+    return out
+
+
+def _classify(doc: Any, where: str) -> Iterator[Item]:
+    if isinstance(doc, list):
+        for i, element in enumerate(doc):
+            yield from _classify(element, f"{where}[{i}]")
+        return
+    if not isinstance(doc, dict):
+        yield Problem(where, f"expected a JSON object, got {type(doc).__name__}")
+        return
+    if "Records" in doc:
+        records = doc["Records"]
+        if not isinstance(records, list):
+            yield Problem(where, "'Records' is not a list")
+            return
+        for i, rec in enumerate(records):
+            if isinstance(rec, dict):
+                yield Parsed(rec, Kind.LOG_FILE, f"{where}:Records[{i}]")
+            else:
+                yield Problem(f"{where}:Records[{i}]", "record is not a JSON object")
+        return
+    if is_digest(doc):
+        yield Parsed(doc, Kind.DIGEST, where)
+        return
+    if "detail-type" in doc and "detail" in doc:
+        detail = doc["detail"]
+        if doc["detail-type"] in CLOUDTRAIL_DETAIL_TYPES and isinstance(detail, dict):
+            kind = Kind.INSIGHT if detail.get("eventType") == "AwsCloudTrailInsight" else None
+            yield Parsed(detail, kind or Kind.EVENTBRIDGE, where)
+        else:
+            yield Problem(
+                where, f"EventBridge event of type {doc['detail-type']!r} is not CloudTrail"
+            )
+        return
+    if is_record(doc):
+        kind = Kind.INSIGHT if doc.get("eventType") == "AwsCloudTrailInsight" else Kind.RECORD
+        yield Parsed(doc, kind, where)
+        return
+    yield Problem(where, "not a CloudTrail record, log file, EventBridge event or digest")
+
+
+def iter_items(data: bytes, where: str = "<stdin>") -> Iterator[Item]:
+    """Every record in ``data`` in input order, with a Problem for each part that is not one."""
+    try:
+        data = maybe_gunzip(data)
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
+        yield Problem(where, f"bad gzip: {exc}")
+        return
+    stripped = data.strip()
+    if not stripped:
+        return
+    try:
+        doc = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        doc = None
+    else:
+        yield from _classify(doc, where)
+        return
+    # Not one JSON document: NDJSON, one per line.
+    for lineno, line in enumerate(stripped.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield Problem(f"{where}:{lineno}", f"invalid JSON: {exc}")
+            continue
+        yield from _classify(value, f"{where}:{lineno}")
+
+
+def iter_records(data: bytes, where: str = "<stdin>") -> Iterator[Item]:
+    """Like :func:`iter_items` but without digests (they are not events)."""
+    for item in iter_items(data, where):
+        if isinstance(item, Parsed) and item.kind is Kind.DIGEST:
+            continue
+        yield item

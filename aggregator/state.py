@@ -1,0 +1,551 @@
+"""All persisted positions: SQLite (WAL) through sqlite-utils, with versioned migrations.
+
+The central S3 archive holds the data; this file holds only where we are:
+
+* ``objects``      source objects already handled, per day prefix (not one lexicographic marker:
+                   CloudTrail keys do not arrive in key order)
+* ``prefixes``     day prefixes seen; a closed prefix is compacted to one summary row
+* ``quarantine``   source objects that could not be read, with the reason
+* ``ledger``       central objects written (its ``id`` is the cursor forwarders follow)
+* ``dedupe``       the window of event keys already archived
+* ``sources``      per (account, region, source) progress for ``ctagg status``
+* ``failures``     per account problems (assume-role denied, ...), logged once, counted
+
+Everything a cycle learns about one source object is committed in one transaction
+(:meth:`State.commit_object`) *after* its central object was written; a crash in between
+repeats the same work and writes the same central key again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE objects (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            etag TEXT,
+            size INTEGER,
+            events_in INTEGER NOT NULL DEFAULT 0,
+            duplicates INTEGER NOT NULL DEFAULT 0,
+            central_key TEXT,
+            processed_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX objects_prefix ON objects (bucket, prefix);
+
+        CREATE TABLE prefixes (
+            bucket TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            closed INTEGER NOT NULL DEFAULT 0,
+            objects INTEGER NOT NULL DEFAULT 0,
+            events INTEGER NOT NULL DEFAULT 0,
+            closed_at REAL,
+            PRIMARY KEY (bucket, prefix)
+        ) WITHOUT ROWID;
+        CREATE INDEX prefixes_source ON prefixes (source_id, day);
+
+        CREATE TABLE quarantine (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT,
+            region TEXT,
+            reason TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'held',
+            attempts INTEGER NOT NULL DEFAULT 1,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            central_key TEXT NOT NULL UNIQUE,
+            source_bucket TEXT NOT NULL,
+            source_key TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            events INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            first_event_time TEXT,
+            last_event_time TEXT,
+            written_at REAL NOT NULL
+        );
+        CREATE INDEX ledger_written ON ledger (written_at);
+
+        CREATE TABLE dedupe (
+            key BLOB PRIMARY KEY,
+            t INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX dedupe_t ON dedupe (t);
+
+        CREATE TABLE sources (
+            source_id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            trail_arn TEXT,
+            last_key TEXT,
+            last_object_at REAL,
+            newest_event_time TEXT,
+            objects INTEGER NOT NULL DEFAULT 0,
+            events INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_cycle_at REAL
+        );
+
+        CREATE TABLE failures (
+            account_id TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (account_id, stage)
+        );
+        """
+    )
+
+
+# Append-only: a migration, once released, is never edited. Other rooms add theirs here.
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
+]
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a source object came from; enough to report and to commit progress."""
+
+    source_id: str
+    account_id: str
+    region: str
+    bucket: str
+    prefix: str
+    trail_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class CentralObject:
+    key: str
+    size: int
+    sha256: str
+    events: int
+    first_event_time: str | None
+    last_event_time: str | None
+
+
+@dataclass
+class ObjectOutcome:
+    """What handling one source object produced; committed atomically."""
+
+    source: SourceRef
+    key: str
+    day_prefix: str
+    kind: str
+    etag: str | None
+    size: int
+    events_in: int = 0
+    duplicates: int = 0
+    new_keys: Sequence[tuple[bytes, int]] = ()
+    central: CentralObject | None = None
+    newest_event_time: str | None = None
+
+
+@dataclass
+class QuarantineRow:
+    bucket: str
+    key: str
+    source_id: str
+    account_id: str | None
+    region: str | None
+    reason: str
+    status: str
+    attempts: int
+    first_at: float
+    last_at: float
+
+
+@dataclass
+class StatusRow:
+    source_id: str
+    account_id: str
+    region: str
+    bucket: str
+    prefix: str
+    last_key: str | None
+    last_object_at: float | None
+    newest_event_time: str | None
+    objects: int
+    events: int
+    errors: int
+    last_error: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class State:
+    """The SQLite state. One instance per process; safe to call from one thread at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self._lock = threading.RLock()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order; returns the versions applied."""
+        with self._lock:
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {r[0] for r in self.conn.execute("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
+                if version in done:
+                    continue
+                with self.transaction():
+                    fn(self.db)
+                    self.conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        (version, name, time.time()),
+                    )
+                applied.append(version)
+            return applied
+
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def healthy(self) -> bool:
+        try:
+            with self._lock:
+                self.conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def prefix_state(self, bucket: str, prefix: str) -> tuple[bool, set[str]]:
+        """(closed?, keys already handled) for one day prefix."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT closed FROM prefixes WHERE bucket=? AND prefix=?", (bucket, prefix)
+            ).fetchone()
+            if row and row[0]:
+                return True, set()
+            keys = {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT key FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix)
+                )
+            }
+            keys |= {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT key FROM quarantine WHERE bucket=? AND key >= ? AND key < ?",
+                    (bucket, prefix, prefix + "\uffff"),
+                )
+            }
+            return False, keys
+
+    def closed_days(self, source_id: str) -> set[str]:
+        with self._lock:
+            return {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT day FROM prefixes WHERE source_id=? AND closed=1", (source_id,)
+                )
+            }
+
+    def see_prefix(self, source_id: str, bucket: str, prefix: str, day: str) -> None:
+        with self._lock:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO prefixes (bucket, prefix, source_id, day) VALUES (?,?,?,?)",
+                (bucket, prefix, source_id, day),
+            )
+
+    def close_prefixes(self, source_id: str, before_day: str) -> int:
+        """Compact day prefixes older than ``before_day``: one summary row, no key rows."""
+        now = time.time()
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT bucket, prefix FROM prefixes WHERE source_id=? AND closed=0 AND day<?",
+                (source_id, before_day),
+            ).fetchall()
+            for bucket, prefix in rows:
+                n, ev = c.execute(
+                    "SELECT count(*), coalesce(sum(events_in),0) FROM objects "
+                    "WHERE bucket=? AND prefix=?",
+                    (bucket, prefix),
+                ).fetchone()
+                c.execute(
+                    "UPDATE prefixes SET closed=1, objects=objects+?, events=events+?, "
+                    "closed_at=? WHERE bucket=? AND prefix=?",
+                    (n, ev, now, bucket, prefix),
+                )
+                c.execute("DELETE FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix))
+            return len(rows)
+
+    # ------------------------------------------------------------------ dedupe
+
+    def known_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        """The subset of ``keys`` already archived (inside the window)."""
+        found: set[bytes] = set()
+        chunk = 900
+        with self._lock:
+            for i in range(0, len(keys), chunk):
+                part = keys[i : i + chunk]
+                q = f"SELECT key FROM dedupe WHERE key IN ({','.join('?' * len(part))})"
+                found.update(r[0] for r in self.conn.execute(q, part))
+        return found
+
+    def prune_dedupe(self, before_epoch: int) -> int:
+        with self.transaction() as c:
+            return c.execute("DELETE FROM dedupe WHERE t < ?", (before_epoch,)).rowcount
+
+    # ------------------------------------------------------------------ commit
+
+    def commit_object(self, o: ObjectOutcome) -> None:
+        """Record one handled source object: event keys, ledger row, checkpoint, progress."""
+        now = time.time()
+        src = o.source
+        with self.transaction() as c:
+            if o.new_keys:
+                c.executemany("INSERT OR IGNORE INTO dedupe (key, t) VALUES (?, ?)", o.new_keys)
+            if o.central is not None:
+                ce = o.central
+                c.execute(
+                    "INSERT INTO ledger (central_key, source_bucket, source_key, account_id, "
+                    "region, events, bytes, sha256, first_event_time, last_event_time, "
+                    "written_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(central_key) DO UPDATE SET events=excluded.events, "
+                    "bytes=excluded.bytes, sha256=excluded.sha256, "
+                    "first_event_time=excluded.first_event_time, "
+                    "last_event_time=excluded.last_event_time",
+                    (
+                        ce.key,
+                        src.bucket,
+                        o.key,
+                        src.account_id,
+                        src.region,
+                        ce.events,
+                        ce.size,
+                        ce.sha256,
+                        ce.first_event_time,
+                        ce.last_event_time,
+                        now,
+                    ),
+                )
+            c.execute(
+                "INSERT OR REPLACE INTO objects (bucket, key, prefix, kind, etag, size, "
+                "events_in, duplicates, central_key, processed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    src.bucket,
+                    o.key,
+                    o.day_prefix,
+                    o.kind,
+                    o.etag,
+                    o.size,
+                    o.events_in,
+                    o.duplicates,
+                    o.central.key if o.central else None,
+                    now,
+                ),
+            )
+            c.execute("DELETE FROM quarantine WHERE bucket=? AND key=?", (src.bucket, o.key))
+            self._touch_source(c, src, now)
+            c.execute(
+                "UPDATE sources SET last_key=?, last_object_at=?, objects=objects+1, "
+                "events=events+?, newest_event_time=max(coalesce(newest_event_time,''), ?) "
+                "WHERE source_id=?",
+                (
+                    o.key,
+                    now,
+                    o.central.events if o.central else 0,
+                    o.newest_event_time or "",
+                    src.source_id,
+                ),
+            )
+
+    @staticmethod
+    def _touch_source(c: sqlite3.Connection, src: SourceRef, now: float) -> None:
+        c.execute(
+            "INSERT INTO sources (source_id, account_id, region, bucket, prefix, trail_arn, "
+            "last_cycle_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(source_id) DO UPDATE SET "
+            "last_cycle_at=excluded.last_cycle_at, trail_arn=excluded.trail_arn",
+            (src.source_id, src.account_id, src.region, src.bucket, src.prefix, src.trail_arn, now),
+        )
+
+    def source_error(self, src: SourceRef, error: str) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            self._touch_source(c, src, now)
+            c.execute(
+                "UPDATE sources SET errors=errors+1, last_error=? WHERE source_id=?",
+                (error[:500], src.source_id),
+            )
+
+    def source_ok(self, src: SourceRef) -> None:
+        with self.transaction() as c:
+            self._touch_source(c, src, time.time())
+            c.execute("UPDATE sources SET last_error=NULL WHERE source_id=?", (src.source_id,))
+
+    # ------------------------------------------------------------------ quarantine
+
+    def quarantine(self, src: SourceRef, key: str, reason: str) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO quarantine (bucket, key, source_id, account_id, region, reason, "
+                "status, attempts, first_at, last_at) VALUES (?,?,?,?,?,?,'held',1,?,?) "
+                "ON CONFLICT(bucket, key) DO UPDATE SET reason=excluded.reason, status='held', "
+                "attempts=attempts+1, last_at=excluded.last_at",
+                (src.bucket, key, src.source_id, src.account_id, src.region, reason, now, now),
+            )
+            self._touch_source(c, src, now)
+            c.execute(
+                "UPDATE sources SET errors=errors+1, last_error=? WHERE source_id=?",
+                (f"quarantined {key}: {reason}"[:500], src.source_id),
+            )
+
+    def quarantined(self, status: str | None = None) -> list[QuarantineRow]:
+        q = "SELECT * FROM quarantine"
+        args: tuple[Any, ...] = ()
+        if status:
+            q += " WHERE status=?"
+            args = (status,)
+        with self._lock:
+            rows = self.conn.execute(q + " ORDER BY bucket, key", args).fetchall()
+        return [QuarantineRow(*r) for r in rows]
+
+    def retry_quarantined(self, bucket: str | None = None) -> int:
+        """Mark held objects for another attempt in the next cycle."""
+        with self.transaction() as c:
+            if bucket:
+                cur = c.execute(
+                    "UPDATE quarantine SET status='retry' WHERE status='held' AND bucket=?",
+                    (bucket,),
+                )
+            else:
+                cur = c.execute("UPDATE quarantine SET status='retry' WHERE status='held'")
+            return cur.rowcount
+
+    def retry_keys(self, source_id: str) -> list[str]:
+        with self._lock:
+            return [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT key FROM quarantine WHERE source_id=? AND status='retry' ORDER BY key",
+                    (source_id,),
+                )
+            ]
+
+    # ------------------------------------------------------------------ failures
+
+    def record_failure(self, account_id: str, stage: str, reason: str) -> bool:
+        """Count a per-account failure. True when it is new (first, or a different reason)."""
+        now = time.time()
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT reason FROM failures WHERE account_id=? AND stage=?", (account_id, stage)
+            ).fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO failures VALUES (?,?,?,1,?,?)",
+                    (account_id, stage, reason[:500], now, now),
+                )
+                return True
+            c.execute(
+                "UPDATE failures SET count=count+1, last_at=?, reason=? "
+                "WHERE account_id=? AND stage=?",
+                (now, reason[:500], account_id, stage),
+            )
+            return bool(row[0] != reason[:500])
+
+    def clear_failure(self, account_id: str, stage: str) -> None:
+        with self._lock:
+            self.conn.execute(
+                "DELETE FROM failures WHERE account_id=? AND stage=?", (account_id, stage)
+            )
+
+    def failures(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.conn.execute("SELECT * FROM failures ORDER BY account_id, stage")
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    # ------------------------------------------------------------------ reading
+
+    def status(self) -> list[StatusRow]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT source_id, account_id, region, bucket, prefix, last_key, last_object_at, "
+                "newest_event_time, objects, events, errors, last_error FROM sources "
+                "ORDER BY account_id, region, source_id"
+            ).fetchall()
+        return [StatusRow(*r) for r in rows]
+
+    def ledger_rows(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.conn.execute(
+                "SELECT * FROM ledger WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def count(self, table: str) -> int:
+        with self._lock:
+            return int(self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.transaction() as c:
+            c.executemany(sql, rows)
