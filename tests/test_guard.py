@@ -30,5 +30,6 @@ def test_boto3_without_endpoint_cannot_reach_aws(monkeypatch: pytest.MonkeyPatch
     client = boto3.client("sts", config=Config(retries={"max_attempts": 1}))
     with pytest.raises(EndpointConnectionError):
         client.get_caller_identity()
-    assert BLOCKED and all("amazonaws.com" in b for b in BLOCKED)
+    assert BLOCKED
+    assert all("amazonaws.com" in b for b in BLOCKED)
     BLOCKED.clear()  # this test wanted the attempt; the autouse guard would fail it otherwise
