@@ -21,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ def _m1_core(db: sqlite_utils.Database) -> None:
             objects INTEGER NOT NULL DEFAULT 0,
             events INTEGER NOT NULL DEFAULT 0,
             closed_at REAL,
+            keys_z BLOB,
             PRIMARY KEY (bucket, prefix)
         ) WITHOUT ROWID;
         CREATE INDEX prefixes_source ON prefixes (source_id, day);
@@ -297,6 +299,23 @@ class State:
             }
             return False, keys
 
+    def handled_keys(self, bucket: str, prefix: str) -> set[str]:
+        """Every key handled under a day prefix, open or closed (closed ones keep a compressed
+        list of names, ~15 bytes a key, so completeness checks still work after compaction)."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT closed, keys_z FROM prefixes WHERE bucket=? AND prefix=?", (bucket, prefix)
+            ).fetchone()
+            keys = {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT key FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix)
+                )
+            }
+        if row and row[0] and row[1]:
+            keys.update(prefix + n for n in zlib.decompress(row[1]).decode().split("\n") if n)
+        return keys
+
     def closed_days(self, source_id: str) -> set[str]:
         with self._lock:
             return {
@@ -327,10 +346,16 @@ class State:
                     "WHERE bucket=? AND prefix=?",
                     (bucket, prefix),
                 ).fetchone()
+                names = sorted(
+                    r[0][len(prefix) :]
+                    for r in c.execute(
+                        "SELECT key FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix)
+                    )
+                )
                 c.execute(
                     "UPDATE prefixes SET closed=1, objects=objects+?, events=events+?, "
-                    "closed_at=? WHERE bucket=? AND prefix=?",
-                    (n, ev, now, bucket, prefix),
+                    "closed_at=?, keys_z=? WHERE bucket=? AND prefix=?",
+                    (n, ev, now, zlib.compress("\n".join(names).encode(), 9), bucket, prefix),
                 )
                 c.execute("DELETE FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix))
             return len(rows)
