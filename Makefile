@@ -15,8 +15,10 @@ install: $(BIN)/python  ## create .venv and install the locked dependency set + 
 	uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
 	uv pip install --quiet --python $(BIN)/python --no-deps -e .
 
-lock:  ## re-resolve requirements.lock from pyproject.toml
+lock:  ## re-resolve requirements.lock (dev), requirements-runtime.lock (image) and the build backend lock
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --only-binary :all: -c requirements.lock -o requirements-runtime.lock
+	printf 'setuptools>=69\nwheel\n' | uv pip compile - --python-version 3.11 --generate-hashes -o requirements-build.lock
 
 demo: install  ## run the real pipeline against an embedded moto server and print a summary
 	$(BIN)/ctagg demo
