@@ -228,6 +228,66 @@ class ArchiveSettings(Strict):
         return v if not v or v.endswith("/") else v + "/"
 
 
+class ServiceSettings(Strict):
+    """The daemon (``ctagg run``): job intervals, the health/metrics port, shutdown."""
+
+    health_host: str = Field(default="0.0.0.0", description="Address of /livez /readyz /metrics.")  # noqa: S104
+    health_port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port.")
+    discovery_interval_secs: float = Field(default=3600, gt=0)
+    ingest_interval_secs: float = Field(default=300, gt=0)
+    forward_interval_secs: float = Field(default=60, gt=0)
+    retention_interval_secs: float = Field(default=86400, gt=0)
+    job_intervals_secs: dict[str, float] = Field(
+        default_factory=dict,
+        description="Intervals of other jobs registered by name (e.g. integrity, detect).",
+    )
+    ready_max_cycle_age_secs: float | None = Field(
+        default=None,
+        gt=0,
+        description="Not ready when the last finished ingest cycle is older; default 3 intervals.",
+    )
+    shutdown_timeout_secs: float = Field(
+        default=60,
+        gt=0,
+        description="On SIGTERM, wait this long for in-flight work, then abandon it safely.",
+    )
+    misfire_grace_secs: float = Field(default=60, gt=0)
+
+    @field_validator("job_intervals_secs")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, x in v.items() if x <= 0]
+        if bad:
+            raise ValueError(f"intervals must be > 0: {bad}")
+        return v
+
+
+class RetentionSettings(Strict):
+    """What the retention job deletes. Nothing is deleted unless a *_days value is set."""
+
+    archive_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Central archive objects whose day prefix is older are removed; null = keep.",
+    )
+    archive_mode: Literal["delete", "lifecycle"] = Field(
+        default="delete",
+        description="delete: list and delete expired objects; lifecycle: install an S3 rule.",
+    )
+    closed_prefix_days: int | None = Field(
+        default=180, ge=1, description="Drop summary rows of closed day prefixes this old."
+    )
+    ledger_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Drop ledger rows this old (never ones a forwarder has not passed yet).",
+    )
+    dead_letter_days: int | None = Field(default=30, ge=1)
+    prune_dedupe: bool = Field(
+        default=True, description="Drop event keys older than dedupe.window_days."
+    )
+
+
 class Settings(Strict):
     """The whole config file."""
 
@@ -238,6 +298,8 @@ class Settings(Strict):
     collect: CollectSettings = Field(default_factory=CollectSettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     archive: ArchiveSettings
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
 
 # --------------------------------------------------------------------------- loading
