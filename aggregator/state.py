@@ -131,9 +131,38 @@ def _m1_core(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m30_service(db: sqlite_utils.Database) -> None:
+    """Scheduler job bookkeeping and the retention log (what retention removed or had to keep),
+    so a missing central object is known to be intentional."""
+    db.executescript(
+        """
+        CREATE TABLE job_runs (
+            job TEXT PRIMARY KEY,
+            runs INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            last_started_at REAL,
+            last_finished_at REAL,
+            last_ok_at REAL,
+            last_error TEXT
+        );
+        CREATE TABLE retention_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version_id TEXT,
+            action TEXT NOT NULL,
+            reason TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX retention_log_key ON retention_log (bucket, key);
+        """
+    )
+
+
 # Append-only: a migration, once released, is never edited. Other rooms add theirs here.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
+    (30, "service: job runs, retention log", _m30_service),
 ]
 
 
@@ -545,6 +574,101 @@ class State:
     def failures(self) -> list[dict[str, Any]]:
         with self._lock:
             cur = self.conn.execute("SELECT * FROM failures ORDER BY account_id, stage")
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    # ------------------------------------------------------------------ service (jobs, metrics,
+    # retention): read-mostly helpers for aggregator/scheduler.py, metrics.py, retention.py
+
+    def job_started(self, job: str, at: float) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO job_runs (job, last_started_at) VALUES (?, ?) "
+                "ON CONFLICT(job) DO UPDATE SET last_started_at=excluded.last_started_at",
+                (job, at),
+            )
+
+    def job_finished(self, job: str, at: float, error: str | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO job_runs (job) VALUES (?) ON CONFLICT(job) DO NOTHING", (job,))
+            if error is None:
+                c.execute(
+                    "UPDATE job_runs SET runs=runs+1, last_finished_at=?, last_ok_at=?, "
+                    "last_error=NULL WHERE job=?",
+                    (at, at, job),
+                )
+            else:
+                c.execute(
+                    "UPDATE job_runs SET runs=runs+1, failures=failures+1, last_finished_at=?, "
+                    "last_error=? WHERE job=?",
+                    (at, error[:500], job),
+                )
+
+    def job_runs(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            cur = self.conn.execute("SELECT * FROM job_runs ORDER BY job")
+            cols = [d[0] for d in cur.description]
+            return {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
+
+    def freshness(self) -> list[tuple[str, str, str | None, float | None, int]]:
+        """Per (account, region): newest eventTime, newest archive time, failing sources."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT account_id, region, max(nullif(newest_event_time, '')), "
+                "max(last_object_at), sum(CASE WHEN last_error IS NULL THEN 0 ELSE 1 END) "
+                "FROM sources GROUP BY account_id, region ORDER BY account_id, region"
+            ).fetchall()
+        return [tuple(r) for r in rows]
+
+    def quarantine_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                r[0]: int(r[1])
+                for r in self.conn.execute("SELECT status, count(*) FROM quarantine GROUP BY 1")
+            }
+
+    def prune_closed_prefixes(self, before_day: str) -> int:
+        """Forget closed day prefixes whose day is before ``before_day`` (YYYY/MM/DD). Only safe
+        for days the collector will never list again (older than its backfill horizon)."""
+        with self.transaction() as c:
+            return c.execute(
+                "DELETE FROM prefixes WHERE closed=1 AND day < ?", (before_day,)
+            ).rowcount
+
+    def prune_ledger(self, before_epoch: float, below_id: int | None) -> int:
+        """Delete ledger rows written before ``before_epoch`` whose id is below ``below_id``
+        (the slowest forwarder's cursor; None: no forwarder needs them)."""
+        with self.transaction() as c:
+            if below_id is None:
+                return c.execute(
+                    "DELETE FROM ledger WHERE written_at < ?", (before_epoch,)
+                ).rowcount
+            return c.execute(
+                "DELETE FROM ledger WHERE written_at < ? AND id < ?", (before_epoch, below_id)
+            ).rowcount
+
+    def ledger_max_id(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0])
+
+    def log_retention(self, rows: Sequence[tuple[str, str, str | None, str, str | None]]) -> None:
+        """Record (bucket, key, version_id, action, reason) rows; action 'deleted' | 'locked'."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO retention_log (bucket, key, version_id, action, reason, at) "
+                "VALUES (?,?,?,?,?,?)",
+                [(*r, now) for r in rows],
+            )
+
+    def retention_log(self, action: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT * FROM retention_log"
+        args: tuple[Any, ...] = ()
+        if action:
+            q += " WHERE action=?"
+            args = (action,)
+        with self._lock:
+            cur = self.conn.execute(q + " ORDER BY id", args)
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 

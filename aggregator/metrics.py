@@ -1,0 +1,256 @@
+"""Every Prometheus metric of ctagg, in one place, on one registry object passed around.
+
+Names follow Prometheus conventions: ``ctagg_`` prefix, ``_total`` for counters, base units
+(``_seconds``). Per account × region series carry ``account_id`` and ``region`` labels (the same
+field names as the log vocabulary). Nothing here registers on prometheus-client's global
+registry, so tests and embedded uses never collide.
+
+Freshness gauges (age of the newest event / object per account × region) are recomputed from
+the state (:meth:`Metrics.refresh_from_state`) after each cycle and on every scrape, so a stuck
+process shows growing ages instead of frozen ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from aggregator import __version__
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Cycle durations: seconds to an hour.
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+
+
+def parse_event_time(value: str | None) -> float | None:
+    """Epoch seconds of a CloudTrail eventTime (``2024-05-01T12:00:00Z``), None if unparsable."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Metrics:
+    """All metric objects. ``Metrics()`` makes its own :class:`CollectorRegistry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ar = ("account_id", "region")
+
+        self.build_info = Gauge(
+            "ctagg_build_info", "Version of the running ctagg.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+
+        # ---- freshness, per account x region (from state)
+        self.newest_event_age = Gauge(
+            "ctagg_newest_event_age_seconds",
+            "Seconds between now and the newest archived eventTime of this account and region.",
+            ar,
+            registry=r,
+        )
+        self.newest_object_age = Gauge(
+            "ctagg_newest_object_age_seconds",
+            "Seconds since the newest source object of this account and region was archived.",
+            ar,
+            registry=r,
+        )
+        self.source_errors = Gauge(
+            "ctagg_sources_failing",
+            "Sources of this account and region whose last attempt failed.",
+            ar,
+            registry=r,
+        )
+        self.quarantine_held = Gauge(
+            "ctagg_quarantine_objects",
+            "Source objects in quarantine, by status (held, retry).",
+            ["status"],
+            registry=r,
+        )
+
+        # ---- ingest counters, per account x region
+        self.objects = Counter("ctagg_objects_total", "Source objects archived.", ar, registry=r)
+        self.events = Counter(
+            "ctagg_events_total", "Events written to the central archive.", ar, registry=r
+        )
+        self.duplicates = Counter(
+            "ctagg_duplicates_total", "Events dropped as already archived.", ar, registry=r
+        )
+        self.quarantined = Counter(
+            "ctagg_quarantined_total", "Source objects put into quarantine.", ar, registry=r
+        )
+        self.assume_role_failures = Counter(
+            "ctagg_assume_role_failures_total",
+            "Failed role assumptions into member accounts.",
+            ["account_id"],
+            registry=r,
+        )
+
+        # ---- jobs and cycles
+        self.job_duration = Histogram(
+            "ctagg_job_duration_seconds",
+            "Duration of one run of a scheduled job (ingest cycle, discovery, ...).",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.job_runs = Counter(
+            "ctagg_job_runs_total",
+            "Runs of a scheduled job by outcome (ok, error, skipped).",
+            ["job", "outcome"],
+            registry=r,
+        )
+        self.job_last_success = Gauge(
+            "ctagg_job_last_success_timestamp_seconds",
+            "Unix time the job last finished without error.",
+            ["job"],
+            registry=r,
+        )
+        self.discovered_accounts = Gauge(
+            "ctagg_discovered_accounts", "Accounts in the last discovery.", registry=r
+        )
+        self.discovered_sources = Gauge(
+            "ctagg_discovered_sources", "Log prefixes (sources) in the last discovery.", registry=r
+        )
+        self.discovery_failures = Gauge(
+            "ctagg_discovery_account_failures",
+            "Accounts discovery could not fully read, by stage.",
+            ["stage"],
+            registry=r,
+        )
+
+        # ---- forwarding, per connector
+        self.forward_backlog = Gauge(
+            "ctagg_forward_backlog_objects",
+            "Central objects written but not yet acknowledged by this connector.",
+            ["connector"],
+            registry=r,
+        )
+        self.forward_delivered = Counter(
+            "ctagg_forward_delivered_total",
+            "Events acknowledged by a sink.",
+            ["connector"],
+            registry=r,
+        )
+        self.forward_retried = Counter(
+            "ctagg_forward_retried_total",
+            "Events a sink asked to retry (transient failures).",
+            ["connector"],
+            registry=r,
+        )
+        self.forward_rejected = Counter(
+            "ctagg_forward_rejected_total",
+            "Events a sink rejected permanently (sent to the dead-letter store).",
+            ["connector"],
+            registry=r,
+        )
+
+        # ---- retention
+        self.retention_deleted = Counter(
+            "ctagg_retention_deleted_objects_total",
+            "Central archive objects (versions) deleted by retention.",
+            registry=r,
+        )
+        self.retention_locked = Counter(
+            "ctagg_retention_locked_objects_total",
+            "Expired central objects skipped because S3 Object Lock protects them.",
+            registry=r,
+        )
+        self.retention_pruned = Counter(
+            "ctagg_retention_pruned_rows_total",
+            "State rows pruned by retention, by table.",
+            ["table"],
+            registry=r,
+        )
+
+    # ------------------------------------------------------------------ recording helpers
+
+    def object_archived(
+        self, account_id: str, region: str, *, events: int, duplicates: int = 0
+    ) -> None:
+        self.objects.labels(account_id, region).inc()
+        if events:
+            self.events.labels(account_id, region).inc(events)
+        if duplicates:
+            self.duplicates.labels(account_id, region).inc(duplicates)
+
+    def object_quarantined(self, account_id: str, region: str) -> None:
+        self.quarantined.labels(account_id, region).inc()
+
+    def assume_role_failed(self, account_id: str) -> None:
+        self.assume_role_failures.labels(account_id).inc()
+
+    def job_finished(self, job: str, outcome: str, duration_secs: float, now: float) -> None:
+        self.job_runs.labels(job, outcome).inc()
+        if outcome != "skipped":
+            self.job_duration.labels(job).observe(duration_secs)
+        if outcome == "ok":
+            self.job_last_success.labels(job).set(now)
+
+    def forward_result(
+        self, connector: str, *, delivered: int = 0, retried: int = 0, rejected: int = 0
+    ) -> None:
+        self.forward_delivered.labels(connector).inc(delivered)
+        self.forward_retried.labels(connector).inc(retried)
+        self.forward_rejected.labels(connector).inc(rejected)
+
+    def set_inventory(
+        self, accounts: int, sources: int, failures_by_stage: dict[str, int] | None = None
+    ) -> None:
+        self.discovered_accounts.set(accounts)
+        self.discovered_sources.set(sources)
+        self.discovery_failures.clear()
+        for stage, n in (failures_by_stage or {}).items():
+            self.discovery_failures.labels(stage).set(n)
+
+    # ------------------------------------------------------------------ from state
+
+    def refresh_from_state(self, state: Any, now: float | None = None) -> None:
+        """Recompute the per account × region gauges from the ``sources`` and ``quarantine``
+        tables. Accounts no longer present disappear from the output."""
+        now = time.time() if now is None else now
+        rows = state.freshness()
+        quarantine = state.quarantine_counts()
+        self._set_ages(rows, now)
+        self.quarantine_held.clear()
+        for status in ("held", "retry"):
+            self.quarantine_held.labels(status).set(0)
+        for status, n in quarantine.items():
+            self.quarantine_held.labels(status).set(n)
+
+    def _set_ages(self, rows: Iterable[tuple[Any, ...]], now: float) -> None:
+        self.newest_event_age.clear()
+        self.newest_object_age.clear()
+        self.source_errors.clear()
+        for account_id, region, newest_event, last_object_at, failing in rows:
+            t = parse_event_time(newest_event)
+            if t is not None:
+                self.newest_event_age.labels(account_id, region).set(max(0.0, now - t))
+            if last_object_at:
+                self.newest_object_age.labels(account_id, region).set(
+                    max(0.0, now - float(last_object_at))
+                )
+            self.source_errors.labels(account_id, region).set(int(failing or 0))
+
+    # ------------------------------------------------------------------ exposition
+
+    def exposition(self, before: Callable[[], None] | None = None) -> bytes:
+        """The text format for ``/metrics``; ``before`` refreshes gauges first."""
+        if before is not None:
+            before()
+        return bytes(generate_latest(self.registry))
