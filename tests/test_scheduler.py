@@ -1,0 +1,187 @@
+"""The scheduler runs jobs on their intervals without overlap, survives crashing jobs, and on a
+stop signal lets in-flight work finish (or abandons it after the timeout) and returns 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggregator.config import ServiceSettings
+from aggregator.health import Health
+from aggregator.metrics import Metrics
+from aggregator.scheduler import Scheduler, interval_for, wait_or_stop
+from aggregator.state import State
+
+
+def settings(**kw: float) -> ServiceSettings:
+    return ServiceSettings.model_validate({"shutdown_timeout_secs": 2, **kw})
+
+
+def metric(m: Metrics, name: str, **labels: str) -> float:
+    for fam in text_string_to_metric_families(m.exposition().decode()):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+async def stop_after(sched: Scheduler, secs: float) -> None:
+    await asyncio.sleep(secs)
+    sched.request_stop("test")
+
+
+def test_intervals_come_from_the_service_section() -> None:
+    """Built-in jobs read their *_interval_secs; others come from job_intervals_secs by name."""
+    s = ServiceSettings.model_validate(
+        {"ingest_interval_secs": 42, "job_intervals_secs": {"integrity": 7}}
+    )
+    assert interval_for(s, "ingest") == 42
+    assert interval_for(s, "integrity") == 7
+    with pytest.raises(KeyError, match=r"job_intervals_secs\.detect"):
+        interval_for(s, "detect")
+
+
+async def test_runs_never_overlap_and_overlaps_are_counted() -> None:
+    """A job slower than its interval runs one instance at a time; the skipped starts count."""
+    m = Metrics()
+    sched = Scheduler(settings(), metrics=m)
+    running = 0
+    peak = 0
+    runs = 0
+
+    async def slow() -> None:
+        nonlocal running, peak, runs
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.35)
+        running -= 1
+        runs += 1
+
+    sched.register("ingest", slow, interval_secs=0.1)
+    task = asyncio.create_task(stop_after(sched, 1.2))
+    assert await sched.run(install_signals=False) == 0
+    await task
+    assert peak == 1
+    assert runs >= 2
+    assert sched.stats["ingest"].skipped >= 1
+    assert metric(m, "ctagg_job_runs_total", job="ingest", outcome="skipped") >= 1
+    assert metric(m, "ctagg_job_runs_total", job="ingest", outcome="ok") == runs
+
+
+async def test_a_crashing_job_is_counted_and_the_others_go_on(tmp_path: Path) -> None:
+    """Every run of one job raises; it is logged and counted (metrics and job_runs table), it
+    keeps being scheduled, and the healthy job keeps running."""
+    m = Metrics()
+    state = State(tmp_path / "s.db")
+    sched = Scheduler(settings(), metrics=m, recorder=state)
+    ok_runs = 0
+
+    async def boom() -> None:
+        raise RuntimeError("account 123 exploded")
+
+    async def fine() -> None:
+        nonlocal ok_runs
+        ok_runs += 1
+
+    sched.register("forward", boom, interval_secs=0.1)
+    sched.register("ingest", fine, interval_secs=0.1)
+    task = asyncio.create_task(stop_after(sched, 0.6))
+    assert await sched.run(install_signals=False) == 0
+    await task
+    assert sched.stats["forward"].failures >= 3
+    assert ok_runs >= 3
+    assert metric(m, "ctagg_job_runs_total", job="forward", outcome="error") >= 3
+    rows = state.job_runs()
+    assert rows["forward"]["failures"] >= 3
+    assert rows["forward"]["last_error"] == "RuntimeError: account 123 exploded"
+    assert rows["ingest"]["last_ok_at"] is not None
+    assert rows["ingest"]["failures"] == 0
+    state.close()
+
+
+async def test_stop_lets_cooperative_work_finish_and_flushes() -> None:
+    """A running job that watches `stopping` finishes its current unit, is not abandoned, and the
+    shutdown hooks run after it."""
+    sched = Scheduler(settings())
+    events: list[str] = []
+
+    async def cycle() -> None:
+        events.append("start")
+        for _ in range(100):  # 100 units of work
+            if sched.stopping.is_set():
+                events.append("stopped-taking-work")
+                return
+            await asyncio.sleep(0.02)
+        events.append("completed")
+
+    def flush() -> None:
+        events.append("flushed")
+
+    sched.register("ingest", cycle, interval_secs=60)
+    sched.on_shutdown(flush)
+    task = asyncio.create_task(stop_after(sched, 0.2))
+    t0 = time.perf_counter()
+    assert await sched.run(install_signals=False) == 0
+    await task
+    assert time.perf_counter() - t0 < 1.5
+    assert events == ["start", "stopped-taking-work", "flushed"]
+    assert sched.abandoned == []
+
+
+async def test_stop_abandons_stuck_work_after_the_timeout() -> None:
+    """A job that ignores the stop is cancelled once shutdown_timeout_secs has passed; run()
+    still returns 0, in about the timeout."""
+    sched = Scheduler(settings(shutdown_timeout_secs=0.5))
+    cancelled = asyncio.Event()
+
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    sched.register("ingest", stuck, interval_secs=60)
+    task = asyncio.create_task(stop_after(sched, 0.1))
+    t0 = time.perf_counter()
+    assert await sched.run(install_signals=False) == 0
+    await task
+    elapsed = time.perf_counter() - t0
+    assert cancelled.is_set()
+    assert sched.abandoned == ["ingest"]
+    assert 0.5 <= elapsed < 2.0
+
+
+async def test_sigterm_stops_the_scheduler_and_liveness_reports_it() -> None:
+    """SIGTERM to the process triggers the same clean stop; liveness says running, then
+    stopped."""
+    health = Health()
+    sched = Scheduler(settings(), health=health)
+    seen: list[bool] = []
+
+    async def job() -> None:
+        seen.append(health.liveness()[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sched.register("discovery", job, interval_secs=60)
+    assert await asyncio.wait_for(sched.run(install_signals=True), timeout=10) == 0
+    assert seen == [True]
+    ok, report = health.liveness()
+    assert ok is False
+    assert report["scheduler_running"]["reason"] == "stopped"
+
+
+async def test_wait_or_stop_returns_early_on_stop() -> None:
+    """Jobs can sleep between units of work and wake as soon as a stop is requested."""
+    ev = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, ev.set)
+    t0 = time.perf_counter()
+    assert await wait_or_stop(ev, 10) is True
+    assert time.perf_counter() - t0 < 1
+    assert await wait_or_stop(asyncio.Event(), 0.01) is False
