@@ -6,8 +6,8 @@ user guide's ``EXAMPLE`` ids) reuse one eventID for different events. A key that
 those would silently drop real events, the one thing an archive must never do. So the key is
 eventID together with the fields that identify *where and when* the event was recorded:
 recipientAccountId (the logging account), awsRegion, eventTime, plus eventSource and
-eventName — and a digest of the event's substance (userIdentity, requestParameters,
-responseElements, additionalEventData, errorCode). The user guide's two ``CheckMfa`` examples
+eventName — and a digest of the event's substance (requestParameters, responseElements,
+additionalEventData, errorCode). The user guide's two ``CheckMfa`` examples
 share eventID, account, region, time and name and differ only in additionalEventData; the
 substance digest keeps them apart. Delivery metadata (tlsDetails, eventCategory, addendum,
 a shipper's ``@timestamp``) is deliberately left out, so one event delivered through two
@@ -28,7 +28,6 @@ import orjson
 KEY_BYTES = 16
 _SEP = "\x1f"
 _SUBSTANCE = (
-    "userIdentity",
     "requestParameters",
     "responseElements",
     "additionalEventData",
