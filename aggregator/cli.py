@@ -41,8 +41,33 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- retention
+
+
+def _retention_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--dry-run", action="store_true", help="list what would go; change nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_retention(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from aggregator import retention
+
+    settings = load_or_exit(args.config)
+    report = asyncio.run(retention.run_once(settings, dry_run=args.dry_run))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(retention.render_report(report))
+    return 0 if report.ok else 1
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
+    ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
 ]
 
 

@@ -635,25 +635,49 @@ class State:
                 for r in self.conn.execute("SELECT status, count(*) FROM quarantine GROUP BY 1")
             }
 
-    def prune_closed_prefixes(self, before_day: str) -> int:
-        """Forget closed day prefixes whose day is before ``before_day`` (YYYY/MM/DD). Only safe
-        for days the collector will never list again (older than its backfill horizon)."""
-        with self.transaction() as c:
-            return c.execute(
-                "DELETE FROM prefixes WHERE closed=1 AND day < ?", (before_day,)
-            ).rowcount
+    def prune_dedupe_rows(self, before_epoch: int, *, dry_run: bool = False) -> int:
+        """:meth:`prune_dedupe`, or with ``dry_run`` only count what it would delete."""
+        if not dry_run:
+            return self.prune_dedupe(before_epoch)
+        with self._lock:
+            q = "SELECT count(*) FROM dedupe WHERE t < ?"
+            return int(self.conn.execute(q, (before_epoch,)).fetchone()[0])
 
-    def prune_ledger(self, before_epoch: float, below_id: int | None) -> int:
+    def prune_closed_prefixes(self, before_day: str, *, dry_run: bool = False) -> int:
+        """Forget closed day prefixes whose day is before ``before_day`` (YYYY-MM-DD). Only safe
+        for days the collector will never list again (older than its backfill horizon)."""
+        where = "closed=1 AND day < ?"
+        return self._prune("prefixes", where, (before_day,), dry_run)
+
+    def prune_ledger(
+        self, before_epoch: float, below_id: int | None, *, dry_run: bool = False
+    ) -> int:
         """Delete ledger rows written before ``before_epoch`` whose id is below ``below_id``
         (the slowest forwarder's cursor; None: no forwarder needs them)."""
+        if below_id is None:
+            return self._prune("ledger", "written_at < ?", (before_epoch,), dry_run)
+        return self._prune("ledger", "written_at < ? AND id < ?", (before_epoch, below_id), dry_run)
+
+    def _prune(self, table: str, where: str, args: tuple[Any, ...], dry_run: bool) -> int:
+        if dry_run:
+            with self._lock:
+                q = f"SELECT count(*) FROM {table} WHERE {where}"
+                return int(self.conn.execute(q, args).fetchone()[0])
         with self.transaction() as c:
-            if below_id is None:
-                return c.execute(
-                    "DELETE FROM ledger WHERE written_at < ?", (before_epoch,)
-                ).rowcount
-            return c.execute(
-                "DELETE FROM ledger WHERE written_at < ? AND id < ?", (before_epoch, below_id)
-            ).rowcount
+            return c.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
+
+    def ledger_ids_at_or_above(self, floor: int, central_keys: Sequence[str]) -> set[str]:
+        """The subset of ``central_keys`` whose ledger id is >= ``floor`` (not forwarded yet)."""
+        found: set[str] = set()
+        with self._lock:
+            for i in range(0, len(central_keys), 900):
+                part = central_keys[i : i + 900]
+                q = (
+                    "SELECT central_key FROM ledger WHERE id >= ? AND central_key IN "
+                    f"({','.join('?' * len(part))})"
+                )
+                found.update(r[0] for r in self.conn.execute(q, (floor, *part)))
+        return found
 
     def ledger_max_id(self) -> int:
         with self._lock:
