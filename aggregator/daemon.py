@@ -1,0 +1,177 @@
+"""``ctagg run``: the application's jobs on the scheduler, with health, metrics and signals.
+
+Wiring only. The app (``aggregator.app.App``) does discovery and ingest cycles; the scheduler
+times them; health and metrics report on them; retention is its own job. Counters per account
+× region are fed by :class:`MeteredState`, which counts exactly what the state commits (an
+object is counted once its checkpoint is written, never on an attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aggregator.config import Settings
+from aggregator.health import Condition, Health, HealthServer, Probe, Recency, build_app
+from aggregator.log import get_logger
+from aggregator.metrics import Metrics
+from aggregator.retention import Retention
+from aggregator.scheduler import Scheduler, wait_or_stop
+from aggregator.state import ObjectOutcome, SourceRef, State
+
+log = get_logger("aggregator.daemon")
+
+
+class MeteredState(State):
+    """The state, counting committed objects, quarantines and assume-role failures into
+    :class:`Metrics` (set :attr:`metrics` after construction)."""
+
+    metrics: Metrics | None = None
+
+    def commit_object(self, o: ObjectOutcome) -> None:
+        super().commit_object(o)
+        if self.metrics is not None and o.kind in ("log", "insight"):
+            self.metrics.object_archived(
+                o.source.account_id,
+                o.source.region,
+                events=o.central.events if o.central else 0,
+                duplicates=o.duplicates,
+            )
+
+    def quarantine(self, src: SourceRef, key: str, reason: str) -> None:
+        super().quarantine(src, key, reason)
+        if self.metrics is not None:
+            self.metrics.object_quarantined(src.account_id, src.region)
+
+    def record_failure(self, account_id: str, stage: str, reason: str) -> bool:
+        new = super().record_failure(account_id, stage, reason)
+        if self.metrics is not None and stage == "assume_role":
+            self.metrics.assume_role_failed(account_id)
+        return new
+
+
+class AppLike(Protocol):
+    """What the daemon drives (``aggregator.app.App``)."""
+
+    settings: Settings
+    state: State
+    aws: Any
+    broker: Any
+
+    async def refresh_discovery(self) -> Any: ...
+
+    async def run_once(self) -> Any: ...
+
+    def request_stop(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Daemon:
+    """Builds the scheduler, health conditions and metrics around one app."""
+
+    def __init__(
+        self,
+        app: AppLike,
+        *,
+        metrics: Metrics | None = None,
+        health_port: int | None = None,
+        extra_jobs: dict[str, Callable[[], Awaitable[Any]]] | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        svc = self.settings.service
+        self.metrics = metrics or Metrics()
+        if isinstance(app.state, MeteredState):
+            app.state.metrics = self.metrics
+        self.health = Health()
+        self.health.add_ready(
+            Probe("state_open", app.state.healthy, "state database does not answer")
+        )
+        self.discovery_done = Condition("discovery_done", reason="no discovery yet")
+        self._discovered_event = asyncio.Event()
+        self.health.add_ready(self.discovery_done)
+        max_age = svc.ready_max_cycle_age_secs or 3 * svc.ingest_interval_secs
+        self.ingest_recent = Recency("ingest_recent", max_age, never_reason="no cycle yet")
+        self.health.add_ready(self.ingest_recent)
+        self.scheduler = Scheduler(
+            svc, metrics=self.metrics, health=self.health, recorder=app.state
+        )
+        self.scheduler.register("discovery", self._discovery, on_success=self._discovered)
+        # the first cycle waits for the first discovery (run at start) instead of racing it
+        self.scheduler.register("ingest", self._ingest, start_delay_secs=0.5)
+        self.scheduler.register("retention", self._retention, run_at_start=False)
+        for name, fn in (extra_jobs or {}).items():
+            self.scheduler.register(name, fn)
+        self.server = HealthServer(
+            build_app(self.health, self.metrics, self._refresh_metrics),
+            svc.health_host,
+            svc.health_port if health_port is None else health_port,
+        )
+
+    # ------------------------------------------------------------------ jobs
+
+    async def _discovery(self) -> Any:
+        return await self.app.refresh_discovery()
+
+    def _discovered(self, inventory: Any) -> None:
+        failures = Tally(f.stage for f in getattr(inventory, "failures", []))
+        self.metrics.set_inventory(len(inventory.accounts), len(inventory.sources), dict(failures))
+        self.discovery_done.set(
+            True, f"{len(inventory.accounts)} accounts, {len(inventory.sources)} sources"
+        )
+        self._discovered_event.set()
+
+    async def _ingest(self) -> Any:
+        if not self.discovery_done.ok:
+            # one discovery at a time: wait for the discovery job instead of racing it
+            await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
+            if not self.discovery_done.ok:
+                log.info("daemon.ingest_waiting_for_discovery")
+                return None
+        if self.scheduler.stopping.is_set():
+            return None
+        report = await self.app.run_once()
+        if not getattr(report, "stopped", False):
+            self.ingest_recent.mark(time.time())
+        self._refresh_metrics()
+        return report
+
+    async def _retention(self) -> Any:
+        job = Retention(
+            self.settings, self.app.state, self.app.broker, self.app.aws, metrics=self.metrics
+        )
+        return await job.run()
+
+    def _refresh_metrics(self) -> None:
+        self.metrics.refresh_from_state(self.app.state)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        port = await self.server.start()
+        log.info("daemon.started", port=port)
+        self.scheduler.on_shutdown(self._close)
+        stop_watch = _on_event(self.scheduler.stopping, self.app.request_stop)
+        try:
+            return await self.scheduler.run(install_signals=install_signals)
+        finally:
+            stop_watch.cancel()
+
+    async def _close(self) -> None:
+        await self.server.stop()
+        await self.app.close()
+        log.info("daemon.stopped")
+
+
+def _on_event(event: Any, fn: Callable[[], None]) -> Any:
+    """Call ``fn`` once ``event`` is set (the app stops taking objects at the same moment)."""
+
+    async def watch() -> None:
+        await event.wait()
+        fn()
+
+    return asyncio.get_running_loop().create_task(watch())

@@ -1,0 +1,159 @@
+"""The daemon against moto: readiness flips as discovery and the first cycle complete, and
+/metrics carries per account × region series with the right labels after a real ingest cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggregator.aws import Aws
+from aggregator.config import Settings, parse_settings
+from aggregator.daemon import Daemon, MeteredState
+from aggregator.discovery import Account, AccountFailure, Inventory
+from aggregator.ingest import Ingestor
+
+A1, A2 = "111111111111", "222222222222"
+TODAY = time.strftime("%Y%m%d", time.gmtime())
+
+
+class PipelineApp:
+    """The real ingest path with a fixed inventory (discovery is another room's work)."""
+
+    def __init__(self, settings: Settings, inventory: Inventory, discovery_delay: float) -> None:
+        self.settings = settings
+        self.state = MeteredState(settings.state.path)
+        self.aws = Aws(settings.aws)
+        self.broker = StsSessions(deny={A2})
+        self.ingestor = Ingestor(settings, self.state, self.broker, self.aws)
+        self.inventory: Inventory | None = None
+        self._inventory = inventory
+        self._delay = discovery_delay
+        self.closed = False
+
+    async def refresh_discovery(self) -> Inventory:
+        await asyncio.sleep(self._delay)
+        self.inventory = self._inventory
+        return self._inventory
+
+    async def run_once(self) -> Any:
+        assert self.inventory is not None
+        return await self.ingestor.run(self.inventory)
+
+    def request_stop(self) -> None:
+        self.ingestor.stop.set()
+
+    async def close(self) -> None:
+        self.state.close()
+        self.closed = True
+
+
+@pytest.fixture
+def trail(moto: str) -> Inventory:
+    s3 = client("s3")
+    s3.create_bucket(Bucket="central")
+    s3.create_bucket(Bucket="org-trail")
+    src1 = make_source("org-trail", A1)
+    src2 = make_source("org-trail", A1, "eu-west-1")
+    src3 = make_source("org-trail", A2, reader=A2)
+    when = f"{TODAY[:4]}-{TODAY[4:6]}-{TODAY[6:]}T01:00:00Z"
+    for i in range(3):
+        key = log_key(src1.prefix, A1, "us-east-1", f"{TODAY}T01{i}0Z", f"Abc{i:013d}")
+        recs = [record(f"e-{i}-{j}", A1, time=when) for j in range(4)]
+        s3.put_object(Bucket="org-trail", Key=key, Body=log_object(recs))
+    dup = log_key(src1.prefix, A1, "us-east-1", f"{TODAY}T0200Z", "Dup0000000000001")
+    s3.put_object(Bucket="org-trail", Key=dup, Body=log_object([record("e-0-0", A1, time=when)]))
+    key = log_key(src2.prefix, A1, "eu-west-1", f"{TODAY}T0100Z")
+    s3.put_object(Bucket="org-trail", Key=key, Body=log_object([record("w-1", A1, "eu-west-1")]))
+    bad = log_key(src2.prefix, A1, "eu-west-1", f"{TODAY}T0300Z", "Bad0000000000001")
+    s3.put_object(Bucket="org-trail", Key=bad, Body=b"not gzip, not json")
+    return Inventory(
+        accounts=[Account(A1), Account(A2)],
+        regions={A1: ["us-east-1", "eu-west-1"], A2: ["us-east-1"]},
+        trails=[],
+        sources=[src1, src2, src3],
+        failures=[AccountFailure("333333333333", "describe_trails", "AccessDenied: no")],
+    )
+
+
+def settings(tmp_path: Path) -> Settings:
+    return parse_settings(
+        {
+            "state": {"path": str(tmp_path / "state.db")},
+            "archive": {"bucket": "central"},
+            "aws": {"max_attempts": 1},
+            "collect": {"max_concurrency": 2},
+            "service": {
+                "health_host": "127.0.0.1",
+                "health_port": 0,
+                "ingest_interval_secs": 30,
+                "shutdown_timeout_secs": 5,
+            },
+        }
+    )
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.text()
+
+
+def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def test_readiness_and_metrics_after_a_cycle(tmp_path: Path, trail: Inventory) -> None:
+    """Not ready while discovery runs; ready after the first cycle; /metrics then shows
+    objects, events, duplicates and quarantines per account and region, assume-role failures
+    per account, freshness gauges and the cycle duration histogram; stop returns 0."""
+    app = PipelineApp(settings(tmp_path), trail, discovery_delay=0.6)
+    daemon = Daemon(app)
+    run = asyncio.create_task(daemon.run(install_signals=False))
+    while daemon.server.port == 0:  # noqa: ASYNC110 (the server sets its port when bound)
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{daemon.server.port}"
+    status, body = await get(base + "/readyz")
+    assert status == 503
+    assert '"discovery_done":{"ok":false' in body
+    assert (await get(base + "/livez"))[0] == 200
+
+    deadline = time.monotonic() + 30
+    while (await get(base + "/readyz"))[0] != 200:
+        assert time.monotonic() < deadline, await get(base + "/readyz")
+        await asyncio.sleep(0.1)
+
+    status, text = await get(base + "/metrics")
+    assert status == 200
+    use1 = (("account_id", A1), ("region", "us-east-1"))
+    euw1 = (("account_id", A1), ("region", "eu-west-1"))
+    assert series(text, "ctagg_objects_total")[use1] == 4
+    assert series(text, "ctagg_events_total")[use1] == 12
+    assert series(text, "ctagg_duplicates_total")[use1] == 1
+    assert series(text, "ctagg_objects_total")[euw1] == 1
+    assert series(text, "ctagg_quarantined_total")[euw1] == 1
+    assert series(text, "ctagg_assume_role_failures_total") == {(("account_id", A2),): 1}
+    ages = series(text, "ctagg_newest_event_age_seconds")
+    assert set(ages) == {use1, euw1}
+    assert all(v >= 0 for v in ages.values())
+    assert use1 in series(text, "ctagg_newest_object_age_seconds")
+    assert series(text, "ctagg_job_duration_seconds_count")[(("job", "ingest"),)] >= 1
+    assert series(text, "ctagg_job_runs_total")[(("job", "discovery"), ("outcome", "ok"))] == 1
+    assert series(text, "ctagg_discovered_sources")[()] == 3
+    assert series(text, "ctagg_discovery_account_failures")[(("stage", "describe_trails"),)] == 1
+    assert series(text, "ctagg_quarantine_objects")[(("status", "held"),)] == 1
+
+    daemon.scheduler.request_stop("test")
+    assert await asyncio.wait_for(run, timeout=15) == 0
+    assert app.closed
+    assert app.ingestor.stop.is_set()
