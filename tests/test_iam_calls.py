@@ -1,0 +1,233 @@
+"""Dynamic IAM check: every AWS call the code makes in end-to-end runs against moto (ingest
+cycle, retention with Object Lock, lifecycle retention, doctor) is recorded with the identity
+that made it, mapped to its IAM action(s) and resource, and evaluated against that identity's
+shipped policy document (hub role or member role)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiobotocore.client
+import pytest
+from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+
+from aggregator.aws import Aws
+from aggregator.config import Settings, parse_settings
+from aggregator.daemon import MeteredState
+from aggregator.discovery import Account, Inventory
+from aggregator.doctor import Doctor
+from aggregator.iam import evaluate, load_policy, requests_for
+from aggregator.ingest import Ingestor
+from aggregator.retention import Retention
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMBER_ROLE = "OrganizationAccountAccessRole"  # the role awsfixtures.StsSessions assumes
+LOG_ARCHIVE = "222222222222"  # owns the organization trail bucket
+A1 = "111111111111"
+CENTRAL = "central"
+TRAIL = "org-trail"
+KMS = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+SUBST = {
+    "CENTRAL_BUCKET": CENTRAL,
+    "MEMBER_ROLE_NAME": MEMBER_ROLE,
+    "ARCHIVE_KMS_KEY_ARN": KMS,
+    "TRAIL_BUCKET": TRAIL,
+}
+
+
+@dataclass
+class Call:
+    service: str
+    operation: str
+    params: dict[str, Any]
+    access_key: str
+    region: str
+
+
+class Recorder:
+    """Wraps aiobotocore's _make_api_call: every call with the access key that signed it, and
+    which role each AssumeRole handed out keys for."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.role_of_key: dict[str, str] = {}
+
+    def identity(self, access_key: str) -> str:
+        return self.role_of_key.get(access_key, "base")
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    original = aiobotocore.client.AioBaseClient._make_api_call
+
+    async def recording(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+        creds = self._request_signer._credentials
+        frozen = await creds.get_frozen_credentials() if creds is not None else None
+        rec.calls.append(
+            Call(
+                self._service_model.service_name,
+                operation_name,
+                dict(api_params),
+                frozen.access_key if frozen else "",
+                self.meta.region_name,
+            )
+        )
+        result = await original(self, operation_name, api_params)
+        if operation_name == "AssumeRole":
+            rec.role_of_key[result["Credentials"]["AccessKeyId"]] = api_params["RoleArn"]
+        return result
+
+    monkeypatch.setattr(aiobotocore.client.AioBaseClient, "_make_api_call", recording)
+    return rec
+
+
+class RecordingSessions(StsSessions):
+    """StsSessions assumes roles with sync boto3; record which keys belong to which role."""
+
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    async def session_for(self, account_id: str | None) -> Any:
+        session = await super().session_for(account_id)
+        if account_id is not None:
+            creds = await session.get_credentials()
+            key = (await creds.get_frozen_credentials()).access_key
+            self.rec.role_of_key[key] = f"arn:aws:iam::{account_id}:role/{MEMBER_ROLE}"
+        return session
+
+
+def policies() -> dict[str, Any]:
+    return {
+        "hub": load_policy(ROOT / "iam" / "hub-role-policy.json", SUBST),
+        "member": load_policy(ROOT / "iam" / "member-role-policy.json", SUBST),
+    }
+
+
+def violations(rec: Recorder, docs: dict[str, Any] | None = None) -> list[str]:
+    docs = docs or policies()
+    out = []
+    for call in rec.calls:
+        who = rec.identity(call.access_key)
+        doc = docs["member"] if who.endswith(f":role/{MEMBER_ROLE}") else docs["hub"]
+        for req in requests_for(call.service, call.operation, call.params, call.region):
+            verdict = evaluate([doc], req)
+            if verdict != "allow":
+                name = "member" if doc is docs["member"] else "hub"
+                out.append(f"{name} ({who}): {call.service}.{call.operation}: {req} -> {verdict}")
+    return out
+
+
+def settings(tmp_path: Path, **extra: Any) -> Settings:
+    doc: dict[str, Any] = {
+        "state": {"path": str(tmp_path / "state.db")},
+        "aws": {"max_attempts": 1},
+        "archive": {"bucket": CENTRAL, "kms_key_id": KMS},
+        "collect": {"backfill_days": 30},
+    }
+    doc.update(extra)
+    return parse_settings(doc)
+
+
+@pytest.fixture
+def org(moto: str) -> Inventory:
+    """Central bucket (Object Lock) in the hub account; the org trail bucket in the log
+    archive account, read through its member role."""
+    client("s3").create_bucket(Bucket=CENTRAL, ObjectLockEnabledForBucket=True)
+    s3 = client("s3", LOG_ARCHIVE)
+    s3.create_bucket(Bucket=TRAIL)
+    src = make_source(TRAIL, A1, org_id="o-abcdefghij", reader=LOG_ARCHIVE)
+    today = datetime.now(UTC)
+    for i in range(3):
+        ts = today.strftime("%Y%m%dT00") + f"{i}0Z"
+        recs = [
+            record(f"e{i}-{j}", A1, time=today.strftime("%Y-%m-%dT00:00:00Z")) for j in range(3)
+        ]
+        s3.put_object(
+            Bucket=TRAIL,
+            Key=log_key(src.prefix, A1, "us-east-1", ts, f"K{i:015d}"),
+            Body=log_object(recs),
+        )
+    old = (today - timedelta(days=500)).strftime("%Y/%m/%d")
+    c = client("s3")
+    key = f"AWSLogs/{A1}/CloudTrail/us-east-1/{old}/{A1}_CloudTrail_us-east-1_x_OLD1.json.gz"
+    c.put_object(Bucket=CENTRAL, Key=key, Body=b"{}")
+    c.put_object(Bucket=CENTRAL, Key=key, Body=b"{}")  # a second version
+    c.put_object(
+        Bucket=CENTRAL,
+        Key=key.replace("OLD1", "OLD2"),
+        Body=b"{}",
+        ObjectLockMode="GOVERNANCE",
+        ObjectLockRetainUntilDate=today + timedelta(days=2),
+    )
+    return Inventory(
+        accounts=[Account(A1), Account(LOG_ARCHIVE)],
+        regions={A1: ["us-east-1"]},
+        trails=[],
+        sources=[src],
+        failures=[],
+    )
+
+
+async def test_every_recorded_call_is_allowed(
+    tmp_path: Path, org: Inventory, recorder: Recorder
+) -> None:
+    """Ingest, delete-mode retention (versions, Object Lock), lifecycle retention and doctor
+    make only calls their identity's policy allows."""
+    cfg = settings(tmp_path, retention={"archive_days": 400})
+    sessions = RecordingSessions(recorder)
+    aws = Aws(cfg.aws)
+    state = MeteredState(cfg.state.path)
+    report = await Ingestor(cfg, state, sessions, aws).run(org)
+    assert report.objects == 3
+    ret = await Retention(cfg, state, sessions, aws).run()
+    assert len(ret.deleted) == 2
+    assert len(ret.locked) == 1
+    cfg_lc = settings(tmp_path, retention={"archive_days": 400, "archive_mode": "lifecycle"})
+    lc = await Retention(cfg_lc, state, sessions, aws).run()
+    assert lc.lifecycle_changed
+    doc = await Doctor(cfg, sessions, aws).run(org)
+    assert doc.ok, json.dumps(doc.as_dict(), indent=1)
+    state.close()
+
+    ops = {(c.service, c.operation) for c in recorder.calls}
+    # the recording saw the real work, with both identities
+    assert {
+        ("s3", "ListObjectsV2"),
+        ("s3", "GetObject"),
+        ("s3", "PutObject"),
+        ("s3", "ListObjectVersions"),
+        ("s3", "HeadObject"),
+        ("s3", "DeleteObjects"),
+        ("s3", "PutBucketLifecycleConfiguration"),
+    } <= ops
+    who = {recorder.identity(c.access_key) for c in recorder.calls}
+    assert who == {"base", f"arn:aws:iam::{LOG_ARCHIVE}:role/{MEMBER_ROLE}"}
+    assert violations(recorder) == []
+
+
+async def test_the_check_catches_a_missing_permission(
+    tmp_path: Path, org: Inventory, recorder: Recorder
+) -> None:
+    """With s3:DeleteObjectVersion removed from the hub policy, the same run is flagged."""
+    cfg = settings(tmp_path, retention={"archive_days": 400})
+    sessions = RecordingSessions(recorder)
+    state = MeteredState(cfg.state.path)
+    await Retention(cfg, state, sessions, Aws(cfg.aws)).run()
+    state.close()
+    real = policies()
+
+    def weakened() -> dict[str, Any]:
+        hub = json.loads(json.dumps(real["hub"]))
+        for st in hub["Statement"]:
+            if isinstance(st["Action"], list) and "s3:DeleteObjectVersion" in st["Action"]:
+                st["Action"].remove("s3:DeleteObjectVersion")
+        return {"hub": hub, "member": real["member"]}
+
+    found = violations(recorder, weakened())
+    assert any("s3:DeleteObjectVersion" in v and "implicit_deny" in v for v in found), found
