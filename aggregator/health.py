@@ -9,6 +9,7 @@ must not fail for things a restart does not fix (an AWS outage).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,11 +132,13 @@ def build_app(
         return _json(ok, report)
 
     async def metrics_handler(_: web.Request) -> web.Response:
+        # In a thread: a large organization's scrape is tens of thousands of lines (bench/
+        # metrics_scrape.py) and must not stall the event loop the ingest workers run on.
         try:
-            body = metrics.exposition(refresh)
+            body = await asyncio.to_thread(metrics.exposition, refresh)
         except Exception as exc:  # a scrape must not take the process down
             log.warning("health.metrics_refresh_failed", error_type=type(exc).__name__)
-            body = metrics.exposition()
+            body = await asyncio.to_thread(metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
