@@ -132,7 +132,8 @@ def _m1_core(db: sqlite_utils.Database) -> None:
 
 
 def _m10_detect(db: sqlite_utils.Database) -> None:
-    """Detection: raised alerts (dedupe per rule x event key), hourly counts for rate anomalies."""
+    """Detection: raised alerts (dedupe per rule x event key), hourly counts for rate anomalies,
+    and the outbox of alerts not yet delivered to each sink."""
     db.executescript(
         """
         CREATE TABLE detect_alerts (
@@ -155,6 +156,16 @@ def _m10_detect(db: sqlite_utils.Database) -> None:
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL
         );
+        CREATE TABLE detect_outbox (
+            alert_uid TEXT NOT NULL,
+            sink TEXT NOT NULL,
+            alert TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (alert_uid, sink)
+        ) WITHOUT ROWID;
         """
     )
 

@@ -5,7 +5,7 @@ Pure code: time is passed in. Delivery lives in :mod:`aggregator.detect.sinks`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
@@ -58,6 +58,25 @@ class Alert:
         """Stable id of this alert: equal for a re-detection of the same rule on the same event."""
         text = f"{self.rule_id}\x1f{self.event_key}".encode()
         return blake2b(text, digest_size=16).hexdigest()
+
+    @property
+    def event_epoch(self) -> int:
+        ms = _epoch_ms(self.event_time)
+        return int(self.detected_at) if ms is None else ms // 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-safe (for the outbox); :meth:`from_dict` reverses it."""
+        d = asdict(self)
+        d["cis"], d["attack"] = list(self.cis), list(self.attack)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
+        d = dict(d)
+        d["cis"], d["attack"] = tuple(d["cis"]), tuple(d["attack"])
+        if d.get("archive") is not None:
+            d["archive"] = ArchivePointer(**d["archive"])
+        return cls(**d)
 
     def to_line(self) -> dict[str, Any]:
         """The flat form printed by ``ctagg detect`` and sent to webhooks."""

@@ -162,8 +162,7 @@ class RateAnomalies:
                         },
                         event_name=metric[6:],
                     )
-                    if alert:
-                        out.append(alert)
+                    out.append(alert)
             errors = metrics.get("errors", 0)
             calls = metrics.get("calls", 0)
             if errors >= self.min_count and calls:
@@ -189,9 +188,8 @@ class RateAnomalies:
                             "threshold": round(b.threshold, 4),
                         },
                     )
-                    if alert:
-                        out.append(alert)
-        return out
+                    out.append(alert)
+        return self.store.record(out)
 
     def _alert(
         self,
@@ -204,10 +202,8 @@ class RateAnomalies:
         now: float,
         details: dict[str, Any],
         event_name: str | None = None,
-    ) -> Alert | None:
+    ) -> Alert:
         key = f"{account}:{metric}:{hour}"
-        if not self.store.first_time(rule_id, key, hour * 3600):
-            return None
         details = {"metric": metric, "hour_start": _iso_hour(hour), **details}
         return Alert(
             rule_id=rule_id,

@@ -8,32 +8,36 @@ so a duplicate delivery never raises a second alert.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from aggregator.dedupe import event_epoch, record_key_text
+from aggregator.dedupe import record_key_text
 from aggregator.detect.alerts import Alert, ArchivePointer, actor_of
 from aggregator.detect.rules import Rule, RuleSet
 
 
-class SeenAlerts(Protocol):
-    """Remembers which (rule, event key) pairs already raised an alert."""
+class AlertLog(Protocol):
+    """Remembers raised alerts. ``record`` returns those of ``alerts`` not raised before (one per
+    rule x event key) and remembers them; :class:`~aggregator.detect.store.DetectStore` also
+    queues them for delivery in the same transaction."""
 
-    def first_time(self, rule_id: str, event_key: str, event_epoch: int) -> bool: ...
+    def record(self, alerts: Sequence[Alert]) -> list[Alert]: ...
 
 
-class MemorySeen:
+class MemoryAlertLog:
     """In-process memory of raised alerts (the CLI; tests). Alerts are rare, so a set is fine."""
 
     def __init__(self) -> None:
         self._seen: set[tuple[str, str]] = set()
 
-    def first_time(self, rule_id: str, event_key: str, event_epoch: int) -> bool:
-        k = (rule_id, event_key)
-        if k in self._seen:
-            return False
-        self._seen.add(k)
-        return True
+    def record(self, alerts: Sequence[Alert]) -> list[Alert]:
+        out = []
+        for a in alerts:
+            k = (a.rule_id, a.event_key)
+            if k not in self._seen:
+                self._seen.add(k)
+                out.append(a)
+        return out
 
 
 def _s(v: Any) -> str | None:
@@ -73,11 +77,11 @@ class Detector:
     def __init__(
         self,
         rules: RuleSet | Iterable[Rule],
-        seen: SeenAlerts | None = None,
+        log: AlertLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = rules if isinstance(rules, RuleSet) else RuleSet(list(rules))
-        self.seen: SeenAlerts = seen if seen is not None else MemorySeen()
+        self.log: AlertLog = log if log is not None else MemoryAlertLog()
         self.clock = clock
         self.records = 0
         self.matches = 0
@@ -90,13 +94,8 @@ class Detector:
         if not hits:
             return []
         key = record_key_text(record)
-        epoch = event_epoch(record)
         now = self.clock()
-        out: list[Alert] = []
-        for rule in hits:
-            self.matches += 1
-            if self.seen.first_time(rule.id, key, epoch):
-                out.append(alert_for(rule, record, key, now, archive))
-            else:
-                self.duplicates += 1
+        self.matches += len(hits)
+        out = self.log.record([alert_for(r, record, key, now, archive) for r in hits])
+        self.duplicates += len(hits) - len(out)
         return out

@@ -1,37 +1,96 @@
 """Detection's persisted positions (tables made by state migration 10), on top of State.
 
 * ``detect_alerts``  (rule_id, event_key) pairs that already raised an alert
+* ``detect_outbox``  alerts not yet delivered, per sink (at-least-once delivery)
 * ``detect_counts``  hourly counts per (account, metric) for rate anomalies
 * ``detect_meta``    small named values (the last hour evaluated for anomalies)
+
+An alert is remembered and queued for every sink in one transaction, so a crash can neither
+lose an alert nor raise it twice.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+import orjson
+
+from aggregator.detect.alerts import Alert
 from aggregator.state import State
 
 
+@dataclass(frozen=True)
+class Pending:
+    alert: Alert
+    attempts: int
+
+
 class DetectStore:
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, sinks: Sequence[str] = ()) -> None:
         self.state = state
+        self.sinks = tuple(sinks)
 
-    # ------------------------------------------------------------ alert dedupe
+    # ------------------------------------------------------------ alerts
 
-    def first_time(self, rule_id: str, event_key: str, event_epoch: int) -> bool:
+    def record(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """Alerts not raised before; remembered and queued for every sink atomically."""
+        if not alerts:
+            return []
+        now = time.time()
+        out: list[Alert] = []
         with self.state.transaction() as c:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO detect_alerts VALUES (?,?,?,?)",
-                (rule_id, event_key, event_epoch, time.time()),
-            )
-            return cur.rowcount == 1
+            for a in alerts:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO detect_alerts VALUES (?,?,?,?)",
+                    (a.rule_id, a.event_key, a.event_epoch, now),
+                )
+                if cur.rowcount != 1:
+                    continue
+                out.append(a)
+                if self.sinks:
+                    body = orjson.dumps(a.to_dict()).decode()
+                    c.executemany(
+                        "INSERT OR IGNORE INTO detect_outbox (alert_uid, sink, alert, next_at, "
+                        "created_at) VALUES (?,?,?,?,?)",
+                        [(a.uid, s, body, 0.0, now) for s in self.sinks],
+                    )
+        return out
 
     def prune_alerts(self, before_created: float) -> int:
         with self.state.transaction() as c:
             return c.execute(
                 "DELETE FROM detect_alerts WHERE created_at < ?", (before_created,)
             ).rowcount
+
+    # ------------------------------------------------------------ outbox
+
+    def due(self, sink: str, now: float, limit: int = 100) -> list[Pending]:
+        with self.state.transaction() as c:
+            rows = c.execute(
+                "SELECT alert, attempts FROM detect_outbox WHERE sink=? AND next_at <= ? "
+                "ORDER BY created_at, alert_uid LIMIT ?",
+                (sink, now, limit),
+            ).fetchall()
+        return [Pending(Alert.from_dict(orjson.loads(r[0])), int(r[1])) for r in rows]
+
+    def delivered(self, sink: str, uids: Iterable[str]) -> None:
+        with self.state.transaction() as c:
+            c.executemany(
+                "DELETE FROM detect_outbox WHERE alert_uid=? AND sink=?", [(u, sink) for u in uids]
+            )
+
+    def failed(self, sink: str, uids: Iterable[str], reason: str, next_at: float) -> None:
+        with self.state.transaction() as c:
+            c.executemany(
+                "UPDATE detect_outbox SET attempts=attempts+1, next_at=?, last_error=? "
+                "WHERE alert_uid=? AND sink=?",
+                [(next_at, reason[:500], u, sink) for u in uids],
+            )
+
+    def outbox_size(self) -> int:
+        return self.state.count("detect_outbox")
 
     # ------------------------------------------------------------ hourly counts
 

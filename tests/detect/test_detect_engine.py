@@ -107,10 +107,10 @@ def test_persisted_dedupe_survives_restart(
     db = tmp_path / "state.db"
     state = State(db)
     assert 10 in {r[0] for r in state.conn.execute("SELECT version FROM schema_migrations")}
-    assert len(Detector(ruleset, seen=DetectStore(state)).detect(stop_logging)) == 2
+    assert len(Detector(ruleset, log=DetectStore(state)).detect(stop_logging)) == 2
     state.close()
     state = State(db)
-    assert Detector(ruleset, seen=DetectStore(state)).detect(stop_logging) == []
+    assert Detector(ruleset, log=DetectStore(state)).detect(stop_logging) == []
     assert state.count("detect_alerts") == 2
     state.close()
 
