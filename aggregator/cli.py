@@ -65,9 +65,25 @@ def _run_retention(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# ---------------------------------------------------------------- detect
+
+
+def _detect_args(p: argparse.ArgumentParser) -> None:
+    from aggregator.detect.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from aggregator.detect.cli import run
+
+    return run(args)
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
+    ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
 ]
 
 
