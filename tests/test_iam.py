@@ -40,6 +40,7 @@ SUBST = {
     "MEMBER_ROLE_NAME": "ctagg-member",
     "ARCHIVE_KMS_KEY_ARN": KMS_ARN,
     "TRAIL_BUCKET": TRAIL,
+    "ALERT_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:111111111111:ctagg-alerts",
 }
 
 

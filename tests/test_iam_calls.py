@@ -36,6 +36,7 @@ SUBST = {
     "MEMBER_ROLE_NAME": MEMBER_ROLE,
     "ARCHIVE_KMS_KEY_ARN": KMS,
     "TRAIL_BUCKET": TRAIL,
+    "ALERT_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:111111111111:ctagg-alerts",
 }
 
 
