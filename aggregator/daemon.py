@@ -87,6 +87,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         if isinstance(app.state, MeteredState):
             app.state.metrics = self.metrics
+        self.metrics.refresh_from_state(app.state)  # freshness gauges read it at each scrape
         self.health = Health()
         self.health.add_ready(
             Probe("state_open", app.state.healthy, "state database does not answer")
@@ -107,7 +108,7 @@ class Daemon:
         for name, fn in (extra_jobs or {}).items():
             self.scheduler.register(name, fn)
         self.server = HealthServer(
-            build_app(self.health, self.metrics, self._refresh_metrics),
+            build_app(self.health, self.metrics),
             svc.health_host,
             svc.health_port if health_port is None else health_port,
         )
@@ -137,7 +138,6 @@ class Daemon:
         report = await self.app.run_once()
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
-        self._refresh_metrics()
         return report
 
     async def _retention(self) -> Any:
@@ -145,9 +145,6 @@ class Daemon:
             self.settings, self.app.state, self.app.broker, self.app.aws, metrics=self.metrics
         )
         return await job.run()
-
-    def _refresh_metrics(self) -> None:
-        self.metrics.refresh_from_state(self.app.state)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -13,7 +13,7 @@ process shows growing ages instead of frozen ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from aggregator import __version__
 
@@ -45,6 +47,69 @@ def parse_event_time(value: str | None) -> float | None:
         return None
 
 
+class FreshnessCollector(Collector):
+    """Per account × region gauges read from the state on every collect: ages grow while a
+    stuck process is scraped, accounts that leave the state leave the output, and no gauge
+    children are kept in memory (tens of thousands in a large organization)."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.now: float | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        ar = ["account_id", "region"]
+        return (
+            GaugeMetricFamily(
+                "ctagg_newest_event_age_seconds",
+                "Seconds between now and the newest archived eventTime of this account and region.",
+                labels=ar,
+            ),
+            GaugeMetricFamily(
+                "ctagg_newest_object_age_seconds",
+                "Seconds since the newest source object of this account and region was archived.",
+                labels=ar,
+            ),
+            GaugeMetricFamily(
+                "ctagg_sources_failing",
+                "Sources of this account and region whose last attempt failed.",
+                labels=ar,
+            ),
+            GaugeMetricFamily(
+                "ctagg_quarantine_objects",
+                "Source objects in quarantine, by status (held, retry).",
+                labels=["status"],
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        event_age, object_age, failing, quarantine = self._families()
+        state = self.state
+        rows: list[tuple[Any, ...]] = []
+        counts: dict[str, int] = {}
+        if state is not None:
+            try:
+                rows, counts = list(state.freshness()), state.quarantine_counts()
+            except Exception:  # closed at shutdown, or busy: serve the rest of the metrics
+                state = None
+        if state is not None:
+            now = time.time() if self.now is None else self.now
+            for account_id, region, newest_event, last_object_at, errors in rows:
+                t = parse_event_time(newest_event)
+                if t is not None:
+                    event_age.add_metric([account_id, region], max(0.0, now - t))
+                if last_object_at:
+                    object_age.add_metric(
+                        [account_id, region], max(0.0, now - float(last_object_at))
+                    )
+                failing.add_metric([account_id, region], int(errors or 0))
+            for status, n in sorted({"held": 0, "retry": 0, **counts}.items()):
+                quarantine.add_metric([status], n)
+        yield from (event_age, object_age, failing, quarantine)
+
+
 class Metrics:
     """All metric objects. ``Metrics()`` makes its own :class:`CollectorRegistry`."""
 
@@ -60,31 +125,9 @@ class Metrics:
         )
         self.build_info.labels(__version__).set(1)
 
-        # ---- freshness, per account x region (from state)
-        self.newest_event_age = Gauge(
-            "ctagg_newest_event_age_seconds",
-            "Seconds between now and the newest archived eventTime of this account and region.",
-            ar,
-            registry=r,
-        )
-        self.newest_object_age = Gauge(
-            "ctagg_newest_object_age_seconds",
-            "Seconds since the newest source object of this account and region was archived.",
-            ar,
-            registry=r,
-        )
-        self.source_errors = Gauge(
-            "ctagg_sources_failing",
-            "Sources of this account and region whose last attempt failed.",
-            ar,
-            registry=r,
-        )
-        self.quarantine_held = Gauge(
-            "ctagg_quarantine_objects",
-            "Source objects in quarantine, by status (held, retry).",
-            ["status"],
-            registry=r,
-        )
+        # ---- freshness, per account x region: computed from the state at scrape time
+        self.freshness = FreshnessCollector()
+        r.register(self.freshness)
 
         # ---- ingest counters, per account x region
         self.objects = Counter("ctagg_objects_total", "Source objects archived.", ar, registry=r)
@@ -224,31 +267,10 @@ class Metrics:
     # ------------------------------------------------------------------ from state
 
     def refresh_from_state(self, state: Any, now: float | None = None) -> None:
-        """Recompute the per account × region gauges from the ``sources`` and ``quarantine``
-        tables. Accounts no longer present disappear from the output."""
-        now = time.time() if now is None else now
-        rows = state.freshness()
-        quarantine = state.quarantine_counts()
-        self._set_ages(rows, now)
-        self.quarantine_held.clear()
-        for status in ("held", "retry"):
-            self.quarantine_held.labels(status).set(0)
-        for status, n in quarantine.items():
-            self.quarantine_held.labels(status).set(n)
-
-    def _set_ages(self, rows: Iterable[tuple[Any, ...]], now: float) -> None:
-        self.newest_event_age.clear()
-        self.newest_object_age.clear()
-        self.source_errors.clear()
-        for account_id, region, newest_event, last_object_at, failing in rows:
-            t = parse_event_time(newest_event)
-            if t is not None:
-                self.newest_event_age.labels(account_id, region).set(max(0.0, now - t))
-            if last_object_at:
-                self.newest_object_age.labels(account_id, region).set(
-                    max(0.0, now - float(last_object_at))
-                )
-            self.source_errors.labels(account_id, region).set(int(failing or 0))
+        """Serve the per account × region gauges from ``state`` (read at each scrape, with the
+        time of the scrape, or the fixed ``now`` given here)."""
+        self.freshness.state = state
+        self.freshness.now = now
 
     # ------------------------------------------------------------------ exposition
 
