@@ -389,8 +389,8 @@ class DigestResult:
 class ValidationReport:
     digests: list[DigestResult] = field(default_factory=list)
     not_in_any_digest: list[str] = field(default_factory=list)
-    # every log key a signature-valid digest lists -> its expected hash (for completeness)
-    expected: dict[str, str] = field(default_factory=dict)
+    # every log key a signature-valid digest lists -> (expected hash, digest key)
+    expected: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in DigestStatus}
@@ -547,7 +547,7 @@ class DigestValidator:
             listed.update(lf.key for lf in dg.log_files if lf.bucket == bucket)
         for dg in signed_ok:
             for lf in dg.log_files:
-                report.expected[lf.key] = lf.hash_value
+                report.expected[lf.key] = (lf.hash_value, dg.key)
         if check_logs:
             await asyncio.gather(
                 *(
