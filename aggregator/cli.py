@@ -41,8 +41,57 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integrity(name: str) -> Run:
+    def run(args: argparse.Namespace) -> int:
+        from aggregator import integrity_cli
+
+        return int(getattr(integrity_cli, name)(args))
+
+    return run
+
+
+def _integrity_args(name: str) -> AddArgs:
+    def add(p: argparse.ArgumentParser) -> None:
+        from aggregator import integrity_cli
+
+        getattr(integrity_cli, name)(p)
+
+    return add
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
+    # integrity room (aggregator/integrity_cli.py)
+    (
+        "audit",
+        "audit every account x region's CloudTrail setup (CIS)",
+        _integrity_args("add_audit_args"),
+        _integrity("run_audit_cmd"),
+    ),
+    (
+        "completeness",
+        "expected (CloudTrail digests) vs ingested log files per hour",
+        _integrity_args("add_completeness_args"),
+        _integrity("run_completeness_cmd"),
+    ),
+    (
+        "validate-digests",
+        "validate CloudTrail digests and the log files they list",
+        _integrity_args("add_validate_args"),
+        _integrity("run_validate_cmd"),
+    ),
+    (
+        "archive-digest",
+        "write the central archive's signed hourly digests now",
+        _integrity_args("add_archive_args"),
+        _integrity("run_archive_digest_cmd"),
+    ),
+    (
+        "verify-archive",
+        "verify the central archive end to end against its digests",
+        _integrity_args("add_verify_args"),
+        _integrity("run_verify_archive_cmd"),
+    ),
 ]
 
 
