@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator import integrity_state as istate
-from aggregator.digest import DigestStatus, DigestValidator, PublicKeyStore, log_key_time
+from aggregator.digest import DigestValidator, PublicKeyStore, log_key_time
 from aggregator.discovery import Source
 from aggregator.log import get_logger
 from aggregator.state import State
@@ -81,9 +81,11 @@ async def refresh_expected(
         try:
             s3 = await s3_for(src)
             validator = DigestValidator(s3, keys)
+            skip = set() if check_logs else istate.valid_digest_keys(state, src.source_id)
             report = await validator.validate(
-                src.bucket, src.prefix, days=day_list, check_logs=check_logs
+                src.bucket, src.prefix, days=day_list, check_logs=check_logs, skip=skip
             )
+            rep.digests_skipped += report.skipped
         except Exception as exc:
             rep.errors.append(f"{src.source_id}: {type(exc).__name__}: {exc}")
             log.warning(
@@ -94,15 +96,11 @@ async def refresh_expected(
                 error_type=type(exc).__name__,
             )
             continue
-        done = istate.checked_digests(state, src.bucket, [d.key for d in report.digests])
         expected_rows = []
         result_rows = []
         for res in report.digests:
             rep.statuses[res.status.value] = rep.statuses.get(res.status.value, 0) + 1
-            if done.get(res.key) == DigestStatus.VALID.value and res.status is DigestStatus.VALID:
-                rep.digests_skipped += 1
-            else:
-                rep.digests_checked += 1
+            rep.digests_checked += 1
             result_rows.append(
                 (
                     src.bucket,

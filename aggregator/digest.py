@@ -29,7 +29,7 @@ import hashlib
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -391,6 +391,7 @@ class ValidationReport:
     not_in_any_digest: list[str] = field(default_factory=list)
     # every log key a signature-valid digest lists -> (expected hash, digest key)
     expected: dict[str, tuple[str, str]] = field(default_factory=dict)
+    skipped: int = 0  # digests passed in ``skip`` (validated before), not read again
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in DigestStatus}
@@ -497,11 +498,14 @@ class DigestValidator:
         days: Iterable[str] | None = None,
         check_logs: bool = True,
         read_log: Callable[[str, str], Awaitable[bytes]] | None = None,
+        skip: Collection[str] = (),
     ) -> ValidationReport:
         """Validate ``log_prefix`` (``[P/]AWSLogs/[o-x/]<acct>/CloudTrail/<region>/``).
 
         ``days`` (``YYYY/MM/DD``) limits the digests and log files looked at; default: all.
         ``read_log`` replaces the S3 read of a log file (e.g. bytes ingest already holds).
+        ``skip``: digest keys already validated; not read again (a digest after one of them
+        still has its chain link checked, by reading that one previous digest).
         """
         dprefix = digest_prefix(log_prefix)
         day_list = sorted(set(days)) if days is not None else None
@@ -511,10 +515,13 @@ class DigestValidator:
             digest_keys += await self._list(bucket, dprefix + (f"{sub}/" if sub else ""))
             if check_logs:
                 log_keys += await self._list(bucket, log_prefix + (f"{sub}/" if sub else ""))
+        skipped = set(skip)
+        n_skipped = sum(1 for k in digest_keys if k in skipped)
         digest_keys = sorted(
-            (k for k in digest_keys if digest_key_time(k)), key=lambda k: (digest_key_time(k), k)
+            (k for k in digest_keys if digest_key_time(k) and k not in skipped),
+            key=lambda k: (digest_key_time(k), k),
         )
-        report = ValidationReport()
+        report = ValidationReport(skipped=n_skipped)
         digests: dict[str, Digest] = {}
         results: dict[str, DigestResult] = {}
         for key in digest_keys:

@@ -129,6 +129,17 @@ def checked_digests(state: State, bucket: str, keys: Iterable[str]) -> dict[str,
     return out
 
 
+def valid_digest_keys(state: State, source_id: str) -> set[str]:
+    with state._lock:
+        return {
+            r[0]
+            for r in state.conn.execute(
+                "SELECT key FROM digest_results WHERE source_id=? AND status='valid'",
+                (source_id,),
+            )
+        }
+
+
 def digest_results(state: State) -> list[dict[str, Any]]:
     with state._lock:
         cur = state.conn.execute("SELECT * FROM digest_results ORDER BY bucket, key")
