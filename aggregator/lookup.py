@@ -28,7 +28,9 @@ from typing import Any
 import orjson
 
 from aggregator.aws import error_code, is_throttling
+from aggregator.collect import BadObject, Decoded
 from aggregator.config import LookupSettings
+from aggregator.dedupe import event_epoch, event_key
 from aggregator.discovery import Inventory
 from aggregator.log import get_logger
 
@@ -245,3 +247,30 @@ async def due_windows(
     start, end = collector.plan(cursor)
     async for w in collector.windows(account_id, region, start, end):
         yield w
+
+
+def window_source_key(window: LookupWindow) -> str:
+    """A stable pseudo source key for a window (central keys derive from source keys):
+    ``lookup/<account>/<region>/<start>-<end>``."""
+    return (
+        f"lookup/{window.account_id}/{window.region}/"
+        f"{_dt(window.start):%Y%m%dT%H%M%SZ}-{_dt(window.end):%Y%m%dT%H%M%SZ}"
+    )
+
+
+def decode_window(window: LookupWindow, *, max_record_bytes: int) -> Decoded:
+    """The window's records in the shape ``collect.decode_log`` gives ingest (dedupe key, epoch,
+    serialized record, eventTime per record), so they take the same dedupe/archive path.
+    Records come newest first from the API; they are put in event-time order."""
+    out = Decoded([], [], [], [])
+    records = sorted(window.records, key=lambda r: str(r.get("eventTime") or ""))
+    for i, rec in enumerate(records):
+        part = orjson.dumps(rec)
+        if len(part) > max_record_bytes:
+            raise BadObject(f"record {i} is {len(part)} bytes > max_record_bytes")
+        out.keys.append(event_key(rec))
+        out.epochs.append(event_epoch(rec))
+        out.parts.append(part)
+        t = rec.get("eventTime")
+        out.times.append(t if isinstance(t, str) else "")
+    return out

@@ -21,9 +21,12 @@ from aggregator.integrity_state import lookup_cursor, set_lookup_cursor
 from aggregator.lookup import (
     LookupCollector,
     LookupThrottled,
+    LookupWindow,
     TokenBucket,
+    decode_window,
     due_windows,
     lookup_targets,
+    window_source_key,
 )
 from aggregator.state import State
 
@@ -323,3 +326,28 @@ def test_targets_untrailed_always_and_configured() -> None:
     assert len(lookup_targets(inv, LookupSettings(mode="always"))) == 4
     off = LookupSettings(mode="off", targets=[{"account_id": a1, "region": "eu-west-1"}])  # type: ignore[list-item]
     assert lookup_targets(inv, off) == [(a1, "eu-west-1")]
+
+
+def test_decode_window_matches_log_file_decoding(testdata: Path) -> None:
+    """A window decodes to the same keys and bytes as the same records in a trail log file."""
+    import gzip
+
+    from aggregator.collect import BadObject, decode_log
+
+    recs = [rec(3), rec(1), rec(2)]  # newest first, as LookupEvents returns them
+    win = LookupWindow("111111111111", "us-east-1", NOW - 900, NOW, records=recs)
+    got = decode_window(win, max_record_bytes=1 << 20)
+    ordered = sorted(recs, key=lambda r: r["eventTime"])
+    from_file = decode_log(
+        gzip.compress(json.dumps({"Records": ordered}).encode()),
+        max_object_bytes=1 << 24,
+        max_record_bytes=1 << 20,
+    )
+    assert got.keys == from_file.keys
+    assert got.parts == from_file.parts
+    assert got.times == [r["eventTime"] for r in ordered]
+    assert window_source_key(win) == (
+        "lookup/111111111111/us-east-1/20240501T114500Z-20240501T120000Z"
+    )
+    with pytest.raises(BadObject):
+        decode_window(win, max_record_bytes=10)
