@@ -56,6 +56,7 @@ class RefreshReport:
     expected_recorded: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    not_in_any_digest: list[str] = field(default_factory=list)  # only with check_logs
 
 
 async def refresh_expected(
@@ -96,6 +97,7 @@ async def refresh_expected(
                 error_type=type(exc).__name__,
             )
             continue
+        rep.not_in_any_digest.extend(report.not_in_any_digest)
         expected_rows = []
         result_rows = []
         for res in report.digests:

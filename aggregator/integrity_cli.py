@@ -236,15 +236,21 @@ def run_validate_cmd(args: argparse.Namespace) -> int:
     finally:
         state.close()
     bad = [r for r in rows if r["status"] != "valid"]
+    unlisted = rep.not_in_any_digest
     if args.json:
-        print(json.dumps({"statuses": rep.statuses, "problems": bad}, indent=2, sort_keys=True))
+        doc = {"statuses": rep.statuses, "problems": bad, "not_in_any_digest": unlisted}
+        print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(f"digests: {rep.statuses or 'none found'}")
         for r in bad:
             print(f"  {r['status']:18} s3://{r['bucket']}/{r['key']}  {r['detail']}")
+        if unlisted:
+            print(f"log files in no digest: {len(unlisted)}")
+            for k in unlisted[:20]:
+                print(f"  {k}")
         for err in rep.errors:
             print(f"  error: {err}")
-    return 1 if bad or rep.errors else 0
+    return 1 if bad or unlisted or rep.errors else 0
 
 
 # ---------------------------------------------------------------------------- archive

@@ -119,3 +119,55 @@ def test_audit_command_outputs(
     assert 'ctagg_audit_finding{account_id="111111111111"' in capsys.readouterr().out
     assert main(["audit", str(cfg_path)]) == 1
     assert "trail_covered" in capsys.readouterr().out
+
+
+async def test_validate_digests_and_completeness_commands(
+    moto: str,
+    tmp_path: Path,
+    testdata: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Digests read from the trail bucket (keys from a local key directory), logs checked."""
+    import gzip
+
+    import aioboto3
+    from cryptography.hazmat.primitives import serialization
+    from trailgen import ACCOUNT, REGION, new_key, write_trail
+
+    from aggregator.discovery import Source
+
+    key = new_key()
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    (keydir / "ct.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    async with aioboto3.Session().client("s3", region_name="us-east-1") as s3:
+        trail = await write_trail(s3, testdata, key=key, hours=2)
+    prefix = f"AWSLogs/{ACCOUNT}/CloudTrail/{REGION}/"
+    src = Source(f"{trail.bucket}/{prefix}", ACCOUNT, REGION, trail.bucket, prefix)
+    inv = Inventory([Account(ACCOUNT)], {ACCOUNT: [REGION]}, [], [src], [])
+
+    async def fake_inventory(*_: Any) -> Inventory:
+        return inv
+
+    monkeypatch.setattr(integrity_cli, "discover_inventory", fake_inventory)
+    cfg_path = config(tmp_path, public_key_dir=str(keydir), list_public_keys=False)
+    window = ["--since", "2024-05-01T00:00", "--until", "2024-05-02T00:00"]
+    assert await_main(["validate-digests", str(cfg_path), *window, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["statuses"] == {"valid": 2}
+
+    victim = trail.digest_hours[0][0]
+    client("s3").put_object(Bucket=trail.bucket, Key=victim, Body=gzip.compress(b'{"Records":[]}'))
+    assert await_main(["validate-digests", str(cfg_path), *window]) == 1
+    out = capsys.readouterr().out
+    assert "log_file_modified" in out
+
+    # nothing was ingested: every listed file is missing, and queued for retry
+    assert await_main(["completeness", str(cfg_path), *window, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["expected"] == 4
+    assert doc["missing"] == 4
