@@ -59,6 +59,21 @@ def _integrity_args(name: str) -> AddArgs:
     return add
 
 
+# ---------------------------------------------------------------- detect
+
+
+def _detect_args(p: argparse.ArgumentParser) -> None:
+    from aggregator.detect.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from aggregator.detect.cli import run
+
+    return run(args)
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     # integrity room (aggregator/integrity_cli.py)
@@ -92,6 +107,7 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _integrity_args("add_verify_args"),
         _integrity("run_verify_archive_cmd"),
     ),
+    ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
 ]
 
 
