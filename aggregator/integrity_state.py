@@ -114,21 +114,6 @@ def record_digest_results(
         )
 
 
-def checked_digests(state: State, bucket: str, keys: Iterable[str]) -> dict[str, str]:
-    """{digest key: status} for digests already validated."""
-    out: dict[str, str] = {}
-    key_list = list(keys)
-    with state._lock:
-        for i in range(0, len(key_list), 900):
-            part = key_list[i : i + 900]
-            q = (
-                "SELECT key, status FROM digest_results WHERE bucket=? AND key IN "
-                f"({','.join('?' * len(part))})"
-            )
-            out.update({r[0]: r[1] for r in state.conn.execute(q, (bucket, *part))})
-    return out
-
-
 def valid_digest_keys(state: State, source_id: str) -> set[str]:
     with state._lock:
         return {

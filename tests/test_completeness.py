@@ -165,3 +165,19 @@ def test_compute_on_state_rows_incl_compacted_prefix_and_grace(tmp_path: Path) -
     assert reg.get_sample_value("ctagg_completeness_expected_files", labels) == 2.0
     assert reg.get_sample_value("ctagg_completeness_ratio") == 0.5
     state.close()
+
+
+def test_retry_queue_api_for_ingest(tmp_path: Path) -> None:
+    """What ingest uses: items per source, an attempt counter, and removal when handled."""
+    from aggregator.integrity_state import queue_retry, retry_attempted, retry_done
+
+    state = State(tmp_path / "s.db")
+    assert queue_retry(state, [("b", "k1", "b/src", "why"), ("b", "k2", "b/other", "why")]) == 2
+    assert queue_retry(state, [("b", "k1", "b/src", "again")]) == 0
+    (item,) = retry_items(state, "b/src")
+    assert (item.key, item.reason, item.attempts) == ("k1", "why", 0)
+    retry_attempted(state, "b", "k1")
+    assert retry_items(state, "b/src")[0].attempts == 1
+    retry_done(state, "b", "k1")
+    assert [i.key for i in retry_items(state)] == ["k2"]
+    state.close()
