@@ -14,6 +14,8 @@ import orjson
 import pytest
 from botocore.stub import Stubber
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
 from aggregator.digest import (
@@ -27,6 +29,7 @@ from aggregator.digest import (
     public_key_fingerprint,
     rsa_signer,
     signing_string,
+    verify_signature,
 )
 
 
@@ -271,3 +274,33 @@ def test_parse_documented_example_and_signing_string(testdata: Path) -> None:
         parse_digest("b", "k", b"\x1f\x8bnot really", {})
     with pytest.raises(DigestFormatError, match="missing fields"):
         parse_digest("b", "k", gzip.compress(b"{}"), {"signature": "", "signature-algorithm": ""})
+
+
+@settings(max_examples=200, deadline=None)
+@given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+def test_any_flipped_bit_in_a_digest_fails_verification(position: int, bit: int) -> None:
+    """Property: a digest body changed anywhere no longer verifies (or no longer parses)."""
+    import asyncio
+
+    _raw, meta, dg = asyncio.run(
+        build_digest(
+            bucket="b",
+            key="AWSLogs/111111111111/CloudTrail-Digest/us-east-1/2024/05/01/x.json.gz",
+            account_id="111111111111",
+            start=datetime(2024, 5, 1, 10, tzinfo=UTC),
+            end=datetime(2024, 5, 1, 11, tzinfo=UTC),
+            log_files=[{"s3Bucket": "b", "s3Object": "k", "hashValue": "ab" * 32}],
+            fingerprint=public_key_fingerprint(KEY.public_key()),
+            signer=rsa_signer(KEY),
+        )
+    )
+    assert verify_signature(KEY.public_key(), signing_string(dg.doc, dg.sha256), dg.signature)
+    body = bytearray(dg.body)
+    body[position % len(body)] ^= 1 << bit
+    try:
+        tampered = parse_digest("b", dg.key, gzip.compress(bytes(body)), meta)
+    except DigestFormatError:
+        return
+    assert not verify_signature(
+        KEY.public_key(), signing_string(tampered.doc, tampered.sha256), tampered.signature
+    )
