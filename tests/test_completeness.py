@@ -181,3 +181,47 @@ def test_retry_queue_api_for_ingest(tmp_path: Path) -> None:
     retry_done(state, "b", "k1")
     assert [i.key for i in retry_items(state)] == ["k2"]
     state.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ingest does not read retry_queue yet: the ingest room wires it (3 lines in "
+    "Ingestor._list_source); strict, so this turns red the moment it works and the marker goes",
+)
+async def test_missing_file_in_closed_prefix_is_refetched_via_retry_queue(
+    s3: Any, testdata: Path, tmp_path: Path
+) -> None:
+    """A file missing from a day prefix that ingest already closed is only found again through
+    the retry queue (normal listing never revisits a closed prefix)."""
+    client("s3").create_bucket(Bucket="central")
+    trail = await write_trail(s3, testdata, key=KEY, hours=3)
+    withheld = trail.digest_hours[1][1]
+    await s3.delete_object(Bucket=trail.bucket, Key=withheld)
+    cfg = settings(tmp_path)
+    state = State(cfg.state.path)
+    src = source(trail.bucket)
+    later = datetime(2024, 5, 5, 16, tzinfo=UTC).timestamp()
+
+    async def run_at(t: float) -> Any:
+        ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: t)
+        return await ing.run(inventory(src))
+
+    async def s3_for(_: Source) -> Any:
+        return s3
+
+    try:
+        await run_at(NOW)
+        await run_at(later)
+        assert state.closed_days(f"{trail.bucket}/{src.prefix}") == {"2024-05-01"}
+        store = PublicKeyStore()
+        store.add(KEY.public_key())
+        await refresh_expected(state, [src], s3_for, store)
+        report = compute(state, SINCE, UNTIL, now=later)
+        assert [k for _, k in report.missing] == [withheld]
+        assert queue_missing(state, report) == 1
+        await s3.put_object(Bucket=trail.bucket, Key=withheld, Body=trail.logs[withheld])
+        third = await run_at(later)
+        assert third.objects == 1
+        assert compute(state, SINCE, UNTIL, now=later).missing == []
+    finally:
+        state.close()
