@@ -41,8 +41,28 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- discover
+
+
+def _discover_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from aggregator.discovery import run_cli
+
+    return run_cli(load_or_exit(args.config), as_json=args.json)
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
+    (
+        "discover",
+        "list the accounts, regions, trails and log prefixes that would be collected",
+        _discover_args,
+        _run_discover,
+    ),
 ]
 
 

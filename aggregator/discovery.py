@@ -566,8 +566,9 @@ def print_inventory(inv: Inventory, out: TextIO) -> None:
             p(f"  {f.account_id}{where}  {f.stage}: {f.reason}")
 
 
-def run_cli(settings: Settings, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+def run_cli(settings: Settings, *, as_json: bool, out: TextIO | None = None) -> int:
     """``ctagg discover``: 0 when every account was discovered, 1 otherwise."""
+    stream = out or sys.stdout
 
     async def go() -> Inventory:
         aws = Aws(settings.aws)
@@ -579,7 +580,7 @@ def run_cli(settings: Settings, *, as_json: bool, out: TextIO = sys.stdout) -> i
         print(f"discovery failed: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        out.write(json.dumps(inventory_dict(inv), indent=2, sort_keys=True) + "\n")
+        stream.write(json.dumps(inventory_dict(inv), indent=2, sort_keys=True) + "\n")
     else:
-        print_inventory(inv, out)
+        print_inventory(inv, stream)
     return 1 if inv.failures else 0

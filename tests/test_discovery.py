@@ -528,3 +528,61 @@ async def test_max_concurrency_bounds_aws_calls(moto: str, limit: int) -> None:
     assert inflight["calls"] >= 5 + 5 + 5 * 2  # parents, regions, trails per account × region
     assert inflight["now"] == 0
     assert inflight["peak"] == limit
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_discover_text_and_json(moto: str, tmp_path: Any, capsys: Any) -> None:
+    """`ctagg discover CONFIG [--json]` prints accounts (id, name, OU path), regions, trails
+    and sources; exit 0 when no account failed."""
+    import json
+
+    from aggregator.cli import main
+
+    org = seed_org({"Root/Prod": [("prod-a", {"env": "prod"})]})
+    prod_a = org.accounts["prod-a"]
+    arn = make_trail(prod_a, "us-east-1", "own", "prod-a-logs", prefix="ct")
+    config = tmp_path / "ctagg.yaml"
+    config.write_text(
+        f"aws: {{endpoint_url: '{moto}', max_attempts: 2}}\n"
+        "discovery:\n  regions: {include: [us-east-1]}\n"
+        "archive: {bucket: central-archive}\n"
+    )
+
+    assert main(["--log-level", "ERROR", "discover", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert f"{prod_a}  prod-a  Root/Prod" in text
+    assert "regions: us-east-1" in text
+    assert arn in text
+    assert f"s3://prod-a-logs/ct/AWSLogs/{prod_a}/CloudTrail/us-east-1/  reader={prod_a}" in text
+
+    assert main(["--log-level", "ERROR", "discover", str(config), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["organization_id"] == org.org_id
+    assert {a["id"]: a["ou_path"] for a in doc["accounts"]} == {MGMT: "Root", prod_a: "Root/Prod"}
+    assert {a["id"]: a["regions"] for a in doc["accounts"]} == {
+        MGMT: ["us-east-1"],
+        prod_a: ["us-east-1"],
+    }
+    assert [t["arn"] for t in doc["trails"]] == [arn]
+    assert [s["source_id"] for s in doc["sources"]] == [
+        f"prod-a-logs/ct/AWSLogs/{prod_a}/CloudTrail/us-east-1/"
+    ]
+    assert doc["failures"] == []
+
+
+def test_cli_discover_reports_failures_with_exit_1(moto: str, tmp_path: Any, capsys: Any) -> None:
+    """Without an organization (and no static list), discovery cannot start: exit 1 and a
+    one-line reason on stderr, nothing on stdout."""
+    from aggregator.cli import main
+
+    config = tmp_path / "ctagg.yaml"
+    config.write_text(
+        f"aws: {{endpoint_url: '{moto}', max_attempts: 1}}\narchive: {{bucket: b-1}}\n"
+    )
+
+    assert main(["--log-level", "ERROR", "discover", str(config)]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "discovery failed: organizations: AWSOrganizationsNotInUseException" in out.err
