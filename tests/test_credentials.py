@@ -193,3 +193,28 @@ async def test_assume_role_denied_raises_with_code(moto: str, monkeypatch: Any) 
     assert info.value.code == "AccessDenied"
     assert "sts:AssumeRole" in info.value.message
     assert broker.assume_role_calls == 3
+
+
+async def test_clients_share_model_loader_and_tls_context(moto: str) -> None:
+    """Per-account sessions reuse the process's model loader, and every client's connector the
+    same verifying TLS context (building them per client costs tens of ms of CPU each)."""
+    import ssl
+
+    from aggregator.credentials import shared_loader
+
+    settings = make_settings(moto)
+    broker, _ = _broker(settings)
+    member = await broker.session_for(MEMBER)
+    connectors = []
+    for session, region in ((broker.base_session(), "us-east-1"), (member, "eu-west-1")):
+        assert session._session.get_component("data_loader") is shared_loader()
+        async with broker.aws.client(session, "cloudtrail", region) as ct:
+            http = ct._endpoint.http_session
+            connectors.append((await http._get_session(None)).connector)
+            assert (await ct.describe_trails())["trailList"] == []
+
+    first, second = (c._ssl for c in connectors)
+    assert isinstance(first, ssl.SSLContext)
+    assert first is second
+    assert first.verify_mode == ssl.CERT_REQUIRED
+    assert first.cert_store_stats()["x509_ca"] > 0
