@@ -427,10 +427,11 @@ class _Discovery:
             if rules.include_ous or rules.exclude_ous:
                 return None  # cannot tell whether it is in scope
         try:
-            async for page in orgs.get_paginator("list_tags_for_resource").paginate(
-                ResourceId=account_id
-            ):
-                tags.update({str(t["Key"]): str(t["Value"]) for t in page.get("Tags", [])})
+            async with self.sem:
+                async for page in orgs.get_paginator("list_tags_for_resource").paginate(
+                    ResourceId=account_id
+                ):
+                    tags.update({str(t["Key"]): str(t["Value"]) for t in page.get("Tags", [])})
         except Exception as exc:
             self.fail(account_id, "list_tags_for_resource", exc)
             if rules.include_tags or rules.exclude_tags:

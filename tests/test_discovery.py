@@ -515,7 +515,7 @@ async def test_max_concurrency_bounds_aws_calls(moto: str, limit: int) -> None:
     calls = {
         "ec2": ["DescribeRegions"],
         "cloudtrail": ["DescribeTrails"],
-        "organizations": ["ListParents", "DescribeOrganizationalUnit"],
+        "organizations": ["ListParents", "DescribeOrganizationalUnit", "ListTagsForResource"],
     }
     for svc, names in calls.items():
         for name in names:
@@ -525,7 +525,8 @@ async def test_max_concurrency_bounds_aws_calls(moto: str, limit: int) -> None:
     inv = await discover(settings, broker, aws)
 
     assert inv.failures == []
-    assert inflight["calls"] >= 5 + 5 + 5 * 2  # parents, regions, trails per account × region
+    # parents, tags, regions per account; trails per account × region
+    assert inflight["calls"] >= 5 * 3 + 5 * 2
     assert inflight["now"] == 0
     assert inflight["peak"] == limit
 
