@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO, TypeVar
@@ -293,20 +292,10 @@ def build_sources(
 
 async def discover(settings: Settings, broker: CredentialBroker, aws: Aws) -> Inventory:
     """Find accounts, regions, trails and sources. Per-account failures are returned in
-    ``Inventory.failures``; raises DiscoveryError only when nothing can be discovered."""
-    started = time.monotonic()
+    ``Inventory.failures``; raises DiscoveryError only when nothing can be discovered.
+    Logs nothing: the caller logs one ``discovery.done`` line and the failures."""
     async with ClientPool(aws) as pool:
-        inv = await _Discovery(settings, broker, pool).run()
-    log.info(
-        "discovery.done",
-        accounts=len(inv.accounts),
-        regions=sum(len(r) for r in inv.regions.values()),
-        trails=len(inv.trails),
-        sources=len(inv.sources),
-        failures=len(inv.failures),
-        duration_ms=round((time.monotonic() - started) * 1000),
-    )
-    return inv
+        return await _Discovery(settings, broker, pool).run()
 
 
 class _Discovery:
