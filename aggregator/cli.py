@@ -74,6 +74,20 @@ def _run_detect(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# ---------------------------------------------------------------- discover
+
+
+def _discover_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from aggregator.discovery import run_cli
+
+    return run_cli(load_or_exit(args.config), as_json=args.json)
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     # integrity room (aggregator/integrity_cli.py)
@@ -108,6 +122,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _integrity("run_verify_archive_cmd"),
     ),
     ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
+    (
+        "discover",
+        "list the accounts, regions, trails and log prefixes that would be collected",
+        _discover_args,
+        _run_discover,
+    ),
 ]
 
 

@@ -173,6 +173,11 @@ class TrailDiscovery(Strict):
         description="Account whose role reads the organization trail bucket (log archive).",
     )
     static_sources: list[StaticSource] = Field(default_factory=list)
+    bucket_readers: dict[str, AccountId] = Field(
+        default_factory=dict,
+        description="Bucket name -> account whose role reads it; overrides the reader of every "
+        "source in that bucket (e.g. account trails delivering to a central log archive).",
+    )
 
 
 class DiscoverySettings(Strict):
