@@ -65,6 +65,24 @@ def _run_retention(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _integrity(name: str) -> Run:
+    def run(args: argparse.Namespace) -> int:
+        from aggregator import integrity_cli
+
+        return int(getattr(integrity_cli, name)(args))
+
+    return run
+
+
+def _integrity_args(name: str) -> AddArgs:
+    def add(p: argparse.ArgumentParser) -> None:
+        from aggregator import integrity_cli
+
+        getattr(integrity_cli, name)(p)
+
+    return add
+
+
 # ---------------------------------------------------------------- detect
 
 
@@ -80,10 +98,61 @@ def _run_detect(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# ---------------------------------------------------------------- discover
+
+
+def _discover_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from aggregator.discovery import run_cli
+
+    return run_cli(load_or_exit(args.config), as_json=args.json)
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
+    # integrity room (aggregator/integrity_cli.py)
+    (
+        "audit",
+        "audit every account x region's CloudTrail setup (CIS)",
+        _integrity_args("add_audit_args"),
+        _integrity("run_audit_cmd"),
+    ),
+    (
+        "completeness",
+        "expected (CloudTrail digests) vs ingested log files per hour",
+        _integrity_args("add_completeness_args"),
+        _integrity("run_completeness_cmd"),
+    ),
+    (
+        "validate-digests",
+        "validate CloudTrail digests and the log files they list",
+        _integrity_args("add_validate_args"),
+        _integrity("run_validate_cmd"),
+    ),
+    (
+        "archive-digest",
+        "write the central archive's signed hourly digests now",
+        _integrity_args("add_archive_args"),
+        _integrity("run_archive_digest_cmd"),
+    ),
+    (
+        "verify-archive",
+        "verify the central archive end to end against its digests",
+        _integrity_args("add_verify_args"),
+        _integrity("run_verify_archive_cmd"),
+    ),
     ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
+    (
+        "discover",
+        "list the accounts, regions, trails and log prefixes that would be collected",
+        _discover_args,
+        _run_discover,
+    ),
 ]
 
 

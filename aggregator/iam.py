@@ -43,6 +43,8 @@ _S3_ACTIONS = {
     "GetBucketNotificationConfiguration": "GetBucketNotification",
     "PutBucketNotificationConfiguration": "PutBucketNotification",
     "GetBucketEncryption": "GetEncryptionConfiguration",
+    "GetPublicAccessBlock": "GetBucketPublicAccessBlock",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
     "PutBucketEncryption": "PutEncryptionConfiguration",
 }
 # S3 operations on a bucket (resource arn:aws:s3:::bucket); the rest act on objects.
@@ -70,6 +72,11 @@ _S3_BUCKET_OPS = {
     "DeleteBucket",
     "GetBucketTagging",
     "PutBucketTagging",
+    "GetBucketAcl",
+    "GetBucketLogging",
+    "GetBucketPolicyStatus",
+    "GetPublicAccessBlock",
+    "PutPublicAccessBlock",
 }
 # Calls every principal may make without any permission.
 UNAUTHENTICATED_OK = frozenset({("sts", "GetCallerIdentity")})

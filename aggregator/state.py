@@ -198,11 +198,76 @@ def _m10_detect(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m40_integrity(db: sqlite_utils.Database) -> None:
+    """Integrity room (aggregator/integrity_state.py reads and writes these)."""
+    db.executescript(
+        """
+        CREATE TABLE lookup_cursor (
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            done_until REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (account_id, region)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE retry_queue (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            queued_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX retry_queue_source ON retry_queue (source_id);
+
+        CREATE TABLE digest_expected (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            digest_key TEXT NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX digest_expected_hour ON digest_expected (hour);
+
+        CREATE TABLE digest_results (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            end_time TEXT,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE archive_digests (
+            hour TEXT PRIMARY KEY,
+            key TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            objects INTEGER NOT NULL,
+            first_ledger_id INTEGER,
+            last_ledger_id INTEGER,
+            written_at REAL NOT NULL
+        );
+        """
+    )
+
+
 # Append-only: a migration, once released, is never edited. Other rooms add theirs here.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
     (30, "service: job runs, retention log", _m30_service),
+    (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
 ]
 
 

@@ -37,6 +37,7 @@ SUBST = {
     "ARCHIVE_KMS_KEY_ARN": KMS,
     "TRAIL_BUCKET": TRAIL,
     "ALERT_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:111111111111:ctagg-alerts",
+    "DIGEST_KMS_KEY_ARN": "arn:aws:kms:us-east-1:111111111111:key/digest-signing",
 }
 
 
