@@ -112,9 +112,48 @@ def _run_discover(args: argparse.Namespace) -> int:
     return run_cli(load_or_exit(args.config), as_json=args.json)
 
 
+# ---------------------------------------------------------------- doctor
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from aggregator import doctor
+    from aggregator.discovery import DiscoveryError
+
+    settings = load_or_exit(args.config)
+    try:
+        report = asyncio.run(doctor.run_live(settings))
+    except DiscoveryError as exc:
+        print(f"doctor: discovery failed: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(doctor.render_table(report))
+        for line in doctor.render_text(report):
+            console.print(line)
+    return 0 if report.ok else 1
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
+    (
+        "doctor",
+        "check live access per account x region (assume, list, read, write central)",
+        _doctor_args,
+        _run_doctor,
+    ),
     # integrity room (aggregator/integrity_cli.py)
     (
         "audit",

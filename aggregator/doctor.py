@@ -254,3 +254,14 @@ def render_text(report: DoctorReport) -> Sequence[str]:
     failing = sum(1 for r in report.rows if not r.ok)
     lines.append(f"{len(report.rows)} account × region rows, {failing} failing")
     return lines
+
+
+async def run_live(settings: Settings) -> DoctorReport:
+    """Discover with the configured identity, then check every account × region."""
+    from aggregator.credentials import CredentialBroker
+    from aggregator.discovery import discover
+
+    aws = Aws(settings.aws)
+    broker = CredentialBroker(settings, aws)
+    inventory = await discover(settings, broker, aws)
+    return await Doctor(settings, broker, aws).run(inventory)

@@ -153,3 +153,58 @@ async def test_central_write_probe_is_written_once(tmp_path: Path, inventory: In
     assert not third.central.ok
     assert third.central.missing == f"s3:PutObject on arn:aws:s3:::central/{PROBE_KEY}"
     assert "FAIL" in render_text(third)[0]
+
+
+def test_cli_doctor_discovers_and_reports(
+    tmp_path: Path, moto: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ctagg doctor CONFIG --json` discovers (static accounts, a static org-trail source read by
+    the log-archive role), checks each account × region and exits 1 when one fails."""
+    import json
+
+    from aggregator.cli import main
+
+    client("s3").create_bucket(Bucket="central")
+    s3 = client("s3", A2)
+    s3.create_bucket(Bucket="org-trail")
+    s3.put_object(
+        Bucket="org-trail",
+        Key=log_key(
+            f"AWSLogs/o-abcdefghij/{A1}/CloudTrail/{REGION}/", A1, REGION, "20240501T0100Z"
+        ),
+        Body=log_object([record("e1", A1)]),
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "state": {"path": str(tmp_path / "s.db")},
+                "aws": {"max_attempts": 1},
+                "discovery": {
+                    "accounts": {"source": "static", "static": [{"id": A1}, {"id": A4}]},
+                    "regions": {"include": [REGION]},
+                    "trails": {
+                        "discover": False,
+                        "static_sources": [
+                            {
+                                "bucket": "org-trail",
+                                "organization_id": "o-abcdefghij",
+                                "reader_account_id": A2,
+                            }
+                        ],
+                    },
+                },
+                "archive": {"bucket": "central"},
+            }
+        )
+    )
+    code = main(["doctor", str(cfg), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    rows = {(r["account_id"], r["region"]): r for r in out["rows"]}
+    assert out["central"]["ok"] is True
+    assert rows[(A1, REGION)]["ok"] is True
+    assert [c["name"] for c in rows[(A1, REGION)]["checks"]] == ["assume", "list", "read"]
+    a4 = rows[(A4, REGION)]
+    assert a4["ok"] is False  # its prefix is empty: nothing to read yet
+    assert a4["checks"][-1]["detail"] == "no object under the prefix to read yet"
+    assert code == 1
