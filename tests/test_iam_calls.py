@@ -210,7 +210,8 @@ async def test_every_recorded_call_is_allowed(
     } <= ops
     who = {recorder.identity(c.access_key) for c in recorder.calls}
     assert who == {"base", f"arn:aws:iam::{LOG_ARCHIVE}:role/{MEMBER_ROLE}"}
-    assert violations(recorder) == []
+    found = violations(recorder)
+    assert found == [], "\n".join(found)
 
 
 async def test_the_check_catches_a_missing_permission(
@@ -233,3 +234,47 @@ async def test_the_check_catches_a_missing_permission(
 
     found = violations(recorder, weakened())
     assert any("s3:DeleteObjectVersion" in v and "implicit_deny" in v for v in found), found
+
+
+async def test_discovery_and_doctor_calls_are_allowed(
+    tmp_path: Path, moto: str, recorder: Recorder
+) -> None:
+    """Organizations discovery through the real CredentialBroker (AssumeRole with ExternalId
+    into each member role, regions, trails) and `ctagg doctor` make only allowed calls."""
+    from aggregator.doctor import run_live
+
+    orgs = client("organizations")
+    orgs.create_organization(FeatureSet="ALL")
+    status = orgs.create_account(Email="a1@example.com", AccountName="workload")
+    member = status["CreateAccountStatus"]["AccountId"]
+    client("s3").create_bucket(Bucket=CENTRAL)
+    s3 = client("s3", member)
+    s3.create_bucket(Bucket=TRAIL)
+    client("cloudtrail", member).create_trail(
+        Name="main", S3BucketName=TRAIL, IsMultiRegionTrail=True
+    )
+    cfg = parse_settings(
+        {
+            "state": {"path": str(tmp_path / "state.db")},
+            "aws": {"max_attempts": 1},
+            "credentials": {
+                "role_arn_template": "arn:aws:iam::{account_id}:role/" + MEMBER_ROLE,
+                "external_id": "0123456789abcdef",
+            },
+            "discovery": {"regions": {"include": ["us-east-1"]}},
+            "archive": {"bucket": CENTRAL},
+        }
+    )
+    report = await run_live(cfg)
+    ops = {(c.service, c.operation) for c in recorder.calls}
+    assert {
+        ("organizations", "ListAccounts"),
+        ("sts", "AssumeRole"),
+        ("ec2", "DescribeRegions"),
+        ("cloudtrail", "DescribeTrails"),
+    } <= ops
+    assumed = [c for c in recorder.calls if c.operation == "AssumeRole"]
+    assert all(c.params.get("ExternalId") == "0123456789abcdef" for c in assumed)
+    assert any(r.account_id == member and r.bucket == TRAIL for r in report.rows)
+    found = violations(recorder)
+    assert found == [], "\n".join(found)
