@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install demo test lint typecheck fmt bench lock schema clean
+.PHONY: install demo test lint typecheck fmt bench lock schema clean image
 
 $(BIN)/python:
 	@if [ -z "$(UV)" ]; then $(PY) -m pip install --quiet --disable-pip-version-check 'uv==0.13.8'; fi
@@ -41,6 +41,10 @@ schema: install  ## regenerate config/schema.json from the pydantic models
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+image:  ## build the container image (needs a container engine; not available in CI here)
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t ctagg:$$($(PY) -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])') .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
