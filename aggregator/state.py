@@ -540,6 +540,7 @@ class State:
                 ),
             )
             c.execute("DELETE FROM quarantine WHERE bucket=? AND key=?", (src.bucket, o.key))
+            c.execute("DELETE FROM retry_queue WHERE bucket=? AND key=?", (src.bucket, o.key))
             self._touch_source(c, src, now)
             c.execute(
                 "UPDATE sources SET last_key=?, last_object_at=?, objects=objects+1, "
@@ -618,14 +619,16 @@ class State:
             return cur.rowcount
 
     def retry_keys(self, source_id: str) -> list[str]:
+        """Keys to fetch by name in the next cycle: quarantined objects marked for retry and
+        files completeness found missing (``retry_queue``), which may sit in closed prefixes
+        that are no longer listed."""
         with self._lock:
-            return [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT key FROM quarantine WHERE source_id=? AND status='retry' ORDER BY key",
-                    (source_id,),
-                )
-            ]
+            rows = self.conn.execute(
+                "SELECT key FROM quarantine WHERE source_id=? AND status='retry' "
+                "UNION SELECT key FROM retry_queue WHERE source_id=? ORDER BY key",
+                (source_id, source_id),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ failures
 
