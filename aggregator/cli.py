@@ -145,6 +145,210 @@ def _run_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# ---------------------------------------------------------------- once / run
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aggregator.app import App
+
+    settings = load_or_exit(args.config)
+
+    async def go() -> dict[str, object]:
+        app = App(settings)
+        try:
+            return (await app.run_once()).as_dict()
+        finally:
+            await app.close()
+
+    report = asyncio.run(go())
+    print(_json(report))
+    return 1 if report["errors"] else 0
+
+
+def _args_run(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument(
+        "--interval-secs",
+        type=float,
+        default=None,
+        help="between ingest cycles (default: service.ingest_interval_secs)",
+    )
+    p.add_argument(
+        "--discovery-interval-secs",
+        type=float,
+        default=None,
+        help="between discovery refreshes (default: service.discovery_interval_secs)",
+    )
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    """The daemon (aggregator/daemon.py): scheduler, health/metrics port, clean SIGTERM."""
+    import asyncio
+
+    from aggregator import daemon
+
+    settings = load_or_exit(args.config)
+    overrides = {
+        k: v
+        for k, v in (
+            ("ingest_interval_secs", args.interval_secs),
+            ("discovery_interval_secs", args.discovery_interval_secs),
+        )
+        if v is not None
+    }
+    if overrides:
+        service = settings.service.model_copy(update=overrides)
+        settings = settings.model_copy(update={"service": service})
+    return asyncio.run(daemon.serve(settings))
+
+
+# ---------------------------------------------------------------- status / quarantine
+
+
+def _args_json(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _json(obj: object) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from aggregator.state import State
+
+    settings = load_or_exit(args.config)
+    state = State(settings.state.path)
+    try:
+        rows = state.status()
+        failures = state.failures()
+    finally:
+        state.close()
+    now = time.time()
+
+    def lag(newest: str | None) -> float | None:
+        if not newest:
+            return None
+        return round(now - datetime.fromisoformat(newest.replace("Z", "+00:00")).timestamp())
+
+    if args.json:
+        for r in rows:
+            print(_json({**asdict(r), "lag_secs": lag(r.newest_event_time)}))
+        for f in failures:
+            print(_json({"failure": f}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ctagg status: per account × region source")
+    for col in (
+        "account",
+        "region",
+        "bucket",
+        "last object",
+        "newest eventTime",
+        "lag",
+        "objects",
+        "events",
+        "errors",
+    ):
+        table.add_column(col)
+    for r in rows:
+        lg = lag(r.newest_event_time)
+        table.add_row(
+            r.account_id,
+            r.region,
+            r.bucket,
+            (r.last_key or "-").rsplit("/", 1)[-1],
+            r.newest_event_time or "-",
+            "-" if lg is None else f"{lg / 3600:.1f} h",
+            str(r.objects),
+            str(r.events),
+            f"{r.errors} ({r.last_error[:60]})" if r.last_error else str(r.errors),
+        )
+    console = Console()
+    console.print(table)
+    for f in failures:
+        console.print(
+            f"[red]account {f['account_id']}[/red] {f['stage']}: {f['reason']} (x{f['count']})"
+        )
+    return 0
+
+
+def _run_quarantine(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from aggregator.state import State
+
+    settings = load_or_exit(args.config)
+    state = State(settings.state.path)
+    try:
+        rows = state.quarantined()
+    finally:
+        state.close()
+    for q in rows:
+        if args.json:
+            print(_json(asdict(q)))
+        else:
+            print(f"{q.status:5} s3://{q.bucket}/{q.key}  ({q.attempts}x) {q.reason}")
+    if not rows and not args.json:
+        print("nothing quarantined")
+    return 0
+
+
+def _args_retry(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--bucket", help="only objects from this source bucket")
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from aggregator.state import State
+
+    settings = load_or_exit(args.config)
+    state = State(settings.state.path)
+    try:
+        n = state.retry_quarantined(args.bucket)
+    finally:
+        state.close()
+    print(f"{n} quarantined object(s) will be tried again in the next cycle")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--workdir", default=".demo", help="where state, config and archive go")
+    p.add_argument("--testdata", help="shared/testdata folder (default: found beside the repo)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aggregator import demo
+
+    testdata = Path(args.testdata) if args.testdata else demo.find_testdata(Path.cwd())
+    testdata = testdata or demo.find_testdata()
+    if testdata is None or not testdata.is_dir():
+        print("ctagg demo: shared/testdata not found; pass --testdata DIR", file=sys.stderr)
+        return 2
+    summary = demo.run_demo(Path(args.workdir).resolve(), testdata)
+    if args.json:
+        print(_json(summary))
+        return 0
+    print(demo.render_summary(summary))
+    return 0
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
@@ -192,6 +396,32 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _discover_args,
         _run_discover,
     ),
+    (
+        "once",
+        "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
+        _config_arg,
+        _run_once,
+    ),
+    ("run", "run as a daemon until SIGTERM", _args_run, _run_run),
+    (
+        "status",
+        "per account × region progress, lag and errors (reads state only)",
+        _args_json,
+        _run_status,
+    ),
+    (
+        "quarantine",
+        "list quarantined source objects with their reasons",
+        _args_json,
+        _run_quarantine,
+    ),
+    (
+        "retry-quarantined",
+        "try quarantined objects again in the next cycle",
+        _args_retry,
+        _run_retry,
+    ),
+    ("demo", "run the real pipeline against an embedded moto Organization", _args_demo, _run_demo),
 ]
 
 

@@ -143,6 +143,21 @@ class AccountDiscovery(Strict):
     include_tags: dict[str, str] = Field(default_factory=dict)
     exclude_tags: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("include_ous", "exclude_ous")
+    @classmethod
+    def _ou_refs(cls, v: list[str]) -> list[str]:
+        bad = [
+            p
+            for p in v
+            if not re.match(r"^(ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}|r-[0-9a-z]{4,32})$", p)
+            and not re.match(r"^Root(/[^/]+)*$", p.strip("/"))
+        ]
+        if bad:
+            raise ValueError(
+                f"expected OU ids (ou-..., r-...) or paths from Root (Root/Prod), got {bad}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _static_needs_accounts(self) -> AccountDiscovery:
         if self.source == "static" and not self.static:

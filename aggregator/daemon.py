@@ -172,3 +172,11 @@ def _on_event(event: Any, fn: Callable[[], None]) -> Any:
         fn()
 
     return asyncio.get_running_loop().create_task(watch())
+
+
+async def serve(settings: Settings) -> int:
+    """``ctagg run``: the app with counted state, on the scheduler, until SIGTERM/SIGINT."""
+    from aggregator.app import App
+
+    app = App(settings, state=MeteredState(settings.state.path))
+    return await Daemon(app).run()

@@ -372,7 +372,12 @@ class State:
             for version, name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
                 if version in done:
                     continue
-                with self.transaction():
+                with self.transaction() as c:
+                    # another process (ctagg status next to ctagg run) may have applied it
+                    # since we looked: re-check under the write lock
+                    q = "SELECT 1 FROM schema_migrations WHERE version=?"
+                    if c.execute(q, (version,)).fetchone():
+                        continue
                     fn(self.db)
                     self.conn.execute(
                         "INSERT INTO schema_migrations VALUES (?, ?, ?)",
@@ -569,6 +574,7 @@ class State:
                 ),
             )
             c.execute("DELETE FROM quarantine WHERE bucket=? AND key=?", (src.bucket, o.key))
+            c.execute("DELETE FROM retry_queue WHERE bucket=? AND key=?", (src.bucket, o.key))
             self._touch_source(c, src, now)
             c.execute(
                 "UPDATE sources SET last_key=?, last_object_at=?, objects=objects+1, "
@@ -647,14 +653,16 @@ class State:
             return cur.rowcount
 
     def retry_keys(self, source_id: str) -> list[str]:
+        """Keys to fetch by name in the next cycle: quarantined objects marked for retry and
+        files completeness found missing (``retry_queue``), which may sit in closed prefixes
+        that are no longer listed."""
         with self._lock:
-            return [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT key FROM quarantine WHERE source_id=? AND status='retry' ORDER BY key",
-                    (source_id,),
-                )
-            ]
+            rows = self.conn.execute(
+                "SELECT key FROM quarantine WHERE source_id=? AND status='retry' "
+                "UNION SELECT key FROM retry_queue WHERE source_id=? ORDER BY key",
+                (source_id, source_id),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ failures
 

@@ -183,11 +183,6 @@ def test_retry_queue_api_for_ingest(tmp_path: Path) -> None:
     state.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest does not read retry_queue yet: the ingest room wires it (3 lines in "
-    "Ingestor._list_source); strict, so this turns red the moment it works and the marker goes",
-)
 async def test_missing_file_in_closed_prefix_is_refetched_via_retry_queue(
     s3: Any, testdata: Path, tmp_path: Path
 ) -> None:

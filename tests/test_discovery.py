@@ -137,16 +137,16 @@ def test_account_selected_rules_unit() -> None:
     a = Account(
         id="111111111111",
         ou_path="Root/Prod/Payments",
-        ou_ids=("r-1", "ou-1", "ou-2"),
+        ou_ids=("r-ab12", "ou-ab12-11111111", "ou-ab12-22222222"),
         tags={"env": "prod"},
     )
     assert account_selected(a, AccountDiscovery(include_ous=["Root/Prod"]))
     assert account_selected(a, AccountDiscovery(include_ous=["/Root/Prod/"]))
     assert not account_selected(a, AccountDiscovery(include_ous=["Root/Prod/Pay"]))
-    assert account_selected(a, AccountDiscovery(include_ous=["ou-1"]))
-    assert not account_selected(a, AccountDiscovery(include_ous=["ou-3"]))
+    assert account_selected(a, AccountDiscovery(include_ous=["ou-ab12-11111111"]))
+    assert not account_selected(a, AccountDiscovery(include_ous=["ou-ab12-33333333"]))
     assert not account_selected(
-        a, AccountDiscovery(include_ous=["ou-1"], exclude_tags={"env": "*"})
+        a, AccountDiscovery(include_ous=["ou-ab12-11111111"], exclude_tags={"env": "*"})
     )
     assert not account_selected(a, AccountDiscovery(include_tags={"env": "dev"}))
 
@@ -587,3 +587,30 @@ def test_cli_discover_reports_failures_with_exit_1(moto: str, tmp_path: Any, cap
     out = capsys.readouterr()
     assert out.out == ""
     assert "discovery failed: organizations: AWSOrganizationsNotInUseException" in out.err
+
+
+def test_ou_rules_must_be_ids_or_paths_from_root() -> None:
+    """An OU rule that can never match (a path not starting at Root) is a config error naming
+    its path; ids and Root paths are accepted."""
+    from aggregator.config import ConfigError, parse_settings
+
+    ok = {
+        "archive": {"bucket": "central"},
+        "discovery": {
+            "accounts": {
+                "include_ous": ["Root", "Root/Prod/Payments", "/Root/Dev/", "ou-ab12-abcdefgh"],
+                "exclude_ous": ["r-ab12"],
+            }
+        },
+    }
+    parse_settings(ok, env={})
+    bad = {
+        "archive": {"bucket": "central"},
+        "discovery": {"accounts": {"include_ous": ["Prod"], "exclude_ous": ["Root//x"]}},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_settings(bad, env={})
+    assert len(info.value.problems) == 2
+    assert info.value.problems[0].startswith("discovery.accounts.include_ous: ")
+    assert "['Prod']" in info.value.problems[0]
+    assert info.value.problems[1].startswith("discovery.accounts.exclude_ous: ")
