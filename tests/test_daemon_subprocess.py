@@ -10,10 +10,13 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,7 +57,21 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def write_config(tmp_path: Path, shutdown_secs: float) -> Path:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def write_config(tmp_path: Path, shutdown_secs: float, port: int = 0) -> Path:
     cfg = {
         "state": {"path": str(tmp_path / "state.db")},
         "aws": {"region": "us-east-1", "max_attempts": 2},
@@ -81,7 +98,7 @@ def write_config(tmp_path: Path, shutdown_secs: float) -> Path:
         "detect": {"webhook_url": "${CTAGG_WEBHOOK_URL}"},
         "service": {
             "health_host": "127.0.0.1",
-            "health_port": 0,
+            "health_port": port,
             "ingest_interval_secs": 3600,
             "shutdown_timeout_secs": shutdown_secs,
         },
@@ -182,9 +199,24 @@ def test_sigterm_mid_cycle_exits_cleanly_without_advancing_unfinished_objects(
     (ledger row) matches a complete central object; some objects were left for later; a second
     run archives the rest, every event exactly once; logs never show the planted secrets."""
     shutdown = 3.0
-    config = write_config(tmp_path, shutdown)
+    port = free_port()
+    config = write_config(tmp_path, shutdown, port)
     proc = start(config, moto, "run")
     done_before = wait_for_progress(tmp_path / "state.db", proc, 3)
+
+    # mid-cycle: alive, discovery done, not ready (no finished cycle), counters moving
+    base = f"http://127.0.0.1:{port}"
+    assert http_get(base + "/livez")[0] == 200
+    status, body = http_get(base + "/readyz")
+    assert status == 503
+    checks = json.loads(body)["checks"]
+    assert checks["discovery_done"]["ok"] is True
+    assert checks["ingest_recent"] == {"ok": False, "reason": "no cycle yet"}
+    status, text = http_get(base + "/metrics")
+    assert status == 200
+    label = f'ctagg_objects_total{{account_id="{A1}",region="us-east-1"}} '
+    line = next(x for x in text.splitlines() if x.startswith(label))
+    assert float(line.split()[-1]) >= done_before
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=shutdown + 20)
