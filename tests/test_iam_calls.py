@@ -236,11 +236,13 @@ async def test_the_check_catches_a_missing_permission(
     assert any("s3:DeleteObjectVersion" in v and "implicit_deny" in v for v in found), found
 
 
-async def test_discovery_and_doctor_calls_are_allowed(
+async def test_app_discovery_ingest_and_doctor_calls_are_allowed(
     tmp_path: Path, moto: str, recorder: Recorder
 ) -> None:
-    """Organizations discovery through the real CredentialBroker (AssumeRole with ExternalId
-    into each member role, regions, trails) and `ctagg doctor` make only allowed calls."""
+    """The real App (Organizations discovery through the CredentialBroker with AssumeRole +
+    ExternalId into each member role, then an ingest cycle reading the member's own trail
+    bucket) and `ctagg doctor` make only calls their identity's policy allows."""
+    from aggregator.app import App
     from aggregator.doctor import run_live
 
     orgs = client("organizations")
@@ -252,6 +254,17 @@ async def test_discovery_and_doctor_calls_are_allowed(
     s3.create_bucket(Bucket=TRAIL)
     client("cloudtrail", member).create_trail(
         Name="main", S3BucketName=TRAIL, IsMultiRegionTrail=True
+    )
+    day = datetime.now(UTC)
+    s3.put_object(
+        Bucket=TRAIL,
+        Key=log_key(
+            f"AWSLogs/{member}/CloudTrail/us-east-1/",
+            member,
+            "us-east-1",
+            day.strftime("%Y%m%dT0100Z"),
+        ),
+        Body=log_object([record("m1", member, time=day.strftime("%Y-%m-%dT01:00:00Z"))]),
     )
     cfg = parse_settings(
         {
@@ -265,6 +278,13 @@ async def test_discovery_and_doctor_calls_are_allowed(
             "archive": {"bucket": CENTRAL},
         }
     )
+    app = App(cfg)
+    try:
+        cycle = await app.run_once()
+    finally:
+        await app.close()
+    assert cycle.objects == 1
+    assert cycle.events_archived == 1
     report = await run_live(cfg)
     ops = {(c.service, c.operation) for c in recorder.calls}
     assert {
