@@ -30,7 +30,7 @@ import orjson
 from aggregator.aws import error_code, is_throttling
 from aggregator.collect import BadObject, Decoded
 from aggregator.config import LookupSettings
-from aggregator.dedupe import event_epoch, event_key
+from aggregator.dedupe import key_and_bytes
 from aggregator.discovery import Inventory
 from aggregator.log import get_logger
 
@@ -259,17 +259,16 @@ def window_source_key(window: LookupWindow) -> str:
 
 
 def decode_window(window: LookupWindow, *, max_record_bytes: int) -> Decoded:
-    """The window's records in the shape ``collect.decode_log`` gives ingest (dedupe key, epoch,
+    """The window's records in the shape ``collect.decode_log`` gives ingest (dedupe key,
     serialized record, eventTime per record), so they take the same dedupe/archive path.
     Records come newest first from the API; they are put in event-time order."""
-    out = Decoded([], [], [], [])
+    out = Decoded([], [], [])
     records = sorted(window.records, key=lambda r: str(r.get("eventTime") or ""))
     for i, rec in enumerate(records):
-        part = orjson.dumps(rec)
+        key, part = key_and_bytes(dict(rec))
         if len(part) > max_record_bytes:
             raise BadObject(f"record {i} is {len(part)} bytes > max_record_bytes")
-        out.keys.append(event_key(rec))
-        out.epochs.append(event_epoch(rec))
+        out.keys.append(key)
         out.parts.append(part)
         t = rec.get("eventTime")
         out.times.append(t if isinstance(t, str) else "")

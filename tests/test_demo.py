@@ -43,7 +43,7 @@ def test_demo_json(
     assert summary["objects"] == seeded["org_trail_objects"] + seeded["account_trail_objects"] + 1
     assert summary["quarantined"] == 1
     # the account trail repeats events the org trail already has: each is dropped once
-    assert summary["duplicates"] > 0
+    assert summary["duplicates"] >= seeded["account_trail_records"] > 0
     assert summary["events_in"] == summary["events_archived"] + summary["duplicates"]
     assert summary["second_cycle_objects"] == 0
     # the exported archive holds exactly the archived events, no two alike
