@@ -271,8 +271,16 @@ def scan_aws_calls(files: list[Path], root: Path = ROOT) -> set[tuple[str, str, 
     return found
 
 
+# Code that never talks to real AWS, with the reason.
+NOT_AWS = {
+    "aggregator/demo.py": "builds the embedded moto Organization of `ctagg demo`",
+}
+
+
 def _code_files() -> list[Path]:
-    return sorted(p for d in CODE_DIRS for p in d.rglob("*.py"))
+    return sorted(
+        p for d in CODE_DIRS for p in d.rglob("*.py") if str(p.relative_to(ROOT)) not in NOT_AWS
+    )
 
 
 def test_scanner_finds_calls(tmp_path: Path) -> None:
