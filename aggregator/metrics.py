@@ -151,20 +151,20 @@ class Metrics:
         self.job_duration = Histogram(
             "ctagg_job_duration_seconds",
             "Duration of one run of a scheduled job (ingest cycle, discovery, ...).",
-            ["job"],
+            ["job_name"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.job_runs = Counter(
             "ctagg_job_runs_total",
             "Runs of a scheduled job by outcome (ok, error, skipped).",
-            ["job", "outcome"],
+            ["job_name", "outcome"],
             registry=r,
         )
         self.job_last_success = Gauge(
             "ctagg_job_last_success_timestamp_seconds",
             "Unix time the job last finished without error.",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.discovered_accounts = Gauge(

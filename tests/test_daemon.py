@@ -147,8 +147,8 @@ async def test_readiness_and_metrics_after_a_cycle(tmp_path: Path, trail: Invent
     assert set(ages) == {use1, euw1}
     assert all(v >= 0 for v in ages.values())
     assert use1 in series(text, "ctagg_newest_object_age_seconds")
-    assert series(text, "ctagg_job_duration_seconds_count")[(("job", "ingest"),)] >= 1
-    assert series(text, "ctagg_job_runs_total")[(("job", "discovery"), ("outcome", "ok"))] == 1
+    assert series(text, "ctagg_job_duration_seconds_count")[(("job_name", "ingest"),)] >= 1
+    assert series(text, "ctagg_job_runs_total")[(("job_name", "discovery"), ("outcome", "ok"))] == 1
     assert series(text, "ctagg_discovered_sources")[()] == 3
     assert series(text, "ctagg_discovery_account_failures")[(("stage", "describe_trails"),)] == 1
     assert series(text, "ctagg_quarantine_objects")[(("status", "held"),)] == 1

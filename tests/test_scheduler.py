@@ -70,8 +70,8 @@ async def test_runs_never_overlap_and_overlaps_are_counted() -> None:
     assert peak == 1
     assert runs >= 2
     assert sched.stats["ingest"].skipped >= 1
-    assert metric(m, "ctagg_job_runs_total", job="ingest", outcome="skipped") >= 1
-    assert metric(m, "ctagg_job_runs_total", job="ingest", outcome="ok") == runs
+    assert metric(m, "ctagg_job_runs_total", job_name="ingest", outcome="skipped") >= 1
+    assert metric(m, "ctagg_job_runs_total", job_name="ingest", outcome="ok") == runs
 
 
 async def test_a_crashing_job_is_counted_and_the_others_go_on(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ async def test_a_crashing_job_is_counted_and_the_others_go_on(tmp_path: Path) ->
     await task
     assert sched.stats["forward"].failures >= 3
     assert ok_runs >= 3
-    assert metric(m, "ctagg_job_runs_total", job="forward", outcome="error") >= 3
+    assert metric(m, "ctagg_job_runs_total", job_name="forward", outcome="error") >= 3
     rows = state.job_runs()
     assert rows["forward"]["failures"] >= 3
     assert rows["forward"]["last_error"] == "RuntimeError: account 123 exploded"

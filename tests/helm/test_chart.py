@@ -5,6 +5,7 @@ ctagg config."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,48 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["alert", "expr"],
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z]+$"},
+                                        "expr": {"type": "string"},
+                                        "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                        "labels": {"type": "object"},
+                                        "annotations": {"type": "object"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
+
 def render(values: dict[str, Any] | None, namespace: str = "security") -> list[dict[str, Any]]:
     chart = helm_python.Chart.load(str(CHART))
     out = chart.render(values, name="ctagg", namespace=namespace, is_install=True)
@@ -97,6 +140,9 @@ def test_every_manifest_validates_strictly(
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
             jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+            continue
+        if doc["kind"] == "PrometheusRule":
+            jsonschema.validate(doc, PROMETHEUS_RULE_SCHEMA)
             continue
         kubernetes_validate.validate(doc, K8S, strict=True)
 
@@ -197,6 +243,18 @@ def test_production_values_wire_irsa_secrets_and_extras() -> None:
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    (rule,) = by_kind(docs, "PrometheusRule")
+    exprs = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert "ctagg_newest_event_age_seconds" in exprs["CtaggAccountRegionStale"]
+    assert 'job_name="ingest"' in exprs["CtaggIngestNotSucceeding"]
+    # alerts only use metric names the code exports
+    from aggregator.metrics import Metrics
+
+    exported = {m.name for m in Metrics().registry.collect()}
+    for expr in exprs.values():
+        for name in re.findall(r"ctagg_[a-z_]+", expr):
+            base = name.removesuffix("_total")
+            assert base in exported or name in exported, name
 
 
 def test_optional_objects_are_absent_by_default() -> None:
@@ -205,6 +263,7 @@ def test_optional_objects_are_absent_by_default() -> None:
     kinds = {d["kind"] for d in docs}
     assert "NetworkPolicy" not in kinds
     assert "ServiceMonitor" not in kinds
+    assert "PrometheusRule" not in kinds
     (sa,) = by_kind(docs, "ServiceAccount")
     assert "eks.amazonaws.com/role-arn" not in (sa["metadata"].get("annotations") or {})
 
