@@ -1,0 +1,221 @@
+"""Small, fast helpers shared by the schema mappers. Pure functions, bounded caches."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+_CACHE_MAX = 16384
+
+_ip_cache: dict[str, bool] = {}
+
+
+def is_ip(value: str) -> bool:
+    """True when ``value`` is a valid IPv4/IPv6 address (leading zeros are not valid)."""
+    hit = _ip_cache.get(value)
+    if hit is not None:
+        return hit
+    try:
+        ipaddress.ip_address(value)
+        ok = True
+    except ValueError:
+        ok = False
+    if len(_ip_cache) >= _CACHE_MAX:
+        _ip_cache.clear()
+    _ip_cache[value] = ok
+    return ok
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
+
+
+def is_hostname(value: str) -> bool:
+    """A DNS-name-shaped value (``cloudformation.amazonaws.com``), not an IP."""
+    return "." in value and len(value) <= 253 and _HOST_CHARS.issuperset(value)
+
+
+_SPLIT = re.compile(r"[,\s]+")
+
+
+def split_source(value: Any) -> tuple[list[str], str | None]:
+    """``sourceIPAddress`` → (valid IPs in order, the raw value if it is a string).
+
+    Handles a single IP, several IPs separated by commas/spaces, service names
+    (``AWS Internal``, ``*.amazonaws.com``) and invalid values (``225.01.00.16``).
+    """
+    if not isinstance(value, str) or not value:
+        return [], None
+    if is_ip(value):
+        return [value], value
+    if "," in value or " " in value:
+        ips = [p for p in _SPLIT.split(value) if p and is_ip(p)]
+        return ips, value
+    return [], value
+
+
+_time_cache: dict[Any, tuple[int, str] | None] = {}
+
+
+def parse_time(value: Any) -> tuple[int, str] | None:
+    """CloudTrail ``eventTime`` → (epoch milliseconds, ISO-8601 UTC with ``Z``), or None."""
+    if not isinstance(value, str):
+        return None
+    hit = _time_cache.get(value, False)
+    if hit is not False:
+        return hit  # type: ignore[return-value]
+    out: tuple[int, str] | None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        out = None
+    else:
+        dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+        ms = int(dt.timestamp() * 1000)
+        iso = dt.strftime("%Y-%m-%dT%H:%M:%S")
+        iso += f".{dt.microsecond // 1000:03d}Z" if dt.microsecond else "Z"
+        out = (ms, iso)
+    if len(_time_cache) >= _CACHE_MAX:
+        _time_cache.clear()
+    _time_cache[value] = out
+    return out
+
+
+def iso_z(dt: datetime) -> str:
+    """A datetime as ISO-8601 UTC with millisecond precision and ``Z``."""
+    dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def epoch_ms(dt: datetime) -> int:
+    dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+    return int(dt.timestamp() * 1000)
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text; values orjson cannot encode natively become strings."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def as_str(value: Any) -> str:
+    """A scalar as the string a search index would store (bools as ``true``/``false``)."""
+    if isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) else str(value)
+    return json_text(value)
+
+
+class Flattener:
+    """Dotted keys → string values, within a size cap.
+
+    ``{"a": {"b": [1, {"c": true}]}}`` → ``{"a.b": "1", "a.b.c": "true"}``; a key that occurs
+    more than once (through lists) gets a list of strings. List indexes are not part of keys,
+    so ``items.instanceId`` is searchable whatever the list length.
+    """
+
+    __slots__ = ("max_chars", "max_fields", "max_value_chars")
+
+    def __init__(
+        self, max_fields: int = 256, max_chars: int = 32768, max_value_chars: int = 1024
+    ) -> None:
+        self.max_fields = max_fields
+        self.max_chars = max_chars
+        self.max_value_chars = max_value_chars
+
+    def flatten(self, value: Any) -> tuple[dict[str, Any], bool]:
+        """Return (flattened, truncated)."""
+        out: dict[str, Any] = {}
+        budget = [self.max_chars]
+        truncated = self._walk(value, "", out, budget)
+        return out, truncated
+
+    def _walk(self, value: Any, prefix: str, out: dict[str, Any], budget: list[int]) -> bool:
+        if isinstance(value, dict):
+            truncated = False
+            for k, v in value.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if self._walk(v, key, out, budget):
+                    truncated = True
+                    if budget[0] <= 0 or len(out) >= self.max_fields:
+                        return True
+            return truncated
+        if isinstance(value, list):
+            truncated = False
+            for v in value:
+                if self._walk(v, prefix, out, budget):
+                    truncated = True
+                    if budget[0] <= 0 or len(out) >= self.max_fields:
+                        return True
+            return truncated
+        if value is None:
+            return False
+        text = value if isinstance(value, str) else as_str(value)
+        truncated = False
+        if len(text) > self.max_value_chars:
+            text = text[: self.max_value_chars]
+            truncated = True
+        cost = len(text) + len(prefix)
+        if budget[0] < cost:
+            budget[0] = 0
+            return True
+        key = prefix or "value"
+        prev = out.get(key)
+        if prev is None:
+            if len(out) >= self.max_fields:
+                return True
+            out[key] = text
+        elif isinstance(prev, list):
+            prev.append(text)
+        else:
+            out[key] = [prev, text]
+        budget[0] -= cost
+        return truncated
+
+
+_snake_cache: dict[str, str] = {}
+_SNAKE_1 = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_SNAKE_2 = re.compile(r"([a-z0-9])([A-Z])")
+
+
+def snake(name: str) -> str:
+    """``sessionContext`` → ``session_context``; ``ARN`` → ``arn``; ``sAMLAssertionID`` works."""
+    hit = _snake_cache.get(name)
+    if hit is not None:
+        return hit
+    s = _SNAKE_2.sub(r"\1_\2", _SNAKE_1.sub(r"\1_\2", name)).lower()
+    if len(_snake_cache) >= _CACHE_MAX:
+        _snake_cache.clear()
+    _snake_cache[name] = s
+    return s
+
+
+def stable(value: Any) -> Any:
+    """A nested object with snake_case keys and every leaf a string (type-stable for indexes).
+
+    Lists of scalars become lists of strings; lists containing objects become JSON text.
+    """
+    if isinstance(value, dict):
+        return {snake(str(k)): stable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value):
+            return [as_str(v) for v in value if v is not None]
+        return json_text(value)
+    return value if isinstance(value, str) else as_str(value)
+
+
+def arn_tail(arn: Any) -> str | None:
+    """The last path segment of an ARN (``.../assumed-role/Admin/alice`` → ``alice``)."""
+    if not isinstance(arn, str) or not arn:
+        return None
+    tail = arn.rsplit("/", 1)[-1] if "/" in arn else None
+    return tail or None
