@@ -120,13 +120,15 @@ class Flattener:
 
     ``{"a": {"b": [1, {"c": true}]}}`` → ``{"a.b": "1", "a.b.c": "true"}``; a key that occurs
     more than once (through lists) gets a list of strings. List indexes are not part of keys,
-    so ``items.instanceId`` is searchable whatever the list length.
+    so ``items.instanceId`` is searchable whatever the list length. ``None`` values are left
+    out. The cap counts key and value characters; a value longer than ``max_value_chars`` is
+    cut. Either cut sets the ``truncated`` flag.
     """
 
     __slots__ = ("max_chars", "max_fields", "max_value_chars")
 
     def __init__(
-        self, max_fields: int = 256, max_chars: int = 32768, max_value_chars: int = 1024
+        self, max_fields: int = 512, max_chars: int = 32768, max_value_chars: int = 1024
     ) -> None:
         self.max_fields = max_fields
         self.max_chars = max_chars
@@ -135,51 +137,71 @@ class Flattener:
     def flatten(self, value: Any) -> tuple[dict[str, Any], bool]:
         """Return (flattened, truncated)."""
         out: dict[str, Any] = {}
-        budget = [self.max_chars]
-        truncated = self._walk(value, "", out, budget)
-        return out, truncated
+        state = [self.max_chars, False]
+        if type(value) is dict:
+            self._dict(value, "", out, state)
+        elif type(value) is list:
+            self._list(value, "value", out, state)
+        elif value is not None:
+            self._leaf(value, "value", out, state)
+        return out, bool(state[1])
 
-    def _walk(self, value: Any, prefix: str, out: dict[str, Any], budget: list[int]) -> bool:
-        if isinstance(value, dict):
-            truncated = False
-            for k, v in value.items():
-                key = f"{prefix}.{k}" if prefix else str(k)
-                if self._walk(v, key, out, budget):
-                    truncated = True
-                    if budget[0] <= 0 or len(out) >= self.max_fields:
-                        return True
-            return truncated
-        if isinstance(value, list):
-            truncated = False
-            for v in value:
-                if self._walk(v, prefix, out, budget):
-                    truncated = True
-                    if budget[0] <= 0 or len(out) >= self.max_fields:
-                        return True
-            return truncated
-        if value is None:
-            return False
-        text = value if isinstance(value, str) else as_str(value)
-        truncated = False
+    def _dict(self, d: dict[Any, Any], prefix: str, out: dict[str, Any], state: list[Any]) -> None:
+        mvc = self.max_value_chars
+        for k, v in d.items():
+            key = prefix + (k if type(k) is str else str(k))
+            tv = type(v)
+            if tv is str:
+                # Fast path: a new key, within every cap.
+                cost = len(v) + len(key)
+                if (
+                    len(v) <= mvc
+                    and cost <= state[0]
+                    and key not in out
+                    and len(out) < self.max_fields
+                ):
+                    out[key] = v
+                    state[0] -= cost
+                    continue
+                self._leaf(v, key, out, state)
+            elif tv is dict:
+                self._dict(v, key + ".", out, state)
+            elif tv is list:
+                self._list(v, key, out, state)
+            elif v is not None:
+                self._leaf(v, key, out, state)
+
+    def _list(self, items: list[Any], key: str, out: dict[str, Any], state: list[Any]) -> None:
+        for v in items:
+            tv = type(v)
+            if tv is dict:
+                self._dict(v, key + ".", out, state)
+            elif tv is list:
+                self._list(v, key, out, state)
+            elif v is not None:
+                self._leaf(v, key, out, state)
+
+    def _leaf(self, v: Any, key: str, out: dict[str, Any], state: list[Any]) -> None:
+        text = v if type(v) is str else as_str(v)
         if len(text) > self.max_value_chars:
             text = text[: self.max_value_chars]
-            truncated = True
-        cost = len(text) + len(prefix)
-        if budget[0] < cost:
-            budget[0] = 0
-            return True
-        key = prefix or "value"
+            state[1] = True
+        cost = len(text) + len(key)
+        if cost > state[0]:
+            state[0] = 0
+            state[1] = True
+            return
         prev = out.get(key)
         if prev is None:
             if len(out) >= self.max_fields:
-                return True
+                state[1] = True
+                return
             out[key] = text
-        elif isinstance(prev, list):
+        elif type(prev) is list:
             prev.append(text)
         else:
             out[key] = [prev, text]
-        budget[0] -= cost
-        return truncated
+        state[0] -= cost
 
 
 _snake_cache: dict[str, str] = {}
@@ -202,15 +224,41 @@ def snake(name: str) -> str:
 def stable(value: Any) -> Any:
     """A nested object with snake_case keys and every leaf a string (type-stable for indexes).
 
-    Lists of scalars become lists of strings; lists containing objects become JSON text.
+    Lists of scalars become lists of strings; lists containing objects or lists become JSON
+    text. ``None`` values are left out.
     """
-    if isinstance(value, dict):
-        return {snake(str(k)): stable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        if all(not isinstance(v, dict | list) for v in value):
-            return [as_str(v) for v in value if v is not None]
-        return json_text(value)
-    return value if isinstance(value, str) else as_str(value)
+    tv = type(value)
+    if tv is dict:
+        return _stable_dict(value)
+    if tv is list:
+        return _stable_list(value)
+    return value if tv is str else as_str(value)
+
+
+def _stable_dict(d: dict[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if v is None:
+            continue
+        key = k if type(k) is str else str(k)
+        sk = _snake_cache.get(key) or snake(key)
+        tv = type(v)
+        if tv is str:
+            out[sk] = v
+        elif tv is dict:
+            out[sk] = _stable_dict(v)
+        elif tv is list:
+            out[sk] = _stable_list(v)
+        else:
+            out[sk] = as_str(v)
+    return out
+
+
+def _stable_list(items: list[Any]) -> Any:
+    for v in items:
+        if type(v) is dict or type(v) is list:
+            return json_text(items)
+    return [v if type(v) is str else as_str(v) for v in items if v is not None]
 
 
 def arn_tail(arn: Any) -> str | None:

@@ -68,11 +68,29 @@ OTHER_KNOWN = frozenset(
     }
 )
 _STRING_OR_UNMAPPED = frozenset({"eventSource", "eventName", "sourceIPAddress"})
+
+_SCALAR_ITEMS = tuple(SCALARS.items())
+_POLY_ITEMS = tuple(POLYMORPHIC.items())
+_BOOL_ITEMS = tuple(BOOLEANS.items())
 KNOWN = frozenset(POLYMORPHIC) | frozenset(SCALARS) | frozenset(BOOLEANS) | OTHER_KNOWN
 
 _REGION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _TRUE = frozenset({True, "true", "True", "TRUE"})
 _FALSE = frozenset({False, "false", "False", "FALSE"})
+
+
+_region_cache: dict[str, bool] = {}
+
+
+def _region_ok(region: str) -> bool:
+    """Region-shaped (``eu-west-1``); placeholders such as ``<region-code>`` are not."""
+    hit = _region_cache.get(region)
+    if hit is None:
+        hit = bool(region) and _REGION_CHARS.issuperset(region)
+        if len(_region_cache) > 4096:
+            _region_cache.clear()
+        _region_cache[region] = hit
+    return hit
 
 
 def _bool(value: Any) -> bool | None:
@@ -196,7 +214,7 @@ def to_ecs(
     # account stays in aws.cloudtrail.user_identity.account_id — never merged.
     cloud: dict[str, Any] = {"provider": "aws"}
     region = get("awsRegion")
-    if isinstance(region, str) and region and _REGION_CHARS.issuperset(region):
+    if type(region) is str and _region_ok(region):
         cloud["region"] = region
     recipient = get("recipientAccountId")
     if recipient is not None:
@@ -246,47 +264,53 @@ def to_ecs(
     flattened: dict[str, Any] = {}
     truncated = False
     unmapped: dict[str, Any] | None = None
-    for key, value in record.items():
-        name = SCALARS.get(key)
-        if name is not None:
-            if value is not None:
-                ct[name] = value if isinstance(value, str) else as_str(value)
-            continue
-        name = POLYMORPHIC.get(key)
-        if name is not None:
-            if value is not None and value != {}:
-                ct[name] = json_text(value)
-                flat, cut = flattener.flatten(value)
-                if flat:
-                    flattened[name] = flat
-                truncated |= cut
-            continue
-        name = BOOLEANS.get(key)
-        if name is not None:
+    for key, name in _SCALAR_ITEMS:
+        value = get(key)
+        if value is not None:
+            ct[name] = value if type(value) is str else as_str(value)
+    for key, name in _POLY_ITEMS:
+        value = get(key)
+        if value is not None and value != {}:
+            ct[name] = json_text(value)
+            flat, cut = flattener.flatten(value)
+            if flat:
+                flattened[name] = flat
+            if cut:
+                truncated = True
+    for key, name in _BOOL_ITEMS:
+        value = get(key)
+        if value is True or value is False:
+            ct[name] = value
+        elif value is not None:
             b = _bool(value)
             if b is not None:
                 ct[name] = b
-            elif value is not None:
+            else:
                 unmapped = unmapped or {}
                 unmapped[key] = value
-            continue
-        if key in OTHER_KNOWN:
-            if key == "resources" and isinstance(value, list):
-                ct["resources"] = [stable(r) for r in value if isinstance(r, dict)]
-            elif key == "tlsDetails" and isinstance(value, dict):
-                ct["tls_details"] = stable(value)
-            elif key == "awsRegion":
-                if value is not None and "region" not in cloud:
-                    ct["aws_region"] = as_str(value)
-            elif value is not None and (
-                (key == "userIdentity" and not isinstance(value, dict))
-                or (key in _STRING_OR_UNMAPPED and not isinstance(value, str))
-            ):
-                unmapped = unmapped or {}
-                unmapped[key] = value
-            continue
+    value = get("resources")
+    if value is not None:
+        if type(value) is list:
+            ct["resources"] = [stable(r) for r in value if type(r) is dict]
+        else:
+            unmapped = unmapped or {}
+            unmapped["resources"] = value
+    value = get("tlsDetails")
+    if value is not None:
+        ct["tls_details"] = stable(value)
+    if region is not None and "region" not in cloud:
+        ct["aws_region"] = as_str(region)
+    for key in _STRING_OR_UNMAPPED:
+        value = get(key)
+        if value is not None and type(value) is not str:
+            unmapped = unmapped or {}
+            unmapped[key] = value
+    if ui is not None and type(ui) is not dict:
         unmapped = unmapped or {}
-        unmapped[key] = value
+        unmapped["userIdentity"] = ui
+    for key in [k for k in record if k not in KNOWN]:
+        unmapped = unmapped or {}
+        unmapped[key] = record[key]
     if unmapped:
         ct["unmapped"] = json_text(unmapped)
         flat, cut = flattener.flatten(unmapped)

@@ -1,0 +1,99 @@
+"""Records/s per schema on one core, next to orjson.loads of the same records.
+
+Input: every CloudTrail record of the shared testdata (all folders, all envelopes), replicated
+to ~100k. Each stage runs over the same list, best of 3. The parsed records are moved out of
+the cyclic GC's view (gc.freeze) because the real pipeline streams one object at a time and
+never holds 100k parsed records; without it the numbers measure the GC, not the normalizer.
+
+    .venv/bin/python bench/normalize.py [--count 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aggregator.envelopes import Kind, Parsed, iter_items  # noqa: E402
+from aggregator.normalize import Normalizer, serialized_size  # noqa: E402
+from tests.normalize.corpus import corpus_records  # noqa: E402
+
+
+def _testdata() -> Path:
+    for parent in (ROOT, *ROOT.parents):
+        if (parent / "shared" / "testdata").exists():
+            return parent / "shared" / "testdata"
+    raise SystemExit("shared/testdata not found")
+
+
+def _records() -> list[dict[str, Any]]:
+    out = []
+    for _, rec, kind in corpus_records(_testdata()):
+        if kind is not None and kind is not Kind.DIGEST:
+            out.append(rec)
+    return out
+
+
+def _time(fn: Callable[[Any], Any], items: list[Any]) -> float:
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for it in items:
+            fn(it)
+        best = min(best, time.perf_counter() - t0)
+    return len(items) / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=100_000)
+    args = ap.parse_args()
+    base = _records()
+    records = [base[i % len(base)] for i in range(args.count)]
+    blobs = [orjson.dumps(r) for r in records]
+    avg = sum(len(b) for b in blobs) / len(blobs)
+    gc.collect()
+    gc.freeze()
+
+    now = datetime.now(UTC)
+    norm = Normalizer()
+    rows: list[tuple[str, float]] = [("orjson.loads (reference)", _time(orjson.loads, blobs))]
+    for schema in ("ecs", "ocsf", "raw"):
+        rows.append(
+            (
+                f"normalize {schema}",
+                _time(lambda r, s=schema: norm.normalize(r, s, now=now), records),  # type: ignore[misc]
+            )
+        )
+    rows.append(("  of which: redaction (defaults)", _time(norm.redactor.apply, records)))
+    ecs_docs = [norm.normalize(r, "ecs", now=now) for r in records[: len(base)]]
+    rows.append(("  of which: size check (ecs doc)", _time(serialized_size, ecs_docs)))
+    rows.append(("orjson.dumps (ecs doc)", _time(orjson.dumps, ecs_docs)))
+    # End to end for one schema: bytes in → ECS bytes out.
+    rows.append(
+        (
+            "loads → normalize ecs → dumps",
+            _time(lambda b: orjson.dumps(norm.normalize(orjson.loads(b), "ecs", now=now)), blobs),
+        )
+    )
+
+    print(f"{len(base)} distinct testdata records replicated to {len(records)}, avg {avg:.0f} B")
+    print(f"{'stage':<36} {'records/s':>12}")
+    print("-" * 49)
+    for name, rate in rows:
+        print(f"{name:<36} {rate:>12,.0f}")
+    _ = iter_items, Parsed  # imported for readers: the same parser the pipeline uses
+
+
+if __name__ == "__main__":
+    main()
