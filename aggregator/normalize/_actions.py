@@ -171,6 +171,9 @@ def ocsf_class(source: str, name: str, read_only: bool) -> tuple[int, int]:
 AUTH_START = frozenset({"ConsoleLogin", "SwitchRole", "GetSigninToken", *STS_LOGON})
 AUTH_END = frozenset({"ExitRole", "ConsoleLogout"})
 _S3_DATA = ("Object", "MultipartUpload", "Part")
+_S3_CREATE = frozenset(
+    {"PutObject", "CopyObject", "CreateMultipartUpload", "CompleteMultipartUpload", "UploadPart"}
+)
 _EC2_START = frozenset({"RunInstances", "StartInstances", "RebootInstances"})
 _EC2_END = frozenset({"StopInstances", "TerminateInstances"})
 _ACCESS_NAMES = frozenset(
@@ -234,7 +237,7 @@ def ecs_category(source: str, name: str) -> tuple[tuple[str, ...], tuple[str, ..
         return ("iam",), tuple(types)
     if source == "s3.amazonaws.com":
         if any(p in name for p in _S3_DATA):
-            return ("file",), (vt,)
+            return ("file",), ("creation",) if name in _S3_CREATE else (vt,)
         return ("configuration",), (vt,)
     if source == "ec2.amazonaws.com":
         if name in _EC2_START:

@@ -35,7 +35,10 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 def is_hostname(value: str) -> bool:
     """A DNS-name-shaped value (``cloudformation.amazonaws.com``), not an IP."""
-    return "." in value and len(value) <= 253 and _HOST_CHARS.issuperset(value)
+    if "." not in value or len(value) > 253 or not _HOST_CHARS.issuperset(value):
+        return False
+    tld = value.rsplit(".", 1)[1]
+    return any(c.isalpha() for c in tld)  # 225.01.00.16 is a broken IP, not a name
 
 
 _SPLIT = re.compile(r"[,\s]+")

@@ -193,13 +193,16 @@ def to_ecs(
     # Outcome: an errorCode is a failure; ConsoleLogin reports its own result.
     error_code = get("errorCode")
     response = get("responseElements")
-    if error_code:
-        event["outcome"] = "failure"
-        err: dict[str, Any] = {"code": as_str(error_code)}
-        msg = get("errorMessage")
+    msg = get("errorMessage")
+    if error_code or msg:
+        err: dict[str, Any] = {}
+        if error_code:
+            err["code"] = as_str(error_code)
         if msg:
             err["message"] = as_str(msg)
         doc["error"] = err
+    if error_code:
+        event["outcome"] = "failure"
     elif isinstance(response, dict) and isinstance(response.get("ConsoleLogin"), str):
         result = response["ConsoleLogin"]
         event["outcome"] = (
@@ -328,13 +331,13 @@ def to_ecs(
             cl: dict[str, Any] = {}
             mobile = aed.get("MobileVersion")
             if isinstance(mobile, str):
-                cl["mobile_version"] = mobile == "Yes"
+                cl["mobile_version"] = mobile.lower() == "yes"
             login_to = aed.get("LoginTo")
             if isinstance(login_to, str):
                 cl["login_to"] = login_to
             mfa = aed.get("MFAUsed")
             if isinstance(mfa, str):
-                cl["mfa_used"] = mfa == "Yes"
+                cl["mfa_used"] = mfa.lower() == "yes"
             if cl:
                 ct["console_login"] = {"additional_eventdata": cl}
 

@@ -171,7 +171,7 @@ def _authentication(
     aed = _dict(record.get("additionalEventData"))
     mfa = aed.get("MFAUsed")
     if isinstance(mfa, str):
-        out["is_mfa"] = mfa == "Yes"
+        out["is_mfa"] = mfa.lower() == "yes"
     login_to = aed.get("LoginTo")
     if login_to is not None:
         out["dst_endpoint"] = {"svc_name": login_to}
