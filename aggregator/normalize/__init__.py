@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import orjson
 
@@ -148,6 +148,8 @@ class Normalizer:
         size = serialized_size(out)
         if size > self.max_event_bytes:
             out = self._oversize(out, rec, schema, size, ctx)
+            if serialized_size(out) > self.max_event_bytes:
+                out = _last_resort(out, schema)
         return out
 
     def _oversize(
@@ -164,7 +166,7 @@ class Normalizer:
             "key": ctx.archive_key if ctx is not None else None,
             "event_id": record.get("eventID"),
         }
-        marker = {"truncated": True, "original_bytes": size, "archive": pointer}
+        marker = _shrink({"truncated": True, "original_bytes": size, "archive": pointer})
         if schema == "ecs":
             ct = out.get("aws", {}).get("cloudtrail", {})
             for name in (*POLYMORPHIC.values(), "unmapped", "flattened", "flattened_truncated"):
@@ -197,6 +199,39 @@ class Normalizer:
         if serialized_size(proj) > self.max_event_bytes:
             proj["event"] = {k: _shrink(record[k]) for k in _RAW_KEEP if k in record}
         return proj
+
+
+def _last_resort(proj: dict[str, Any], schema: str) -> dict[str, Any]:
+    """Identifiers and the pointer only, each cut to 256 characters (a projection of a record
+    with absurd keys or values can still exceed the cap)."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str):
+            return value[:256]
+        if isinstance(value, dict):
+            return {str(k)[:64]: cut(v) for k, v in list(value.items())[:8]}
+        if isinstance(value, list):
+            return [cut(v) for v in value[:4]]
+        return value
+
+    if schema == "ecs":
+        event = proj.get("event", {})
+        keep = {k: event[k] for k in ("id", "action", "provider", "kind") if k in event}
+        return cast(
+            dict[str, Any],
+            cut({"@timestamp": proj.get("@timestamp"), "event": keep, "ctagg": proj["ctagg"]}),
+        )
+    if schema == "ocsf":
+        head: dict[str, Any] = {
+            k: proj[k] for k in ("class_uid", "activity_id", "type_uid", "time") if k in proj
+        }
+        head["metadata"] = {"uid": proj.get("metadata", {}).get("uid"), "version": "1.1.0"}
+        head["unmapped"] = proj["unmapped"]
+        return cast(dict[str, Any], cut(head))
+    event = proj.get("event", {})
+    keep = {k: event[k] for k in ("eventID", "eventName", "eventSource") if k in event}
+    rest = {k: v for k, v in proj.items() if k != "event"}
+    return cast(dict[str, Any], cut({**rest, "event": keep}))
 
 
 _DEFAULT: Normalizer | None = None
