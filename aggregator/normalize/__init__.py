@@ -209,7 +209,7 @@ def _last_resort(proj: dict[str, Any], schema: str) -> dict[str, Any]:
         if isinstance(value, str):
             return value[:256]
         if isinstance(value, dict):
-            return {str(k)[:64]: cut(v) for k, v in list(value.items())[:8]}
+            return {str(k)[:64]: cut(v) for k, v in list(value.items())[:16]}
         if isinstance(value, list):
             return [cut(v) for v in value[:4]]
         return value
