@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from aggregator import __version__
 from aggregator.config import ConfigError, Settings, load_settings
+from aggregator.normalize import cli as normalize_cli
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -43,6 +44,12 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
+    (
+        "normalize",
+        "print CloudTrail events as ECS, OCSF or raw JSON lines",
+        normalize_cli.add_arguments,
+        normalize_cli.run,
+    ),
 ]
 
 
