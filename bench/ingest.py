@@ -178,10 +178,11 @@ def main() -> int:
         }
         print(f"{'decode limit (isal gunzip + orjson)':40} {decode_isal:12,.0f} events/s")
         print(f"{'decode limit (stdlib gzip + orjson)':40} {decode_std:12,.0f} events/s")
-        print(f"{'ctagg once, end to end':40} {e2e:12,.0f} events/s "
-              f"({e2e / decode_isal:.0%} of the decode limit)")
-        print(f"{'':40} {wall:.2f} s wall, {cpu:.2f} s CPU, "
-              f"peak RSS {result['peak_rss_mb']} MB")
+        print(
+            f"{'ctagg once, end to end':40} {e2e:12,.0f} events/s "
+            f"({e2e / decode_isal:.0%} of the decode limit)"
+        )
+        print(f"{'':40} {wall:.2f} s wall, {cpu:.2f} s CPU, peak RSS {result['peak_rss_mb']} MB")
         print(json.dumps(result))
         return 0
     finally:

@@ -128,7 +128,7 @@ class Flattener:
     cut. Either cut sets the ``truncated`` flag.
     """
 
-    __slots__ = ("max_chars", "max_fields", "max_value_chars")
+    __slots__ = ("max_chars", "max_fields", "max_value_chars", "small")
 
     def __init__(
         self, max_fields: int = 512, max_chars: int = 32768, max_value_chars: int = 1024
@@ -136,18 +136,39 @@ class Flattener:
         self.max_fields = max_fields
         self.max_chars = max_chars
         self.max_value_chars = max_value_chars
+        # A flat string-valued object whose JSON text is at most this long is within every cap
+        # (its keys and values are shorter than its text; it has fewer fields than characters).
+        self.small = min(max_chars, max_value_chars, max_fields)
 
     def flatten(self, value: Any) -> tuple[dict[str, Any], bool]:
         """Return (flattened, truncated)."""
         out: dict[str, Any] = {}
-        state = [self.max_chars, False]
-        if type(value) is dict:
-            self._dict(value, "", out, state)
-        elif type(value) is list:
-            self._list(value, "value", out, state)
-        elif value is not None:
-            self._leaf(value, "value", out, state)
-        return out, bool(state[1])
+        if type(value) is not dict:
+            st: list[Any] = [self.max_chars, False]
+            if type(value) is list:
+                self._list(value, "value", out, st)
+            elif value is not None:
+                self._leaf(value, "value", out, st)
+            return out, bool(st[1])
+        # Fast path for the common shape: a flat object of short strings.
+        left = self.max_chars
+        mvc = self.max_value_chars
+        max_fields = self.max_fields
+        state: list[Any] | None = None
+        for k, v in value.items():
+            if type(v) is str and type(k) is str:
+                cost = len(v) + len(k)
+                if len(v) <= mvc and cost <= left and len(out) < max_fields and k not in out:
+                    out[k] = v
+                    left -= cost
+                    continue
+            if state is None:
+                state = [left, False]
+            else:
+                state[0] = left
+            self._dict({k: v}, "", out, state)
+            left = state[0]
+        return out, state is not None and bool(state[1])
 
     def _dict(self, d: dict[Any, Any], prefix: str, out: dict[str, Any], state: list[Any]) -> None:
         mvc = self.max_value_chars
@@ -232,13 +253,13 @@ def stable(value: Any) -> Any:
     """
     tv = type(value)
     if tv is dict:
-        return _stable_dict(value)
+        return stable_dict(value)
     if tv is list:
         return _stable_list(value)
     return value if tv is str else as_str(value)
 
 
-def _stable_dict(d: dict[Any, Any]) -> dict[str, Any]:
+def stable_dict(d: dict[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if v is None:
@@ -249,7 +270,7 @@ def _stable_dict(d: dict[Any, Any]) -> dict[str, Any]:
         if tv is str:
             out[sk] = v
         elif tv is dict:
-            out[sk] = _stable_dict(v)
+            out[sk] = stable_dict(v)
         elif tv is list:
             out[sk] = _stable_list(v)
         else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from aggregator.normalize._actions import ecs_category
 from aggregator.normalize._util import (
     Flattener,
@@ -20,6 +22,7 @@ from aggregator.normalize._util import (
     parse_time,
     split_source,
     stable,
+    stable_dict,
 )
 from aggregator.normalize.context import EventContext
 
@@ -69,9 +72,17 @@ OTHER_KNOWN = frozenset(
 )
 _STRING_OR_UNMAPPED = frozenset({"eventSource", "eventName", "sourceIPAddress"})
 
-_SCALAR_ITEMS = tuple(SCALARS.items())
-_POLY_ITEMS = tuple(POLYMORPHIC.items())
-_BOOL_ITEMS = tuple(BOOLEANS.items())
+# One lookup per top-level key in the hot loop: key → (kind, aws.cloudtrail name).
+_SCALAR, _POLY, _BOOL, _OTHER, _CHECK_STR, _SPECIAL = range(6)
+_SPECIAL_KEYS = frozenset({"resources", "tlsDetails", "awsRegion", "userIdentity"})
+_KEYS: dict[str, tuple[int, str]] = {
+    **{k: (_SCALAR, v) for k, v in SCALARS.items()},
+    **{k: (_POLY, v) for k, v in POLYMORPHIC.items()},
+    **{k: (_BOOL, v) for k, v in BOOLEANS.items()},
+    **{k: (_OTHER, k) for k in OTHER_KNOWN},
+    **{k: (_CHECK_STR, k) for k in _STRING_OR_UNMAPPED},
+    **{k: (_SPECIAL, k) for k in _SPECIAL_KEYS},
+}
 KNOWN = frozenset(POLYMORPHIC) | frozenset(SCALARS) | frozenset(BOOLEANS) | OTHER_KNOWN
 
 _REGION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -93,6 +104,14 @@ def _region_ok(region: str) -> bool:
     return hit
 
 
+def _flat_strings(d: dict[Any, Any]) -> bool:
+    """Every value a string and no key with a dot: the object is its own flattened copy."""
+    for k, v in d.items():  # noqa: SIM110 (a loop is faster than all() over a generator)
+        if type(v) is not str or type(k) is not str or "." in k:
+            return False
+    return True
+
+
 def _bool(value: Any) -> bool | None:
     if value is True or value is False:
         return value
@@ -102,6 +121,25 @@ def _bool(value: Any) -> bool | None:
         if value in _FALSE:
             return False
     return None
+
+
+_identity_cache: dict[bytes, dict[str, Any]] = {}
+
+
+def _stable_identity(ui: dict[str, Any]) -> dict[str, Any]:
+    """``stable(userIdentity)``, memoized on the identity's exact JSON: the same principal
+    and session recur across many events. The result is shared between outputs (read-only)."""
+    try:
+        key = orjson.dumps(ui)
+    except TypeError:  # not JSON-encodable as is (integers beyond 64 bits)
+        return stable_dict(ui)
+    hit = _identity_cache.get(key)
+    if hit is None:
+        hit = stable_dict(ui)
+        if len(_identity_cache) >= 4096:
+            _identity_cache.clear()
+        _identity_cache[key] = hit
+    return hit
 
 
 def _user(ui: dict[str, Any], utype: Any) -> dict[str, Any]:
@@ -254,7 +292,7 @@ def to_ecs(
             doc["user"] = user
             if "name" in user:
                 related_users.insert(0, user["name"])
-        ct["user_identity"] = stable(ui)
+        ct["user_identity"] = _stable_identity(ui)
     if related_users or ips:
         related: dict[str, Any] = {}
         if related_users:
@@ -267,53 +305,61 @@ def to_ecs(
     flattened: dict[str, Any] = {}
     truncated = False
     unmapped: dict[str, Any] | None = None
-    for key, name in _SCALAR_ITEMS:
-        value = get(key)
-        if value is not None:
+    for key, value in record.items():
+        spec = _KEYS.get(key)
+        if spec is None:
+            if unmapped is None:
+                unmapped = {}
+            unmapped[key] = value
+            continue
+        if value is None:
+            continue
+        kind, name = spec
+        if kind == _SCALAR:
             ct[name] = value if type(value) is str else as_str(value)
-    for key, name in _POLY_ITEMS:
-        value = get(key)
-        if value is not None and value != {}:
-            ct[name] = json_text(value)
-            flat, cut = flattener.flatten(value)
-            if flat:
-                flattened[name] = flat
-            if cut:
-                truncated = True
-    for key, name in _BOOL_ITEMS:
-        value = get(key)
-        if value is True or value is False:
-            ct[name] = value
-        elif value is not None:
-            b = _bool(value)
+        elif kind == _OTHER:
+            continue
+        elif kind == _POLY:
+            if value != {}:
+                text = json_text(value)
+                ct[name] = text
+                if len(text) <= flattener.small and type(value) is dict and _flat_strings(value):
+                    flattened[name] = value  # already dotted keys → strings, within the caps
+                    continue
+                flat, cut = flattener.flatten(value)
+                if flat:
+                    flattened[name] = flat
+                if cut:
+                    truncated = True
+        elif kind == _BOOL:
+            b = value if (value is True or value is False) else _bool(value)
             if b is not None:
                 ct[name] = b
             else:
-                unmapped = unmapped or {}
+                if unmapped is None:
+                    unmapped = {}
                 unmapped[key] = value
-    value = get("resources")
-    if value is not None:
-        if type(value) is list:
-            ct["resources"] = [stable(r) for r in value if type(r) is dict]
-        else:
-            unmapped = unmapped or {}
-            unmapped["resources"] = value
-    value = get("tlsDetails")
-    if value is not None:
-        ct["tls_details"] = stable(value)
-    if region is not None and "region" not in cloud:
-        ct["aws_region"] = as_str(region)
-    for key in _STRING_OR_UNMAPPED:
-        value = get(key)
-        if value is not None and type(value) is not str:
-            unmapped = unmapped or {}
+        elif kind == _CHECK_STR:
+            if type(value) is not str:
+                if unmapped is None:
+                    unmapped = {}
+                unmapped[key] = value
+        elif key == "resources":
+            if type(value) is list:
+                ct["resources"] = [stable(r) for r in value if type(r) is dict]
+            else:
+                if unmapped is None:
+                    unmapped = {}
+                unmapped[key] = value
+        elif key == "tlsDetails":
+            ct["tls_details"] = stable(value)
+        elif key == "awsRegion":
+            if "region" not in cloud:
+                ct["aws_region"] = as_str(value)
+        elif key == "userIdentity" and type(value) is not dict:
+            if unmapped is None:
+                unmapped = {}
             unmapped[key] = value
-    if ui is not None and type(ui) is not dict:
-        unmapped = unmapped or {}
-        unmapped["userIdentity"] = ui
-    for key in [k for k in record if k not in KNOWN]:
-        unmapped = unmapped or {}
-        unmapped[key] = record[key]
     if unmapped:
         ct["unmapped"] = json_text(unmapped)
         flat, cut = flattener.flatten(unmapped)
