@@ -59,7 +59,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
         if len(cores) > 1:
             os.sched_setaffinity(0, {cores[-1]})
 
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -68,7 +68,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)  # noqa: S310
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
             break
         except OSError:
             time.sleep(0.1)
@@ -119,7 +119,7 @@ def main() -> int:
         os.environ.update(
             AWS_ENDPOINT_URL=url,
             AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",  # noqa: S105
+            AWS_SECRET_ACCESS_KEY="bench",
             AWS_DEFAULT_REGION="us-east-1",
             AWS_EC2_METADATA_DISABLED="true",
         )
