@@ -41,6 +41,7 @@ __all__ = [
     "serialized_size",
 ]
 
+_dumps = orjson.dumps
 _MAX_STR = 1024
 _MAX_LIST = 20
 _ECS_KEEP: tuple[str, ...] = ("@timestamp", "ecs", "event", "cloud", "source", "user")
@@ -85,6 +86,7 @@ class Normalizer:
         rules += [(r.path, r.action) for r in red.rules]
         key = red.hmac_key.get_secret_value().encode() if red.hmac_key is not None else None
         self.redactor = Redactor(rules, mask=red.mask, hmac_key=key)
+        self._redact = self.redactor.apply
         self.flattener = Flattener(
             max_fields=s.flatten_max_fields, max_chars=s.flatten_max_bytes, max_value_chars=1024
         )
@@ -135,8 +137,8 @@ class Normalizer:
             self._last_now = now
             self._now_iso = iso_z(now)
             self._now_ms = epoch_ms(now)
-        rec = self.redactor.apply(record)
-        ctx = self._context(context)
+        rec = self._redact(record)
+        ctx = context if context is None or self._enrich_all else self._context(context)
         if schema == "ecs":
             out = to_ecs(rec, now_iso=self._now_iso, context=ctx, flattener=self.flattener)
         elif schema == "ocsf":
@@ -145,7 +147,10 @@ class Normalizer:
             out = to_raw(rec, now_ms=self._now_ms, now_iso=self._now_iso, context=ctx)
         else:
             raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(SCHEMAS)}")
-        size = serialized_size(out)
+        try:
+            size = len(_dumps(out, default=str))
+        except TypeError:  # integers beyond 64 bits
+            size = serialized_size(out)
         if size > self.max_event_bytes:
             out = self._oversize(out, rec, schema, size, ctx)
             if serialized_size(out) > self.max_event_bytes:

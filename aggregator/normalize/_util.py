@@ -143,65 +143,62 @@ class Flattener:
     def flatten(self, value: Any) -> tuple[dict[str, Any], bool]:
         """Return (flattened, truncated)."""
         out: dict[str, Any] = {}
-        if type(value) is not dict:
-            st: list[Any] = [self.max_chars, False]
-            if type(value) is list:
-                self._list(value, "value", out, st)
-            elif value is not None:
-                self._leaf(value, "value", out, st)
-            return out, bool(st[1])
-        # Fast path for the common shape: a flat object of short strings.
-        left = self.max_chars
-        mvc = self.max_value_chars
-        max_fields = self.max_fields
-        state: list[Any] | None = None
-        for k, v in value.items():
-            if type(v) is str and type(k) is str:
-                cost = len(v) + len(k)
-                if len(v) <= mvc and cost <= left and len(out) < max_fields and k not in out:
-                    out[k] = v
-                    left -= cost
-                    continue
-            if state is None:
-                state = [left, False]
-            else:
-                state[0] = left
-            self._dict({k: v}, "", out, state)
-            left = state[0]
-        return out, state is not None and bool(state[1])
+        state: list[Any] = [self.max_chars, False]
+        tv = type(value)
+        if tv is dict:
+            self._dict(value, "", out, state)
+        elif tv is list:
+            self._list(value, "value", out, state)
+        elif value is not None:
+            self._leaf(value, "value", out, state)
+        return out, bool(state[1])
 
     def _dict(self, d: dict[Any, Any], prefix: str, out: dict[str, Any], state: list[Any]) -> None:
         mvc = self.max_value_chars
         for k, v in d.items():
-            key = prefix + (k if type(k) is str else str(k))
+            key = prefix + k if type(k) is str else prefix + str(k)
             tv = type(v)
             if tv is str:
-                # Fast path: a new key, within every cap.
-                cost = len(v) + len(key)
-                if (
-                    len(v) <= mvc
-                    and cost <= state[0]
-                    and key not in out
-                    and len(out) < self.max_fields
-                ):
-                    out[key] = v
-                    state[0] -= cost
-                    continue
-                self._leaf(v, key, out, state)
+                text = v
             elif tv is dict:
-                self._dict(v, key + ".", out, state)
+                if v:
+                    self._dict(v, key + ".", out, state)
+                continue
             elif tv is list:
-                self._list(v, key, out, state)
-            elif v is not None:
-                self._leaf(v, key, out, state)
+                if v:
+                    self._list(v, key, out, state)
+                continue
+            elif v is None:
+                continue
+            elif tv is bool:
+                text = "true" if v else "false"
+            elif tv is int:
+                text = str(v)
+            else:
+                text = as_str(v)
+            # Fast path: a new key, within every cap.
+            cost = len(text) + len(key)
+            if (
+                len(text) <= mvc
+                and cost <= state[0]
+                and key not in out
+                and len(out) < self.max_fields
+            ):
+                out[key] = text
+                state[0] -= cost
+            else:
+                self._leaf(text, key, out, state)
 
     def _list(self, items: list[Any], key: str, out: dict[str, Any], state: list[Any]) -> None:
+        sub = key + "."
         for v in items:
             tv = type(v)
             if tv is dict:
-                self._dict(v, key + ".", out, state)
+                if v:
+                    self._dict(v, sub, out, state)
             elif tv is list:
-                self._list(v, key, out, state)
+                if v:
+                    self._list(v, key, out, state)
             elif v is not None:
                 self._leaf(v, key, out, state)
 
