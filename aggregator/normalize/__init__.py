@@ -39,6 +39,7 @@ __all__ = [
     "Schema",
     "normalize",
     "serialized_size",
+    "to_json",
 ]
 
 _dumps = orjson.dumps
@@ -56,12 +57,17 @@ _RAW_KEEP: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def to_json(doc: Any) -> bytes:
+    """Compact JSON bytes (UTF-8); the stdlib encoder only for integers beyond 64 bits."""
+    try:
+        return _dumps(doc, default=str)
+    except TypeError:
+        return json.dumps(doc, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def serialized_size(doc: Any) -> int:
     """Bytes of ``doc`` as compact JSON."""
-    try:
-        return len(orjson.dumps(doc, default=str))
-    except TypeError:  # integers beyond 64 bits: fall back to the stdlib encoder
-        return len(json.dumps(doc, default=str, separators=(",", ":")).encode())
+    return len(to_json(doc))
 
 
 def _shrink(value: Any) -> Any:
@@ -122,15 +128,10 @@ class Normalizer:
 
     # ------------------------------------------------------------------ API
 
-    def normalize(
-        self,
-        record: dict[str, Any],
-        schema: Schema,
-        *,
-        now: datetime,
-        context: EventContext | None = None,
-    ) -> dict[str, Any]:
-        """One CloudTrail record → one event in ``schema``. Never drops the event."""
+    def _map(
+        self, record: dict[str, Any], schema: str, now: datetime, context: EventContext | None
+    ) -> tuple[dict[str, Any], dict[str, Any], EventContext | None]:
+        """(output, redacted record, effective context) — mapping without the size policy."""
         if not isinstance(record, dict):
             raise TypeError(f"record must be a JSON object, got {type(record).__name__}")
         if now is not self._last_now:
@@ -147,14 +148,53 @@ class Normalizer:
             out = to_raw(rec, now_ms=self._now_ms, now_iso=self._now_iso, context=ctx)
         else:
             raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(SCHEMAS)}")
-        try:
-            size = len(_dumps(out, default=str))
-        except TypeError:  # integers beyond 64 bits
-            size = serialized_size(out)
+        return out, rec, ctx
+
+    def normalize(
+        self,
+        record: dict[str, Any],
+        schema: Schema,
+        *,
+        now: datetime,
+        context: EventContext | None = None,
+    ) -> dict[str, Any]:
+        """One CloudTrail record → one event in ``schema``. Never drops the event.
+
+        Pass the same ``now`` object for a batch: its text forms are computed once per object.
+        """
+        out, rec, ctx = self._map(record, schema, now, context)
+        size = serialized_size(out)
         if size > self.max_event_bytes:
-            out = self._oversize(out, rec, schema, size, ctx)
-            if serialized_size(out) > self.max_event_bytes:
-                out = _last_resort(out, schema)
+            out = self._capped(out, rec, schema, size, ctx)
+        return out
+
+    def encode(
+        self,
+        record: dict[str, Any],
+        schema: Schema,
+        *,
+        now: datetime,
+        context: EventContext | None = None,
+    ) -> bytes:
+        """Like :meth:`normalize`, serialized to compact JSON bytes (what a sink sends). The
+        size policy is checked on these bytes, so nothing is serialized twice."""
+        out, rec, ctx = self._map(record, schema, now, context)
+        data = to_json(out)
+        if len(data) > self.max_event_bytes:
+            data = to_json(self._capped(out, rec, schema, len(data), ctx))
+        return data
+
+    def _capped(
+        self,
+        out: dict[str, Any],
+        record: dict[str, Any],
+        schema: str,
+        size: int,
+        ctx: EventContext | None,
+    ) -> dict[str, Any]:
+        out = self._oversize(out, record, schema, size, ctx)
+        if serialized_size(out) > self.max_event_bytes:
+            out = _last_resort(out, schema)
         return out
 
     def _oversize(

@@ -14,8 +14,6 @@ import sys
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-import orjson
-
 from aggregator.envelopes import Kind, Parsed, iter_items
 from aggregator.normalize import SCHEMAS, Normalizer
 
@@ -71,8 +69,7 @@ def normalize_stream(
                 err.write(f"{item.where}: CloudTrail digest file, not events (skipped)\n".encode())
                 continue
             try:
-                doc = normalizer.normalize(item.record, schema, now=now)  # type: ignore[arg-type]
-                line = orjson.dumps(doc, default=str) + b"\n"
+                line = normalizer.encode(item.record, schema, now=now) + b"\n"  # type: ignore[arg-type]
             except (TypeError, ValueError) as exc:
                 err.write(f"{item.where}: cannot normalize: {exc}\n".encode())
                 ok = False

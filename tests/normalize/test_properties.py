@@ -152,3 +152,15 @@ def test_any_record_shaped_object_normalizes(
 def test_any_json_object_normalizes(record: dict[str, Any]) -> None:
     for schema in SCHEMAS:
         orjson.dumps(NORMALIZERS[0].normalize(record, schema, now=NOW))  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records, which=st.sampled_from([0, 1]))
+def test_encode_is_normalize_serialized_and_capped(record: dict[str, Any], which: int) -> None:
+    """encode() gives the bytes of normalize() (one serialization), within the size cap."""
+    norm = NORMALIZERS[which]
+    for schema in SCHEMAS:
+        data = norm.encode(record, schema, now=NOW)  # type: ignore[arg-type]
+        doc = norm.normalize(record, schema, now=NOW)  # type: ignore[arg-type]
+        assert orjson.loads(data) == orjson.loads(orjson.dumps(doc))
+        assert len(data) <= norm.max_event_bytes
