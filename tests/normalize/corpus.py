@@ -10,6 +10,19 @@ import orjson
 
 from aggregator.envelopes import Kind, Parsed, iter_items
 
+
+def find_testdata() -> Path:
+    """The shared testdata folder (same search as tests/conftest.py, without importing it: a
+    second import of conftest would install a second network guard)."""
+    root = Path(__file__).resolve().parents[2]
+    for parent in (root, *root.parents):
+        if (parent / "shared" / "testdata").exists():
+            return parent / "shared" / "testdata"
+    return root.parent / "shared" / "testdata"
+
+
+TESTDATA = find_testdata()
+
 # Test-corpus wrappers (not real envelopes): the record sits under one of these keys.
 _WRAPPER_KEYS = ("record", "json", "log", "input")
 _SKIP_NAMES = frozenset({"rules_index.json", "SOURCES.md"})

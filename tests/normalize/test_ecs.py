@@ -14,8 +14,7 @@ import orjson
 import pytest
 
 from aggregator.normalize import EventContext, Normalizer, normalize
-from tests.conftest import TESTDATA
-from tests.normalize.corpus import corpus_records
+from tests.normalize.corpus import TESTDATA, corpus_records
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 GOLDEN = Path(__file__).parent / "golden" / "ecs"

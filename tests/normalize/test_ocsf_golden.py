@@ -17,7 +17,7 @@ import pytest
 
 from aggregator.envelopes import Parsed, iter_records
 from aggregator.normalize import normalize
-from tests.conftest import TESTDATA
+from tests.normalize.corpus import TESTDATA
 from tests.normalize.ocsf_compare import compare, dig, expected_fields
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

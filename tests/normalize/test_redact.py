@@ -13,8 +13,7 @@ import pytest
 from aggregator.config import ConfigError, parse_settings
 from aggregator.config_normalize import NormalizeSettings
 from aggregator.normalize import Normalizer, Redactor
-from tests.conftest import TESTDATA
-from tests.normalize.corpus import corpus_records
+from tests.normalize.corpus import TESTDATA, corpus_records
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 KEY = "k" * 32
