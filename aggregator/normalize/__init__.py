@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from datetime import datetime
 from typing import Any, Literal, cast, get_args
 
@@ -45,6 +46,7 @@ __all__ = [
 _dumps = orjson.dumps
 _MAX_STR = 1024
 _MAX_LIST = 20
+_MAX_NEST = 16
 _ECS_KEEP: tuple[str, ...] = ("@timestamp", "ecs", "event", "cloud", "source", "user")
 _OCSF_KEEP: tuple[str, ...] = (
     "class_uid", "class_name", "category_uid", "category_name", "activity_id", "activity_name",
@@ -66,18 +68,24 @@ def to_json(doc: Any) -> bytes:
 
 
 def serialized_size(doc: Any) -> int:
-    """Bytes of ``doc`` as compact JSON."""
-    return len(to_json(doc))
+    """Bytes of ``doc`` as compact JSON (``sys.maxsize`` when it is nested beyond what can be
+    encoded, so the size policy replaces it by a projection)."""
+    try:
+        return len(to_json(doc))
+    except (RecursionError, ValueError):
+        return sys.maxsize
 
 
-def _shrink(value: Any) -> Any:
-    """Strings cut to 1 KiB, lists to 20 items, recursively."""
+def _shrink(value: Any, depth: int = 0) -> Any:
+    """Strings cut to 1 KiB, lists to 20 items, nesting to 16 levels, recursively."""
     if isinstance(value, str):
         return value if len(value) <= _MAX_STR else value[:_MAX_STR]
+    if isinstance(value, dict | list) and depth >= _MAX_NEST:
+        return "[cut]"
     if isinstance(value, dict):
-        return {k: _shrink(v) for k, v in value.items()}
+        return {k: _shrink(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_shrink(v) for v in value[:_MAX_LIST]]
+        return [_shrink(v, depth + 1) for v in value[:_MAX_LIST]]
     return value
 
 
@@ -179,7 +187,10 @@ class Normalizer:
         """Like :meth:`normalize`, serialized to compact JSON bytes (what a sink sends). The
         size policy is checked on these bytes, so nothing is serialized twice."""
         out, rec, ctx = self._map(record, schema, now, context)
-        data = to_json(out)
+        try:
+            data = to_json(out)
+        except (RecursionError, ValueError):  # nested beyond what can be encoded
+            return to_json(self._capped(out, rec, schema, sys.maxsize, ctx))
         if len(data) > self.max_event_bytes:
             data = to_json(self._capped(out, rec, schema, len(data), ctx))
         return data
@@ -211,7 +222,8 @@ class Normalizer:
             "key": ctx.archive_key if ctx is not None else None,
             "event_id": record.get("eventID"),
         }
-        marker = _shrink({"truncated": True, "original_bytes": size, "archive": pointer})
+        original = None if size == sys.maxsize else size  # None: nested too deeply to encode
+        marker = _shrink({"truncated": True, "original_bytes": original, "archive": pointer})
         if schema == "ecs":
             ct = out.get("aws", {}).get("cloudtrail", {})
             for name in (*POLYMORPHIC.values(), "unmapped", "flattened", "flattened_truncated"):
@@ -250,13 +262,15 @@ def _last_resort(proj: dict[str, Any], schema: str) -> dict[str, Any]:
     """Identifiers and the pointer only, each cut to 256 characters (a projection of a record
     with absurd keys or values can still exceed the cap)."""
 
-    def cut(value: Any) -> Any:
+    def cut(value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
             return value[:256]
+        if isinstance(value, dict | list) and depth >= 4:
+            return "[cut]"
         if isinstance(value, dict):
-            return {str(k)[:64]: cut(v) for k, v in list(value.items())[:16]}
+            return {str(k)[:64]: cut(v, depth + 1) for k, v in list(value.items())[:16]}
         if isinstance(value, list):
-            return [cut(v) for v in value[:4]]
+            return [cut(v, depth + 1) for v in value[:4]]
         return value
 
     if schema == "ecs":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -98,9 +99,21 @@ def epoch_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+TOO_DEEP = '"[ctagg: nested too deeply to encode]"'
+MAX_DEPTH = 32  # flattened copies and type-stable objects stop descending here
+
+
 def json_text(value: Any) -> str:
-    """Compact JSON text; values orjson cannot encode natively become strings."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    """Compact JSON text; values orjson cannot encode natively become strings. Integers beyond
+    64 bits and nesting beyond orjson's limit use the stdlib encoder; nesting beyond Python's
+    recursion limit gives a JSON string placeholder (the full record is in the archive)."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        try:
+            return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+        except (RecursionError, ValueError, TypeError):
+            return TOO_DEEP
 
 
 def as_str(value: Any) -> str:
@@ -146,14 +159,19 @@ class Flattener:
         state: list[Any] = [self.max_chars, False]
         tv = type(value)
         if tv is dict:
-            self._dict(value, "", out, state)
+            self._dict(value, "", out, state, 0)
         elif tv is list:
-            self._list(value, "value", out, state)
+            self._list(value, "value", out, state, 0)
         elif value is not None:
             self._leaf(value, "value", out, state)
         return out, bool(state[1])
 
-    def _dict(self, d: dict[Any, Any], prefix: str, out: dict[str, Any], state: list[Any]) -> None:
+    def _dict(
+        self, d: dict[Any, Any], prefix: str, out: dict[str, Any], state: list[Any], depth: int
+    ) -> None:
+        if depth > MAX_DEPTH:
+            state[1] = True
+            return
         mvc = self.max_value_chars
         for k, v in d.items():
             key = prefix + k if type(k) is str else prefix + str(k)
@@ -162,11 +180,11 @@ class Flattener:
                 text = v
             elif tv is dict:
                 if v:
-                    self._dict(v, key + ".", out, state)
+                    self._dict(v, key + ".", out, state, depth + 1)
                 continue
             elif tv is list:
                 if v:
-                    self._list(v, key, out, state)
+                    self._list(v, key, out, state, depth + 1)
                 continue
             elif v is None:
                 continue
@@ -189,16 +207,21 @@ class Flattener:
             else:
                 self._leaf(text, key, out, state)
 
-    def _list(self, items: list[Any], key: str, out: dict[str, Any], state: list[Any]) -> None:
+    def _list(
+        self, items: list[Any], key: str, out: dict[str, Any], state: list[Any], depth: int
+    ) -> None:
+        if depth > MAX_DEPTH:
+            state[1] = True
+            return
         sub = key + "."
         for v in items:
             tv = type(v)
             if tv is dict:
                 if v:
-                    self._dict(v, sub, out, state)
+                    self._dict(v, sub, out, state, depth + 1)
             elif tv is list:
                 if v:
-                    self._list(v, key, out, state)
+                    self._list(v, key, out, state, depth + 1)
             elif v is not None:
                 self._leaf(v, key, out, state)
 
@@ -256,7 +279,7 @@ def stable(value: Any) -> Any:
     return value if tv is str else as_str(value)
 
 
-def stable_dict(d: dict[Any, Any]) -> dict[str, Any]:
+def stable_dict(d: dict[Any, Any], depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if v is None:
@@ -267,7 +290,7 @@ def stable_dict(d: dict[Any, Any]) -> dict[str, Any]:
         if tv is str:
             out[sk] = v
         elif tv is dict:
-            out[sk] = stable_dict(v)
+            out[sk] = stable_dict(v, depth + 1) if depth < MAX_DEPTH else json_text(v)
         elif tv is list:
             out[sk] = _stable_list(v)
         else:

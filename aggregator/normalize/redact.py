@@ -36,6 +36,7 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
 )
 
 ACTIONS = frozenset({"drop", "mask", "hmac"})
+_MAX_LIST_NESTING = 8
 
 
 class _Node:
@@ -87,14 +88,16 @@ class Redactor:
         return not self.rules
 
     def apply(self, record: dict[str, Any]) -> dict[str, Any]:
-        out = self._walk(record, self._root)
+        out = self._walk(record, self._root, 0)
         return out if isinstance(out, dict) else record
 
-    def _walk(self, value: Any, node: _Node) -> Any:
+    def _walk(self, value: Any, node: _Node, lists: int) -> Any:
         if isinstance(value, list):
+            if lists >= _MAX_LIST_NESTING:  # lists of lists of ...: no field path goes there
+                return value
             new_list: list[Any] | None = None
             for i, item in enumerate(value):
-                r = self._walk(item, node)
+                r = self._walk(item, node, lists + 1)
                 if r is not item:
                     if new_list is None:
                         new_list = list(value)
@@ -128,7 +131,7 @@ class Redactor:
                 return new
             repl = self._replace(old, child.action)
         elif isinstance(old, dict | list):
-            repl = self._walk(old, child)
+            repl = self._walk(old, child, 0)
         else:
             return new
         if repl is old:

@@ -180,3 +180,34 @@ def test_projection_of_absurd_records_still_fits(schema: str) -> None:
     out = Normalizer(settings).normalize(rec, schema, now=NOW)  # type: ignore[arg-type]
     assert serialized_size(out) <= 4096
     assert b"eeeeeeee" in orjson.dumps(out)
+
+
+def _deep(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for i in range(depth):
+        value = {"a": value} if i % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [10, 300, 1000])
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_deeply_nested_values_never_raise(schema: str, depth: int) -> None:
+    """Nesting as deep as a JSON parser accepts (orjson: 1024) still gives an event, within the
+    cap, from both APIs; redaction rules reaching into lists of lists do not recurse forever."""
+    rec = _record(
+        requestParameters={"deep": _deep(depth, "x")},
+        userIdentity={"type": "IAMUser", "sessionContext": _deep(depth, "y")},
+        resources=_deep(depth, {"accountId": "1"}),
+    )
+    data = orjson.dumps(rec) if depth < 250 else None
+    if data is not None:
+        assert orjson.loads(data) == rec
+    settings = NormalizeSettings.model_validate(
+        {"redaction": {"rules": [{"path": "resources.accountId", "action": "mask"}]}}
+    )
+    norm = Normalizer(settings)
+    doc = norm.normalize(rec, schema, now=NOW, context=CTX)  # type: ignore[arg-type]
+    assert serialized_size(doc) <= norm.max_event_bytes
+    out = norm.encode(rec, schema, now=NOW, context=CTX)  # type: ignore[arg-type]
+    assert len(out) <= norm.max_event_bytes
+    assert b"ev-1" in out
