@@ -15,6 +15,7 @@ import orjson
 from aggregator.normalize._actions import ecs_category
 from aggregator.normalize._util import (
     Flattener,
+    _ip_cache,
     arn_tail,
     as_str,
     is_hostname,
@@ -205,7 +206,7 @@ def to_ecs(
 
     eid = get("eventID")
     if eid is not None:
-        event["id"] = as_str(eid)
+        event["id"] = eid if type(eid) is str else as_str(eid)
 
     insight = get("insightDetails") if is_insight else None
     if isinstance(insight, dict):
@@ -259,12 +260,18 @@ def to_ecs(
         cloud["region"] = region
     recipient = get("recipientAccountId")
     if recipient is not None:
-        cloud["account"] = {"id": as_str(recipient)}
+        cloud["account"] = {"id": recipient if type(recipient) is str else as_str(recipient)}
     if isinstance(source_name, str) and source_name:
         cloud["service"] = {"name": source_name.split(".", 1)[0]}
     doc["cloud"] = cloud
 
-    ips, raw_src = split_source(get("sourceIPAddress"))
+    src_ip = get("sourceIPAddress")
+    ips: list[str]
+    raw_src: str | None
+    if type(src_ip) is str and _ip_cache.get(src_ip):  # the common case: one valid IP
+        ips, raw_src = [src_ip], src_ip
+    else:
+        ips, raw_src = split_source(src_ip)
     if raw_src is not None:
         source: dict[str, Any] = {"address": raw_src}
         if ips:
@@ -275,7 +282,7 @@ def to_ecs(
 
     ua = get("userAgent")
     if ua is not None:
-        doc["user_agent"] = {"original": as_str(ua)}
+        doc["user_agent"] = {"original": ua if type(ua) is str else as_str(ua)}
 
     related_users: list[str] = []
     ui = get("userIdentity")
@@ -295,7 +302,9 @@ def to_ecs(
         ct["user_identity"] = _stable_identity(ui)
     if related_users or ips:
         related: dict[str, Any] = {}
-        if related_users:
+        if len(related_users) == 1:
+            related["user"] = related_users
+        elif related_users:
             related["user"] = list(dict.fromkeys(related_users))
         if ips:
             related["ip"] = ips
