@@ -106,9 +106,16 @@ class Redactor:
         if not isinstance(value, dict):
             return value
         new: dict[str, Any] | None = None
-        for key, child in node.children.items():
-            if key in value:
-                new = self._one(value, new, key, child)
+        children = node.children
+        if len(value) < len(children):  # walk the smaller side
+            for key in list(value):
+                child = children.get(key)
+                if child is not None:
+                    new = self._one(value, new, key, child)
+        else:
+            for key, child in children.items():
+                if key in value:
+                    new = self._one(value, new, key, child)
         if node.wildcard is not None:
             for key in list(value):
                 new = self._one(value, new, key, node.wildcard)
