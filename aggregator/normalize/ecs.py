@@ -84,7 +84,6 @@ _KEYS: dict[str, tuple[int, str]] = {
     **{k: (_CHECK_STR, k) for k in _STRING_OR_UNMAPPED},
     **{k: (_SPECIAL, k) for k in _SPECIAL_KEYS},
 }
-KNOWN = frozenset(POLYMORPHIC) | frozenset(SCALARS) | frozenset(BOOLEANS) | OTHER_KNOWN
 
 _REGION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _TRUE = frozenset({True, "true", "True", "TRUE"})
