@@ -59,6 +59,21 @@ def _integrity_args(name: str) -> AddArgs:
     return add
 
 
+# ---------------------------------------------------------------- normalize
+
+
+def _normalize_args(p: argparse.ArgumentParser) -> None:
+    from aggregator.normalize.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_normalize(args: argparse.Namespace) -> int:
+    from aggregator.normalize.cli import run
+
+    return run(args)
+
+
 # ---------------------------------------------------------------- detect
 
 
@@ -345,6 +360,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _run_retry,
     ),
     ("demo", "run the real pipeline against an embedded moto Organization", _args_demo, _run_demo),
+    (
+        "normalize",
+        "print CloudTrail events as ECS, OCSF or raw JSON lines",
+        _normalize_args,
+        _run_normalize,
+    ),
 ]
 
 

@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from aggregator.config_normalize import NormalizeSettings
+
 ACCOUNT_ID = r"^\d{12}$"
 AccountId = Annotated[str, Field(pattern=ACCOUNT_ID)]
 Region = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
@@ -386,6 +388,7 @@ class Settings(Strict):
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     collect: CollectSettings = Field(default_factory=CollectSettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    normalize: NormalizeSettings = Field(default_factory=NormalizeSettings)
     archive: ArchiveSettings
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
 
