@@ -20,6 +20,7 @@ nothing else here knows about AWS.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Sequence
@@ -310,7 +311,8 @@ class OpenSearchConnector(Connector):
         if cfg.auth == "basic":
             assert cfg.username
             assert cfg.password is not None
-            kwargs["http_auth"] = (cfg.username, cfg.password.get_secret_value())
+            pair = f"{cfg.username}:{cfg.password.get_secret_value()}".encode()
+            self._headers["authorization"] = f"Basic {base64.b64encode(pair).decode()}"
         elif cfg.auth == "api_key":
             assert cfg.api_key is not None
             self._headers["authorization"] = f"ApiKey {cfg.api_key.get_secret_value()}"
