@@ -6,8 +6,12 @@ user guide's ``EXAMPLE`` ids) reuse one eventID for different events. A key that
 those would silently drop real events, the one thing an archive must never do. So the key is
 eventID together with the fields that identify *where and when* the event was recorded:
 recipientAccountId (the logging account), awsRegion, eventTime, plus eventSource and
-eventName. Every field is identical in the two copies of one event delivered by an
-organization trail and an account trail, so those still collapse to one key.
+eventName — and a digest of the event's substance (requestParameters, responseElements,
+additionalEventData, errorCode). The user guide's two ``CheckMfa`` examples
+share eventID, account, region, time and name and differ only in additionalEventData; the
+substance digest keeps them apart. Delivery metadata (tlsDetails, eventCategory, addendum,
+a shipper's ``@timestamp``) is deliberately left out, so one event delivered through two
+channels (organization trail, account trail, LookupEvents) still collapses to one key.
 
 Records without an eventID (hand-made or truncated) fall back to a hash of their canonical
 JSON: two records with the same content are the same event.
@@ -23,6 +27,12 @@ import orjson
 
 KEY_BYTES = 16
 _SEP = "\x1f"
+_SUBSTANCE = (
+    "requestParameters",
+    "responseElements",
+    "additionalEventData",
+    "errorCode",
+)
 
 
 def event_key(record: dict[str, Any]) -> bytes:
@@ -39,7 +49,9 @@ def event_key(record: dict[str, Any]) -> bytes:
                 str(record.get("eventName") or ""),
             )
         )
-        return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES).digest()
+        h = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES)
+        h.update(orjson.dumps([record.get(f) for f in _SUBSTANCE], option=orjson.OPT_SORT_KEYS))
+        return h.digest()
     canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
     return blake2b(b"content" + canonical, digest_size=KEY_BYTES).digest()
 

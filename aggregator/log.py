@@ -16,6 +16,28 @@ import structlog
 _configured = False
 
 
+class _StreamLogger:
+    """Writes each line to a stream looked up at write time (sys.stderr may be replaced)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        out = self._stream or sys.stderr
+        out.write(message + "\n")
+        out.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _StreamLoggerFactory:
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> _StreamLogger:
+        return _StreamLogger(self._stream)
+
+
 def configure(
     level: str = "INFO", *, json: bool | None = None, stream: TextIO | None = None
 ) -> None:
@@ -37,7 +59,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_StreamLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # Quiet chatty libraries: their DEBUG lines can contain request payloads.

@@ -316,6 +316,14 @@ class State:
             keys.update(prefix + n for n in zlib.decompress(row[1]).decode().split("\n") if n)
         return keys
 
+    def stream_days(self, stream_id: str) -> tuple[bool, dict[str, str]]:
+        """(any day prefix seen before?, {day: prefix} of the open ones) for one stream."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT day, prefix, closed FROM prefixes WHERE source_id=?", (stream_id,)
+            ).fetchall()
+        return bool(rows), {day: prefix for day, prefix, closed in rows if not closed}
+
     def closed_days(self, source_id: str) -> set[str]:
         with self._lock:
             return {

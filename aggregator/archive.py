@@ -1,0 +1,121 @@
+"""The central archive: CloudTrail key layout, deterministic keys and bytes, write and read.
+
+A central key is derived only from its source object (bucket + key), and its bytes only from
+the records written into it (gzip with mtime 0, no file name), so a crash between "write" and
+"commit" rewrites the same bytes to the same key: never a second copy.
+
+Layout (the standard CloudTrail one, so Athena, the Splunk add-on or Filebeat read the archive
+as if it were a trail bucket)::
+
+    [prefix]AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/
+        <account>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<id>.json.gz
+    [prefix]AWSLogs/<account>/CloudTrail-Insight/<region>/YYYY/MM/DD/... (Insights events)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from isal import igzip
+
+from aggregator.config import ArchiveSettings
+from aggregator.envelopes import maybe_gunzip
+
+# <acct>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<random>.json.gz (also CloudTrail-Insight)
+SOURCE_NAME = re.compile(
+    r"(?P<account>\d{12})_(?P<kind>CloudTrail(?:-Insight|-Digest)?)_(?P<region>[a-z0-9-]+)_"
+    r"(?P<ts>\d{8}T\d{4}Z)_(?P<rand>[A-Za-z0-9]+)\.json(?:\.gz)?$"
+)
+_EVENT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})")
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    account: str
+    region: str
+    ts: str  # YYYYMMDDTHHMMZ
+    insight: bool
+
+
+def parse_source_name(key: str) -> KeyParts | None:
+    """Account, region and time from a CloudTrail object name, or None if not standard."""
+    m = SOURCE_NAME.search(key.rsplit("/", 1)[-1])
+    if not m:
+        return None
+    return KeyParts(m["account"], m["region"], m["ts"], m["kind"] == "CloudTrail-Insight")
+
+
+def ts_from_event_time(event_time: str | None) -> str | None:
+    m = _EVENT_TIME.match(event_time or "")
+    if not m:
+        return None
+    y, mo, d, h, mi = m.groups()
+    return f"{y}{mo}{d}T{h}{mi}Z"
+
+
+def object_id(source_bucket: str, source_key: str) -> str:
+    """16 URL-safe characters derived from the source object; stable across runs and hosts."""
+    digest = hashlib.blake2b(f"{source_bucket}/{source_key}".encode(), digest_size=12).digest()
+    return base64.b32encode(digest).decode().rstrip("=")[:16]
+
+
+def central_key(prefix: str, parts: KeyParts, source_bucket: str, source_key: str) -> str:
+    kind = "CloudTrail-Insight" if parts.insight else "CloudTrail"
+    y, mo, d = parts.ts[0:4], parts.ts[4:6], parts.ts[6:8]
+    name = (
+        f"{parts.account}_{kind}_{parts.region}_{parts.ts}_{object_id(source_bucket, source_key)}"
+    )
+    return f"{prefix}AWSLogs/{parts.account}/{kind}/{parts.region}/{y}/{mo}/{d}/{name}.json.gz"
+
+
+def encode_records(parts: list[bytes], level: int) -> bytes:
+    """``{"Records":[...]}`` from already-serialized records, gzip with fixed header."""
+    body = b'{"Records":[' + b",".join(parts) + b"]}"
+    return igzip.compress(body, compresslevel=min(level, 3), mtime=0)
+
+
+def decode_records(data: bytes) -> list[dict[str, Any]]:
+    doc = orjson.loads(maybe_gunzip(data))
+    records = doc.get("Records") if isinstance(doc, dict) else None
+    if not isinstance(records, list):
+        raise ValueError("central object has no Records list")
+    return records
+
+
+class Archive:
+    """Writes and reads central objects through an S3 client (from aggregator.aws)."""
+
+    def __init__(self, settings: ArchiveSettings, s3: Any) -> None:
+        self.settings = settings
+        self.s3 = s3
+
+    async def put(self, key: str, body: bytes) -> str:
+        """Write one central object; returns its hex SHA-256."""
+        sha = hashlib.sha256(body).hexdigest()
+        extra: dict[str, Any] = {}
+        if self.settings.kms_key_id:
+            extra["ServerSideEncryption"] = "aws:kms"
+            extra["SSEKMSKeyId"] = self.settings.kms_key_id
+        await self.s3.put_object(
+            Bucket=self.settings.bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
+            **extra,
+        )
+        return sha
+
+    async def get(self, key: str) -> bytes:
+        resp = await self.s3.get_object(Bucket=self.settings.bucket, Key=key)
+        async with resp["Body"] as stream:
+            data: bytes = await stream.read()
+        return data
+
+    async def read_records(self, key: str) -> list[dict[str, Any]]:
+        return decode_records(await self.get(key))

@@ -1,0 +1,157 @@
+"""Read source objects from trail buckets: list day prefixes, classify keys, fetch and decode.
+
+No state here: the ingest job decides what is new. Decoding is pure and runs one object at a
+time (never a whole day in memory).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from aggregator.dedupe import event_epoch, event_key
+from aggregator.envelopes import maybe_gunzip
+
+DAY = re.compile(r"(\d{4})/(\d{2})/(\d{2})/$")
+STREAM_KINDS = ("CloudTrail", "CloudTrail-Insight", "CloudTrail-Digest")
+
+
+class ObjectKind(StrEnum):
+    LOG = "log"
+    INSIGHT = "insight"
+    DIGEST = "digest"
+    OTHER = "other"
+
+
+def classify(key: str) -> ObjectKind:
+    """What a key under a trail prefix is. Digest and Insights files live in sibling trees."""
+    name = key.rsplit("/", 1)[-1]
+    if "/CloudTrail-Digest/" in key and name.endswith(".json.gz"):
+        return ObjectKind.DIGEST
+    if "/CloudTrail-Insight/" in key and name.endswith(".json.gz"):
+        return ObjectKind.INSIGHT
+    if "/CloudTrail/" in key and name.endswith((".json.gz", ".json")) and "_CloudTrail_" in name:
+        return ObjectKind.LOG
+    return ObjectKind.OTHER
+
+
+def stream_prefixes(source_prefix: str) -> list[str]:
+    """The log prefix and its Insights and Digest siblings:
+    ``.../<acct>/CloudTrail/<region>/`` → the same with CloudTrail-Insight and CloudTrail-Digest.
+    """
+    head, sep, tail = source_prefix.rpartition("/CloudTrail/")
+    if not sep:
+        return [source_prefix]
+    return [f"{head}/{kind}/{tail}" for kind in STREAM_KINDS]
+
+
+def day_prefix(stream_prefix: str, day: date) -> str:
+    return f"{stream_prefix}{day:%Y/%m/%d}/"
+
+
+def day_of(prefix: str) -> str | None:
+    """'YYYY-MM-DD' from a day prefix ending in YYYY/MM/DD/."""
+    m = DAY.search(prefix)
+    return f"{m[1]}-{m[2]}-{m[3]}" if m else None
+
+
+def recent_days(today: date, n: int) -> list[date]:
+    """Today and the n-1 days before it, oldest first (CloudTrail delivers late files there)."""
+    return [today - timedelta(days=i) for i in range(n - 1, -1, -1)]
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    etag: str | None
+
+
+async def _common_prefixes(s3: Any, bucket: str, prefix: str) -> list[str]:
+    out: list[str] = []
+    paginator = s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        out.extend(cp["Prefix"] for cp in page.get("CommonPrefixes", ()))
+    return out
+
+
+async def walk_day_prefixes(s3: Any, bucket: str, stream_prefix: str) -> list[str]:
+    """Every existing YYYY/MM/DD/ prefix under a stream (three delimiter levels, cheap)."""
+    days: list[str] = []
+    for year in await _common_prefixes(s3, bucket, stream_prefix):
+        for month in await _common_prefixes(s3, bucket, year):
+            days.extend(
+                p for p in await _common_prefixes(s3, bucket, month) if DAY.search(p) is not None
+            )
+    return sorted(days)
+
+
+async def list_objects(s3: Any, bucket: str, prefix: str) -> AsyncIterator[Listed]:
+    paginator = s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", ()):
+            yield Listed(obj["Key"], int(obj.get("Size", 0)), obj.get("ETag"))
+
+
+async def fetch(s3: Any, bucket: str, key: str) -> bytes:
+    resp = await s3.get_object(Bucket=bucket, Key=key)
+    async with resp["Body"] as stream:
+        data: bytes = await stream.read()
+    return data
+
+
+class BadObject(Exception):
+    """The object's content cannot be used; it is quarantined with this reason."""
+
+
+@dataclass
+class Decoded:
+    """One decoded log object: per record its dedupe key, epoch, serialized bytes and time."""
+
+    keys: list[bytes]
+    epochs: list[int]
+    parts: list[bytes]
+    times: list[str]
+
+
+def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> Decoded:
+    """gzip → JSON → records, each re-serialized once (its size checked, its key computed).
+
+    Raises BadObject for: corrupt gzip, gzip bomb (size cap), invalid JSON, no ``Records``
+    list, a record that is not an object, a record over ``max_record_bytes``.
+    """
+    try:
+        raw = maybe_gunzip(data, max_object_bytes)
+    except ValueError as exc:
+        raise BadObject(f"too large: {exc}") from None
+    except Exception as exc:  # zlib.error, EOFError, BadGzipFile
+        raise BadObject(f"corrupt gzip: {exc}") from None
+    if len(raw) > max_object_bytes:
+        raise BadObject(f"too large: {len(raw)} bytes decompressed > {max_object_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadObject(f"invalid JSON: {exc}") from None
+    del raw
+    if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
+        raise BadObject("missing 'Records' list")
+    out = Decoded([], [], [], [])
+    dumps = orjson.dumps
+    for i, rec in enumerate(doc["Records"]):
+        if not isinstance(rec, dict):
+            raise BadObject(f"Records[{i}] is not an object")
+        part = dumps(rec)
+        if len(part) > max_record_bytes:
+            raise BadObject(f"Records[{i}] is {len(part)} bytes > max_record_bytes")
+        out.keys.append(event_key(rec))
+        out.epochs.append(event_epoch(rec))
+        out.parts.append(part)
+        t = rec.get("eventTime")
+        out.times.append(t if isinstance(t, str) else "")
+    return out

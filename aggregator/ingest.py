@@ -1,0 +1,449 @@
+"""The ingest job: one cycle over every source of an inventory, and its failure policy.
+
+Per source stream (log, Insights and digest prefixes of one account × region) a lister walks
+the day prefixes that can still change and queues keys not handled yet; a bounded pool of
+workers handles one object at a time:
+
+    fetch → decode (thread) → dedupe claim → encode (thread) → central write → commit
+
+The commit (event keys, ledger row, checkpoint) happens in one SQLite transaction after the
+central write. A crash in between repeats the object and rewrites the same central key.
+
+Failure policy: a bad object is quarantined and the rest goes on; a transient error leaves the
+object unhandled (it is tried again next cycle, and its day prefix is not closed); an account
+whose role cannot be assumed is recorded once and skipped; nothing stops the other sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import aioboto3
+
+from aggregator import archive as central
+from aggregator.aws import Aws, ClientPool, error_code, error_message
+from aggregator.collect import (
+    BadObject,
+    Decoded,
+    ObjectKind,
+    classify,
+    day_of,
+    day_prefix,
+    decode_log,
+    fetch,
+    list_objects,
+    recent_days,
+    stream_prefixes,
+    walk_day_prefixes,
+)
+from aggregator.config import Settings
+from aggregator.discovery import Inventory, Source
+from aggregator.log import get_logger
+from aggregator.state import CentralObject, ObjectOutcome, State
+
+log = get_logger("aggregator.ingest")
+
+
+class SessionProvider(Protocol):
+    async def session_for(self, account_id: str | None) -> aioboto3.Session: ...
+
+
+@dataclass
+class CycleReport:
+    accounts: int = 0
+    regions: int = 0
+    sources: int = 0
+    objects: int = 0
+    events_in: int = 0
+    duplicates: int = 0
+    events_archived: int = 0
+    quarantined: int = 0
+    errors: int = 0
+    failed_accounts: int = 0
+    central_objects: int = 0
+    duration_secs: float = 0.0
+    stopped: bool = False
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Source
+    stream_id: str
+    key: str
+    day_prefix: str
+    kind: ObjectKind
+    size: int
+    etag: str | None
+
+
+_DONE = object()
+
+
+class Ingestor:
+    """Runs ingest cycles. One instance per process; cycles must not overlap."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        sessions: SessionProvider,
+        aws: Aws,
+        *,
+        clock: Callable[[], float] = time.time,
+        should_pause: Callable[[], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.sessions = sessions
+        self.aws = aws
+        self.clock = clock
+        self.should_pause = should_pause
+        self.stop = asyncio.Event()
+        # Event keys claimed by objects in flight: two copies of one event in two objects
+        # handled at the same time must not both be archived.
+        self._claimed: set[bytes] = set()
+        self._listed_streams: set[str] = set()
+        self._errored_streams: set[str] = set()
+
+    # ------------------------------------------------------------------ cycle
+
+    async def run(self, inventory: Inventory) -> CycleReport:
+        started = time.perf_counter()
+        report = CycleReport(
+            accounts=len(inventory.accounts),
+            regions=len({r for rs in inventory.regions.values() for r in rs}),
+            sources=len(inventory.sources),
+        )
+        failed = self._record_failures(inventory)
+        self._listed_streams.clear()
+        self._errored_streams.clear()
+        cfg = self.settings.collect
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.max_concurrency * 4)
+        async with ClientPool(self.aws) as pool:
+            writer_session = await self.sessions.session_for(
+                self.settings.archive.writer_account_id
+            )
+            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+            workers = [
+                asyncio.create_task(self._worker(queue, pool, archive, report))
+                for _ in range(cfg.max_concurrency)
+            ]
+            listers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
+
+            async def list_one(src: Source) -> None:
+                async with listers:
+                    await self._list_source(src, pool, queue, report, failed)
+
+            try:
+                await asyncio.gather(*(list_one(s) for s in inventory.sources))
+            finally:
+                for _ in workers:
+                    await queue.put(_DONE)
+                await asyncio.gather(*workers)
+            if not self.stop.is_set():
+                self._close_old_prefixes()
+        report.failed_accounts = len(failed)
+        report.stopped = self.stop.is_set()
+        report.duration_secs = round(time.perf_counter() - started, 3)
+        log.info(
+            "ingest.cycle_done", **{k: v for k, v in report.as_dict().items() if k != "by_kind"}
+        )
+        return report
+
+    def _record_failures(self, inventory: Inventory) -> set[str]:
+        failed: set[str] = set()
+        for f in inventory.failures:
+            failed.add(f.account_id)
+            if self.state.record_failure(f.account_id, f.stage, f.reason):
+                log.warning(
+                    "credentials.account_failed",
+                    account_id=f.account_id,
+                    stage=f.stage,
+                    error_type=f.reason.split(":", 1)[0],
+                    reason=f.reason,
+                )
+        return failed
+
+    # ------------------------------------------------------------------ listing
+
+    async def _list_source(
+        self,
+        src: Source,
+        pool: ClientPool,
+        queue: asyncio.Queue[Any],
+        report: CycleReport,
+        failed: set[str],
+    ) -> None:
+        if src.reader_account_id in failed:
+            return
+        try:
+            session = await self.sessions.session_for(src.reader_account_id)
+        except Exception as exc:
+            account = src.reader_account_id or "base"
+            failed.add(account)
+            if self.state.record_failure(account, "assume_role", error_message(exc)):
+                log.warning(
+                    "credentials.assume_failed",
+                    account_id=account,
+                    error_type=getattr(exc, "code", None) or error_code(exc),
+                    reason=error_message(exc),
+                )
+            return
+        s3 = await pool.get(session, "s3")
+        try:
+            for key in self.state.retry_keys(src.source_id):
+                prefix = key.rsplit("/", 1)[0] + "/"
+                stream_id = f"{src.bucket}/{prefix[:-11]}"
+                await self._enqueue(
+                    queue, _Job(src, stream_id, key, prefix, classify(key), 0, None)
+                )
+            for stream in stream_prefixes(src.prefix):
+                if self.stop.is_set():
+                    return
+                await self._list_stream(src, s3, stream, queue)
+            self.state.source_ok(src)
+        except Exception as exc:
+            report.errors += 1
+            self.state.source_error(src, error_message(exc))
+            log.warning(
+                "ingest.list_failed",
+                account_id=src.account_id,
+                region=src.region,
+                bucket=src.bucket,
+                key=src.prefix,
+                error_type=error_code(exc),
+                reason=error_message(exc),
+            )
+
+    def _days_to_list(
+        self, open_days: dict[str, str], stream: str, walked: list[str] | None
+    ) -> dict[str, str]:
+        """Open day prefixes, the re-list window, and on first sight every existing day
+        (limited by backfill_days)."""
+        cfg = self.settings.collect
+        today = utc_today(self.clock)
+        days = dict(open_days)
+        for d in recent_days(today, cfg.relist_days):
+            days.setdefault(d.isoformat(), day_prefix(stream, d))
+        if walked is not None:
+            oldest = (
+                (today - timedelta(days=cfg.backfill_days - 1)).isoformat()
+                if cfg.backfill_days
+                else ""
+            )
+            for p in walked:
+                day = day_of(p)
+                if day and day >= oldest:
+                    days.setdefault(day, p)
+        return days
+
+    async def _list_stream(
+        self, src: Source, s3: Any, stream: str, queue: asyncio.Queue[Any]
+    ) -> None:
+        stream_id = f"{src.bucket}/{stream}"
+        seen, open_days = self.state.stream_days(stream_id)
+        closed = self.state.closed_days(stream_id)
+        walked = None if seen else await walk_day_prefixes(s3, src.bucket, stream)
+        days = self._days_to_list(open_days, stream, walked)
+        for day in sorted(days):
+            if day in closed:
+                continue
+            if self.stop.is_set():
+                return
+            prefix = days[day]
+            is_closed, handled = self.state.prefix_state(src.bucket, prefix)
+            if is_closed:
+                continue
+            found = False
+            async for obj in list_objects(s3, src.bucket, prefix):
+                found = True
+                if obj.key not in handled:
+                    await self._enqueue(
+                        queue,
+                        _Job(
+                            src, stream_id, obj.key, prefix, classify(obj.key), obj.size, obj.etag
+                        ),
+                    )
+                if self.stop.is_set():
+                    return
+            if found:
+                self.state.see_prefix(stream_id, src.bucket, prefix, day)
+        self._listed_streams.add(stream_id)
+
+    def _close_old_prefixes(self) -> None:
+        """Day prefixes older than the re-list window can no longer change: compact them, but
+        only for streams listed completely whose objects were all handled this cycle."""
+        today = utc_today(self.clock)
+        before = (today - timedelta(days=self.settings.collect.relist_days - 1)).isoformat()
+        for stream_id in sorted(self._listed_streams - self._errored_streams):
+            self.state.close_prefixes(stream_id, before)
+
+    async def _enqueue(self, queue: asyncio.Queue[Any], job: _Job) -> None:
+        # Polls a predicate owned by the forwarder (another room); no event to wait on.
+        while self.should_pause is not None and self.should_pause() and not self.stop.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(1.0)  # backpressure: a sink's backlog is full
+        if not self.stop.is_set():
+            await queue.put(job)
+
+    # ------------------------------------------------------------------ objects
+
+    async def _worker(
+        self,
+        queue: asyncio.Queue[Any],
+        pool: ClientPool,
+        archive: central.Archive,
+        report: CycleReport,
+    ) -> None:
+        while True:
+            job = await queue.get()
+            try:
+                if job is _DONE:
+                    return
+                if self.stop.is_set():
+                    continue  # abandoned: not committed, picked up again next run
+                await self._handle(job, pool, archive, report)
+            finally:
+                queue.task_done()
+
+    async def _handle(
+        self, job: _Job, pool: ClientPool, archive: central.Archive, report: CycleReport
+    ) -> None:
+        src = job.source
+        report.by_kind[job.kind] = report.by_kind.get(job.kind, 0) + 1
+        if job.kind in (ObjectKind.DIGEST, ObjectKind.OTHER):
+            # Recorded (completeness reads digests from the source bucket), never archived.
+            self.state.commit_object(
+                ObjectOutcome(src, job.key, job.day_prefix, job.kind, job.etag, job.size)
+            )
+            return
+        cfg = self.settings.collect
+        started = time.perf_counter()
+        try:
+            if job.size > cfg.max_object_bytes:
+                raise BadObject(f"too large: {job.size} bytes compressed")
+            session = await self.sessions.session_for(src.reader_account_id)
+            s3 = await pool.get(session, "s3")
+            data = await fetch(s3, src.bucket, job.key)
+            decoded = await asyncio.to_thread(
+                decode_log,
+                data,
+                max_object_bytes=cfg.max_object_bytes,
+                max_record_bytes=cfg.max_record_bytes,
+            )
+            del data
+            await self._archive(job, decoded, archive, report, started)
+        except BadObject as exc:
+            report.quarantined += 1
+            self.state.quarantine(src, job.key, str(exc))
+            log.warning(
+                "ingest.object_quarantined",
+                account_id=src.account_id,
+                region=src.region,
+                bucket=src.bucket,
+                key=job.key,
+                reason=str(exc),
+            )
+        except Exception as exc:
+            report.errors += 1
+            self._errored_streams.add(job.stream_id)
+            self.state.source_error(src, f"{job.key}: {error_message(exc)}")
+            log.warning(
+                "ingest.object_failed",
+                account_id=src.account_id,
+                region=src.region,
+                bucket=src.bucket,
+                key=job.key,
+                error_type=error_code(exc),
+                reason=error_message(exc),
+            )
+
+    async def _archive(
+        self,
+        job: _Job,
+        decoded: Decoded,
+        archive: central.Archive,
+        report: CycleReport,
+        started: float,
+    ) -> None:
+        src = job.source
+        known = self.state.known_event_keys(decoded.keys)
+        # Claim synchronously (no await between check and claim) so concurrent objects holding
+        # the same event cannot both keep it.
+        keep: list[int] = []
+        mine: list[bytes] = []
+        seen_here: set[bytes] = set()
+        for i, k in enumerate(decoded.keys):
+            if k in known or k in self._claimed or k in seen_here:
+                continue
+            seen_here.add(k)
+            keep.append(i)
+        self._claimed.update(seen_here)
+        mine.extend(seen_here)
+        try:
+            ce: CentralObject | None = None
+            if keep:
+                parts = [decoded.parts[i] for i in keep]
+                times = [decoded.times[i] for i in keep if decoded.times[i]]
+                kp = central.parse_source_name(job.key) or central.KeyParts(
+                    src.account_id,
+                    src.region,
+                    central.ts_from_event_time(min(times) if times else None) or "19700101T0000Z",
+                    job.kind == ObjectKind.INSIGHT,
+                )
+                key = central.central_key(self.settings.archive.prefix, kp, src.bucket, job.key)
+                body = await asyncio.to_thread(
+                    central.encode_records, parts, self.settings.archive.compress_level
+                )
+                sha = await archive.put(key, body)
+                ce = CentralObject(
+                    key,
+                    len(body),
+                    sha,
+                    len(keep),
+                    min(times, default=None),
+                    max(times, default=None),
+                )
+            outcome = ObjectOutcome(
+                source=src,
+                key=job.key,
+                day_prefix=job.day_prefix,
+                kind=job.kind,
+                etag=job.etag,
+                size=job.size,
+                events_in=len(decoded.keys),
+                duplicates=len(decoded.keys) - len(keep),
+                new_keys=[(decoded.keys[i], decoded.epochs[i]) for i in keep],
+                central=ce,
+                newest_event_time=max(decoded.times, default=None) or None,
+            )
+            self.state.commit_object(outcome)
+        finally:
+            self._claimed.difference_update(mine)
+        report.objects += 1
+        report.events_in += len(decoded.keys)
+        report.duplicates += len(decoded.keys) - len(keep)
+        report.events_archived += len(keep)
+        report.central_objects += 1 if keep else 0
+        log.debug(
+            "ingest.object_done",
+            account_id=src.account_id,
+            region=src.region,
+            bucket=src.bucket,
+            key=job.key,
+            events=len(decoded.keys),
+            duplicates=len(decoded.keys) - len(keep),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+def utc_today(clock: Callable[[], float] = time.time) -> date:
+    return datetime.fromtimestamp(clock(), UTC).date()

@@ -1,0 +1,193 @@
+"""Ingest benchmark: `ctagg once` end to end vs the decode limit of the same objects.
+
+    .venv/bin/python bench/ingest.py [--objects 200] [--records 1000]
+
+A moto server runs in its own process (pinned to the other core when there are two), so this
+process measures only ctagg's own work on one core. Objects hold realistic records built from
+shared/testdata (each given a unique eventID). Reported:
+
+* decode limit: gunzip (ISA-L, as the pipeline) + orjson.loads of the same object bytes, and the
+  stdlib gzip variant for reference
+* end to end: discovery (static), listing, GetObject, decode, dedupe against SQLite, encode,
+  PutObject to the central bucket, commit — events/s over wall time, plus CPU seconds and peak RSS
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aggregator.app import App  # noqa: E402
+from aggregator.config import parse_settings  # noqa: E402
+from aggregator.demo import find_testdata, load_records  # noqa: E402
+from aggregator.envelopes import maybe_gunzip  # noqa: E402
+
+ACCOUNT = "123456789012"  # moto's default identity: read with the base session
+BUCKET = "bench-trail"
+CENTRAL = "bench-central"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cores = sorted(os.sched_getaffinity(0))
+
+    def pin() -> None:
+        if len(cores) > 1:
+            os.sched_setaffinity(0, {cores[-1]})
+
+    proc = subprocess.Popen(  # noqa: S603
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=pin,  # noqa: PLW1509
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)  # noqa: S310
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, url
+
+
+def build_objects(n: int, per: int) -> list[tuple[str, bytes]]:
+    testdata = find_testdata(ROOT)
+    if testdata is None:
+        raise SystemExit("shared/testdata not found")
+    base = [r for r in load_records(testdata) if len(orjson.dumps(r)) < 8000]
+    out = []
+    for i in range(n):
+        recs = []
+        for j in range(per):
+            r = dict(base[(i * per + j) % len(base)])
+            r["eventID"] = f"bench-{i:05d}-{j:05d}"
+            r["recipientAccountId"] = ACCOUNT
+            r["awsRegion"] = "us-east-1"
+            recs.append(r)
+        ts = f"20240501T{(i // 60) % 24:02d}{i % 60:02d}Z"
+        key = (
+            f"AWSLogs/{ACCOUNT}/CloudTrail/us-east-1/2024/05/01/"
+            f"{ACCOUNT}_CloudTrail_us-east-1_{ts}_B{i:05d}.json.gz"
+        )
+        out.append((key, gzip.compress(json.dumps({"Records": recs}).encode(), 6)))
+    return out
+
+
+def decode_rate(objects: list[tuple[str, bytes]], gunzip: Any) -> float:
+    n = 0
+    t = time.perf_counter()
+    for _, body in objects:
+        n += len(orjson.loads(gunzip(body))["Records"])
+    return n / (time.perf_counter() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--objects", type=int, default=200)
+    ap.add_argument("--records", type=int, default=1000)
+    args = ap.parse_args()
+
+    proc, url = start_moto()
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[0]})
+        os.environ.update(
+            AWS_ENDPOINT_URL=url,
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",  # noqa: S105
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.create_bucket(Bucket=CENTRAL)
+        objects = build_objects(args.objects, args.records)
+        for key, body in objects:
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        events = args.objects * args.records
+        raw_mb = sum(len(b) for _, b in objects) / 1e6
+
+        decode_isal = max(decode_rate(objects, maybe_gunzip) for _ in range(3))
+        decode_std = max(decode_rate(objects, gzip.decompress) for _ in range(3))
+        del objects
+
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = parse_settings(
+                {
+                    "state": {"path": f"{tmp}/state.db"},
+                    "aws": {"endpoint_url": url},
+                    "discovery": {
+                        "accounts": {"source": "static", "static": [{"id": ACCOUNT}]},
+                        "regions": {"include": ["us-east-1"]},
+                        "trails": {"discover": False, "static_sources": [{"bucket": BUCKET}]},
+                    },
+                    "collect": {"max_concurrency": 8},
+                    "archive": {"bucket": CENTRAL},
+                },
+                {},
+            )
+
+            async def once() -> Any:
+                app = App(settings)
+                try:
+                    return await app.run_once()
+                finally:
+                    await app.close()
+
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            report = asyncio.run(once())
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        assert report.events_archived == events, report
+        e2e = events / wall
+        result = {
+            "objects": args.objects,
+            "records_per_object": args.records,
+            "compressed_mb": round(raw_mb, 1),
+            "decode_limit_isal_eps": round(decode_isal),
+            "decode_limit_stdlib_eps": round(decode_std),
+            "end_to_end_eps": round(e2e),
+            "end_to_end_vs_decode_limit": round(e2e / decode_isal, 2),
+            "wall_secs": round(wall, 2),
+            "cpu_secs": round(cpu, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        }
+        print(f"{'decode limit (isal gunzip + orjson)':40} {decode_isal:12,.0f} events/s")
+        print(f"{'decode limit (stdlib gzip + orjson)':40} {decode_std:12,.0f} events/s")
+        print(f"{'ctagg once, end to end':40} {e2e:12,.0f} events/s "
+              f"({e2e / decode_isal:.0%} of the decode limit)")
+        print(f"{'':40} {wall:.2f} s wall, {cpu:.2f} s CPU, "
+              f"peak RSS {result['peak_rss_mb']} MB")
+        print(json.dumps(result))
+        return 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Config: strict keys, every problem reported with its path, ${VAR} interpolation, schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aggregator.cli import main
+from aggregator.config import ConfigError, json_schema, load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(doc: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, env or {})
+    return info.value.problems
+
+
+def test_minimal_config_gets_defaults() -> None:
+    s = parse_settings({"archive": {"bucket": "central"}}, {})
+    assert (
+        s.credentials.role_arn_template
+        == "arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+    )
+    assert s.collect.relist_days == 2
+    assert s.aws.endpoint_url is None
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    """One pass names all problems: unknown keys, bad values, a missing required key."""
+    found = problems(
+        {
+            "colect": {},
+            "discovery": {"accounts": {"include_ids": ["123", "111111111111"], "bogus": 1}},
+            "credentials": {"role_arn_template": "arn:aws:iam::1:role/x"},
+            "collect": {"max_concurrency": 0},
+        }
+    )
+    text = "\n".join(found)
+    assert "colect: unknown key" in text
+    assert "discovery.accounts.include_ids[0]:" in text
+    assert "discovery.accounts.bogus: unknown key" in text
+    assert "credentials.role_arn_template: Value error, must contain {account_id}" in text
+    assert "collect.max_concurrency:" in text
+    assert "archive: Field required" in text
+    assert len(found) == 6
+
+
+def test_env_interpolation_forms() -> None:
+    env = {"BUCKET": "central", "EXT": "s3cr3t"}
+    s = parse_settings(
+        {
+            "archive": {"bucket": "${BUCKET}", "prefix": "${PFX:-archive}"},
+            "credentials": {"external_id": "${EXT:?set the external id}"},
+            "aws": {"endpoint_url": "http://$${literal}"},
+        },
+        env,
+    )
+    assert s.archive.bucket == "central"
+    assert s.archive.prefix == "archive/"
+    assert s.credentials.external_id is not None
+    assert s.credentials.external_id.get_secret_value() == "s3cr3t"
+    assert "s3cr3t" not in repr(s)
+    assert s.aws.endpoint_url == "http://${literal}"
+
+
+def test_missing_variables_are_named_with_their_paths() -> None:
+    found = problems(
+        {"archive": {"bucket": "${NOPE}"}, "credentials": {"external_id": "${EXT:?ask the admin}"}}
+    )
+    assert "archive.bucket: environment variable NOPE is not set" in found
+    assert "credentials.external_id: ask the admin" in found
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("archive:\n  bucket: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(p, {})
+    assert "invalid YAML at line" in info.value.problems[0]
+
+
+def test_example_configs_validate() -> None:
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        load_settings(path, {"CTAGG_EXTERNAL_ID": "x"})
+
+
+def test_schema_file_is_current() -> None:
+    on_disk = json.loads((ROOT / "config" / "schema.json").read_text())
+    assert on_disk == json_schema()
+    assert on_disk["additionalProperties"] is False
+
+
+def test_validate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("archive: {bucket: central}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("archive: {bucket: central, extra: 1}\nstate: {pth: x}\n")
+    assert main(["validate", str(good)]) == 0
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(bad)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err
+    assert "archive.extra: unknown key" in err
+    assert "state.pth: unknown key" in err
