@@ -134,7 +134,7 @@ def iter_items(data: bytes, where: str = "<stdin>") -> Iterator[Item]:
     """Every record in ``data`` in input order, with a Problem for each part that is not one."""
     try:
         data = maybe_gunzip(data)
-    except (OSError, ValueError, EOFError, zlib.error, isal_zlib.error) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, isal_zlib.error) as exc:  # type: ignore[misc]
         yield Problem(where, f"bad gzip: {exc}")
         return
     stripped = data.strip()

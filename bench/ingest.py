@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aggregator.app import App  # noqa: E402
-from aggregator.config import parse_settings  # noqa: E402
 from aggregator.demo import find_testdata, load_records  # noqa: E402
+
+from aggregator.config import parse_settings  # noqa: E402
 from aggregator.envelopes import maybe_gunzip  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default identity: read with the base session
@@ -59,7 +60,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
         if len(cores) > 1:
             os.sched_setaffinity(0, {cores[-1]})
 
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -68,7 +69,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)  # noqa: S310
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
             break
         except OSError:
             time.sleep(0.1)
@@ -119,7 +120,7 @@ def main() -> int:
         os.environ.update(
             AWS_ENDPOINT_URL=url,
             AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",  # noqa: S105
+            AWS_SECRET_ACCESS_KEY="bench",
             AWS_DEFAULT_REGION="us-east-1",
             AWS_EC2_METADATA_DISABLED="true",
         )
@@ -178,10 +179,11 @@ def main() -> int:
         }
         print(f"{'decode limit (isal gunzip + orjson)':40} {decode_isal:12,.0f} events/s")
         print(f"{'decode limit (stdlib gzip + orjson)':40} {decode_std:12,.0f} events/s")
-        print(f"{'ctagg once, end to end':40} {e2e:12,.0f} events/s "
-              f"({e2e / decode_isal:.0%} of the decode limit)")
-        print(f"{'':40} {wall:.2f} s wall, {cpu:.2f} s CPU, "
-              f"peak RSS {result['peak_rss_mb']} MB")
+        print(
+            f"{'ctagg once, end to end':40} {e2e:12,.0f} events/s "
+            f"({e2e / decode_isal:.0%} of the decode limit)"
+        )
+        print(f"{'':40} {wall:.2f} s wall, {cpu:.2f} s CPU, peak RSS {result['peak_rss_mb']} MB")
         print(json.dumps(result))
         return 0
     finally:

@@ -84,6 +84,11 @@ class ConnectorSettings(BaseModel):
         description="Unique connector name: the cursor and the dead letters are kept under it.",
     )
     enabled: bool = True
+    start_from: Literal["oldest", "newest"] = Field(
+        default="oldest",
+        description="Where a new connector's cursor starts: the oldest central object "
+        "(forward all history) or after the newest (only what comes next).",
+    )
     schema_: Schema | None = Field(
         default=None,
         alias="schema",

@@ -16,7 +16,7 @@ import connectors
 from connectors.base import Connector, Delivered, Retry
 from tests.fakes.events import out_events
 from tests.fakes.opensearch import FakeOpenSearch
-from tests.fakes.rsyslog import Rsyslog
+from tests.fakes.rsyslog import Rsyslog, rsyslog_fixture  # noqa: F401  (fixture)
 from tests.fakes.splunk_hec import FakeSplunkHec
 
 TOKEN = "11111111-2222-3333-4444-555555555555"

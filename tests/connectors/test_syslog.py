@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from connectors.base import Delivered, OutEvent, Retry
 from connectors.syslog import BOM, SyslogConnector, SyslogSettings, sd_escape, utf8_cut
 from tests.fakes.events import out_events
-from tests.fakes.rsyslog import Rsyslog
+from tests.fakes.rsyslog import Rsyslog, rsyslog_fixture  # noqa: F401  (fixture)
 
 
 def make(rs: Rsyslog, transport: str, **kw: Any) -> SyslogConnector:

@@ -13,9 +13,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -227,3 +230,14 @@ class Rsyslog:
             if len(got) >= count or time.monotonic() > deadline:
                 return got
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="session", name="rsyslog")
+def rsyslog_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
+    """A running rsyslogd (import this fixture into a test module to use it)."""
+    if not Rsyslog.available():
+        pytest.fail("rsyslogd/openssl missing: apt-get install rsyslog rsyslog-gnutls openssl")
+    server = Rsyslog(Path(tmp_path_factory.mktemp("rsyslog")))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,745 @@
+"""Forwarding: per connector its own cursor over the ledger of central objects.
+
+For each connector a *lane* reads central objects in ledger order (``ledger.id`` is the
+position), normalizes each record to the connector's schema, batches by count / bytes / time,
+and hands batches to ``connector.send``. Per event the connector answers delivered, retry or
+rejected: retries are sent again after exponential backoff with jitter (only the events that
+need it), rejections go to the dead-letter table with the reason, and only when every event of
+a batch is acknowledged one way or the other does the cursor move, in the same transaction
+as the dead letters. A crash or restart in between sends the batch again (OpenSearch
+overwrites by ``_id``; nothing is lost anywhere).
+
+Lanes are independent tasks: one sink down (retrying with backoff, or stopped by a
+:class:`~connectors.base.Fatal` error) never blocks another. Each lane's backlog is the number
+of ledger rows behind its cursor; :meth:`Forwarder.backpressure` is true when any lane's
+backlog reaches ``forward.max_backlog_objects`` and the ingest job then pauses collection
+instead of racing ahead.
+
+``ctagg replay --connector NAME --since T --until T`` re-sends events from the central archive
+(:meth:`Forwarder.replay`), without touching the cursor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from aggregator.config import ForwardSettings, Settings
+from aggregator.dedupe import event_epoch, record_key_text
+from aggregator.log import get_logger
+from aggregator.state import State
+from connectors import build
+from connectors.base import (
+    Connector,
+    Delivered,
+    Fatal,
+    Outcome,
+    OutEvent,
+    Rejected,
+    Retry,
+    Schema,
+)
+
+log = get_logger(__name__)
+
+
+class ArchiveReader(Protocol):
+    """Reads one central object (``{"Records": [...]}``, gzip) as its records."""
+
+    async def read_records(self, central_key: str) -> list[dict[str, Any]]: ...
+
+
+NormalizeFn = Callable[[dict[str, Any], Schema], dict[str, Any]]
+
+
+# ---------------------------------------------------------------------- normalization
+
+
+def _fallback_normalize(record: dict[str, Any], schema: Schema) -> dict[str, Any]:
+    """Minimal stand-in until ``aggregator.normalize`` is available (raw is exact)."""
+    if schema == "raw":
+        return record
+    ident = record.get("userIdentity") or {}
+    if schema == "ecs":
+        params = record.get("requestParameters")
+        return {
+            "@timestamp": record.get("eventTime"),
+            "event": {
+                "id": record.get("eventID"),
+                "action": record.get("eventName"),
+                "provider": record.get("eventSource"),
+                "outcome": "failure" if record.get("errorCode") else "success",
+                "kind": "event",
+            },
+            "cloud": {
+                "provider": "aws",
+                "region": record.get("awsRegion"),
+                "account": {"id": record.get("recipientAccountId")},
+            },
+            "source": {"address": record.get("sourceIPAddress")},
+            "user_agent": {"original": record.get("userAgent")},
+            "aws": {
+                "cloudtrail": {
+                    "event_type": record.get("eventType"),
+                    "user_identity": {"type": ident.get("type"), "arn": ident.get("arn")},
+                    "request_parameters": orjson.dumps(params).decode() if params else None,
+                    "flattened": {"request_parameters": params},
+                }
+            },
+        }
+    return {  # ocsf: API Activity (6003), the shape only
+        "class_uid": 6003,
+        "time": event_epoch(record) * 1000,
+        "api": {
+            "operation": record.get("eventName"),
+            "service": {"name": record.get("eventSource")},
+        },
+        "cloud": {"provider": "AWS", "region": record.get("awsRegion")},
+        "actor": {"user": {"uid": ident.get("arn"), "type": ident.get("type")}},
+        "metadata": {"uid": record.get("eventID"), "product": {"name": "CloudTrail"}},
+        "unmapped": {"raw": record},
+    }
+
+
+def default_normalizer() -> NormalizeFn:
+    """``aggregator.normalize.normalize`` when present, else the minimal stand-in."""
+    try:
+        from aggregator import normalize as mod  # type: ignore[attr-defined]
+    except ImportError:
+        return _fallback_normalize
+    fn = getattr(mod, "normalize", None)
+    if fn is None:
+        return _fallback_normalize
+
+    def adapter(record: dict[str, Any], schema: Schema) -> dict[str, Any]:
+        out: dict[str, Any] = fn(record, schema, now=time.time(), context={})
+        return out
+
+    return adapter
+
+
+def to_out_event(
+    record: dict[str, Any], doc: dict[str, Any], bucket: str, central_key: str, index: int
+) -> OutEvent:
+    return OutEvent(
+        id=record_key_text(record),
+        doc=doc,
+        time=_event_time(record),
+        account_id=str(record.get("recipientAccountId") or ""),
+        region=str(record.get("awsRegion") or ""),
+        pointer=f"s3://{bucket}/{central_key}#{index}",
+        event_name=str(record.get("eventName") or ""),
+    )
+
+
+def _event_time(record: dict[str, Any]) -> float:
+    value = record.get("eventTime")
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------- persisted positions
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Records of ledger rows with id < ``ledger_id`` are done, and the first ``offset``
+    records of row ``ledger_id``."""
+
+    ledger_id: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    event_id: str
+    central_key: str
+    record_index: int
+    event_time: str | None
+    reason: str
+
+
+class ForwardStore:
+    """Cursors and dead letters in the state database (tables of migration 20)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def cursor(self, connector: str, start_from: str = "oldest") -> Cursor:
+        with self.state.transaction() as c:
+            row = c.execute(
+                "SELECT ledger_id, record_offset FROM forward_cursors WHERE connector=?",
+                (connector,),
+            ).fetchone()
+            if row is not None:
+                return Cursor(int(row[0]), int(row[1]))
+            start = 0
+            if start_from == "newest":
+                start = int(c.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]) + 1
+            c.execute(
+                "INSERT INTO forward_cursors (connector, ledger_id, record_offset, updated_at) "
+                "VALUES (?,?,0,?)",
+                (connector, start, time.time()),
+            )
+            return Cursor(start, 0)
+
+    def commit(
+        self,
+        connector: str,
+        cursor: Cursor | None,
+        delivered: int,
+        dead: Sequence[DeadLetter],
+    ) -> None:
+        """Dead letters and (optionally) the new cursor, in one transaction."""
+        now = time.time()
+        with self.state.transaction() as c:
+            if dead:
+                c.executemany(
+                    "INSERT INTO forward_dead_letters (connector, event_id, central_key, "
+                    "record_index, event_time, reason, created_at, last_at) "
+                    "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(connector, event_id) DO UPDATE SET "
+                    "reason=excluded.reason, attempts=attempts+1, last_at=excluded.last_at",
+                    [
+                        (
+                            connector,
+                            d.event_id,
+                            d.central_key,
+                            d.record_index,
+                            d.event_time,
+                            d.reason[:2000],
+                            now,
+                            now,
+                        )
+                        for d in dead
+                    ],
+                )
+            if cursor is not None:
+                c.execute(
+                    "UPDATE forward_cursors SET ledger_id=?, record_offset=?, "
+                    "delivered=delivered+?, rejected=rejected+?, updated_at=? WHERE connector=?",
+                    (cursor.ledger_id, cursor.offset, delivered, len(dead), now, connector),
+                )
+
+    def backlog(self, connector: str) -> int:
+        """Ledger rows not completely forwarded by this connector."""
+        with self.state.transaction() as c:
+            row = c.execute(
+                "SELECT ledger_id FROM forward_cursors WHERE connector=?", (connector,)
+            ).fetchone()
+            after = int(row[0]) if row else 0
+            return int(
+                c.execute("SELECT count(*) FROM ledger WHERE id >= ?", (after,)).fetchone()[0]
+            )
+
+    def ledger_from(self, ledger_id: int, limit: int = 64) -> list[dict[str, Any]]:
+        with self.state.transaction() as c:
+            cur = c.execute(
+                "SELECT id, central_key, events, first_event_time, last_event_time FROM ledger "
+                "WHERE id >= ? ORDER BY id LIMIT ?",
+                (ledger_id, limit),
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def ledger_between(self, since: str, until: str) -> list[dict[str, Any]]:
+        """Ledger rows whose event-time range overlaps [since, until)."""
+        with self.state.transaction() as c:
+            cur = c.execute(
+                "SELECT id, central_key, events, first_event_time, last_event_time FROM ledger "
+                "WHERE coalesce(last_event_time, '9999') >= ? "
+                "AND coalesce(first_event_time, '0000') < ? ORDER BY id",
+                (since, until),
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def dead_letters(self, connector: str) -> list[dict[str, Any]]:
+        with self.state.transaction() as c:
+            cur = c.execute(
+                "SELECT * FROM forward_dead_letters WHERE connector=? ORDER BY id", (connector,)
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def counts(self, connector: str) -> tuple[int, int]:
+        with self.state.transaction() as c:
+            row = c.execute(
+                "SELECT delivered, rejected FROM forward_cursors WHERE connector=?", (connector,)
+            ).fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+# ---------------------------------------------------------------------- one lane per connector
+
+
+@dataclass
+class _Item:
+    event: OutEvent
+    central_key: str
+    index: int
+    position: Cursor  # the cursor once this item (and all before it) is done
+
+
+@dataclass
+class LaneStatus:
+    name: str
+    backlog: int = 0
+    fatal: str | None = None
+    retries: int = 0
+    last_error: str | None = None
+    running: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Stopped(Exception):
+    """The lane was asked to stop while a batch was still unacknowledged."""
+
+
+class Lane:
+    def __init__(
+        self,
+        connector: Connector,
+        settings: ForwardSettings,
+        store: ForwardStore,
+        archive: ArchiveReader,
+        *,
+        normalize: NormalizeFn,
+        bucket: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.connector = connector
+        self.name = connector.name
+        self.settings = settings
+        self.store = store
+        self.archive = archive
+        self.normalize = normalize
+        self.bucket = bucket
+        self.status = LaneStatus(connector.name)
+        self.stop = asyncio.Event()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self._cache: tuple[str, list[dict[str, Any]]] | None = None
+        self._opened = False
+
+    # -------------------------------------------------------------- reading
+
+    async def _records(self, central_key: str) -> list[dict[str, Any]]:
+        if self._cache is not None and self._cache[0] == central_key:
+            return self._cache[1]
+        attempt = 0
+        while True:
+            try:
+                records = await self.archive.read_records(central_key)
+                break
+            except Exception as exc:
+                attempt += 1
+                self.status.last_error = f"archive read: {type(exc).__name__}"
+                log.error(
+                    "forward.archive_read_failed",
+                    connector=self.name,
+                    key=central_key,
+                    error_type=type(exc).__name__,
+                    attempts=attempt,
+                )
+                await self._sleep(self._backoff(attempt))
+        self._cache = (central_key, records)
+        return records
+
+    def _item(self, record: Any, central_key: str, index: int, pos: Cursor) -> _Item | DeadLetter:
+        if not isinstance(record, dict):
+            return DeadLetter("", central_key, index, None, "not a JSON object")
+        try:
+            doc = self.normalize(record, self.connector.schema)
+        except Exception as exc:
+            return DeadLetter(
+                record_key_text(record),
+                central_key,
+                index,
+                record.get("eventTime") if isinstance(record.get("eventTime"), str) else None,
+                f"normalize: {type(exc).__name__}: {exc}"[:500],
+            )
+        ev = to_out_event(record, doc, self.bucket, central_key, index)
+        return _Item(ev, central_key, index, pos)
+
+    async def fill(
+        self,
+        start: Cursor,
+        items: list[_Item],
+        dead: list[DeadLetter],
+        *,
+        max_events: int,
+        max_bytes: int,
+        nbytes: int = 0,
+    ) -> tuple[Cursor, int, bool]:
+        """Append items from ``start`` until a limit; (next position, bytes, more_available)."""
+        pos = start
+        while True:
+            rows = self.store.ledger_from(pos.ledger_id, limit=16)
+            if not rows:
+                return pos, nbytes, False
+            for row in rows:
+                rid, key = int(row["id"]), str(row["central_key"])
+                if rid != pos.ledger_id:
+                    pos = Cursor(rid, 0)
+                records = await self._records(key)
+                for i in range(pos.offset, len(records)):
+                    after = Cursor(rid, i + 1)
+                    got = self._item(records[i], key, i, after)
+                    if isinstance(got, DeadLetter):
+                        dead.append(got)
+                    else:
+                        items.append(got)
+                        nbytes += len(orjson.dumps(got.event.doc)) + 100
+                    pos = after
+                    if len(items) >= max_events or nbytes >= max_bytes:
+                        return pos, nbytes, True
+                pos = Cursor(rid + 1, 0)
+                self._cache = None
+
+    # -------------------------------------------------------------- delivering
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(
+            self.settings.backoff_max_secs,
+            self.settings.backoff_initial_secs * 2 ** min(attempt - 1, 30),
+        )
+        return float(cap / 2 + self._rng.uniform(0, cap / 2))
+
+    async def _sleep(self, secs: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.wait(), secs)
+        except TimeoutError:
+            return
+        raise _Stopped
+
+    async def _ensure_open(self) -> None:
+        attempt = 0
+        while not self._opened:
+            try:
+                await self.connector.open()
+                self._opened = True
+            except Fatal:
+                raise
+            except Exception as exc:
+                attempt += 1
+                self.status.last_error = f"open: {type(exc).__name__}"
+                log.warning(
+                    "forward.open_failed",
+                    connector=self.name,
+                    error_type=type(exc).__name__,
+                    attempts=attempt,
+                )
+                await self._sleep(self._backoff(attempt))
+
+    async def deliver(self, items: Sequence[_Item]) -> tuple[int, list[DeadLetter]]:
+        """Send until every item is delivered or rejected; (delivered, dead letters)."""
+        await self._ensure_open()
+        pending = list(items)
+        delivered = 0
+        dead: list[DeadLetter] = []
+        attempt = 0
+        while pending:
+            batch = [it.event for it in pending]
+            started = time.perf_counter()
+            try:
+                outs: list[Outcome] = await self.connector.send(batch)
+            except Fatal:
+                raise
+            except Exception as exc:  # a connector bug must not lose events: retry
+                log.error(
+                    "forward.send_crashed", connector=self.name, error_type=type(exc).__name__
+                )
+                outs = [Retry(f"send raised {type(exc).__name__}")] * len(batch)
+            if len(outs) != len(batch):
+                log.error("forward.bad_outcomes", connector=self.name, count=len(outs))
+                outs = [Retry("connector returned a wrong number of outcomes")] * len(batch)
+            retry: list[_Item] = []
+            reasons: set[str] = set()
+            for it, out in zip(pending, outs, strict=True):
+                if isinstance(out, Delivered):
+                    delivered += 1
+                elif isinstance(out, Rejected):
+                    et = it.event.doc.get("eventTime") if self.connector.schema == "raw" else None
+                    dead.append(
+                        DeadLetter(
+                            it.event.id,
+                            it.central_key,
+                            it.index,
+                            et if isinstance(et, str) else None,
+                            out.reason,
+                        )
+                    )
+                else:
+                    retry.append(it)
+                    reasons.add(out.reason)
+            log.info(
+                "forward.batch_sent",
+                connector=self.name,
+                events=len(batch),
+                delivered=len(batch) - len(retry) - sum(isinstance(o, Rejected) for o in outs),
+                rejected=sum(isinstance(o, Rejected) for o in outs),
+                retries=len(retry),
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            if retry:
+                attempt += 1
+                self.status.retries += len(retry)
+                self.status.last_error = sorted(reasons)[0][:300]
+                await self._sleep(self._backoff(attempt))
+            pending = retry
+        return delivered, dead
+
+    # -------------------------------------------------------------- the loop
+
+    async def step(self) -> bool:
+        """Forward one batch from the cursor; False when there was nothing to do."""
+        s = self.settings
+        cursor = self.store.cursor(self.name, self.connector.settings.start_from)
+        items: list[_Item] = []
+        dead: list[DeadLetter] = []
+        pos, nbytes, more = await self.fill(
+            cursor, items, dead, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
+        )
+        if not items and not dead:
+            return False
+        # time-based batching: wait a little for more rows to fill a small batch
+        deadline = time.monotonic() + s.batch_max_wait_secs
+        while not more and len(items) < s.batch_max_events and time.monotonic() < deadline:
+            await self._sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            pos, nbytes, more = await self.fill(
+                pos,
+                items,
+                dead,
+                max_events=s.batch_max_events,
+                max_bytes=s.batch_max_bytes,
+                nbytes=nbytes,
+            )
+        delivered, rejected = await self.deliver(items) if items else (0, [])
+        self.store.commit(self.name, pos, delivered, [*dead, *rejected])
+        if rejected or dead:
+            log.warning(
+                "forward.dead_lettered",
+                connector=self.name,
+                count=len(rejected) + len(dead),
+                reason=(rejected or dead)[0].reason[:200],
+            )
+        return True
+
+    async def run(self) -> None:
+        self.status.running = True
+        try:
+            while not self.stop.is_set():
+                try:
+                    worked = await self.step()
+                except _Stopped:
+                    break
+                if not worked:
+                    try:
+                        await self._sleep(self.settings.poll_interval_secs)
+                    except _Stopped:
+                        break
+        except Fatal as exc:
+            self.status.fatal = str(exc)[:500]
+            log.error("forward.connector_fatal", connector=self.name, error_type=str(exc)[:300])
+        finally:
+            self.status.running = False
+            await self.connector.close()
+            self._opened = False
+
+
+# ---------------------------------------------------------------------- the forwarder
+
+
+@dataclass
+class ReplayReport:
+    objects: int = 0
+    events: int = 0
+    delivered: int = 0
+    rejected: int = 0
+
+
+class Forwarder:
+    """All lanes. ``backpressure()`` is the predicate the ingest job polls."""
+
+    def __init__(
+        self,
+        settings: ForwardSettings,
+        state: State,
+        archive: ArchiveReader,
+        *,
+        bucket: str,
+        connectors: Sequence[Connector] | None = None,
+        normalize: NormalizeFn | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = ForwardStore(state)
+        self.archive = archive
+        self.normalize = normalize or default_normalizer()
+        if connectors is None:
+            connectors = [build(c) for c in settings.connectors if c.enabled]
+        self.lanes = {
+            c.name: Lane(c, settings, self.store, archive, normalize=self.normalize, bucket=bucket)
+            for c in connectors
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def backlog(self, name: str) -> int:
+        return self.store.backlog(name)
+
+    def backpressure(self) -> bool:
+        """True when any connector's backlog is full: collection should pause."""
+        limit = self.settings.max_backlog_objects
+        return any(self.store.backlog(n) >= limit for n in self.lanes)
+
+    def status(self) -> list[LaneStatus]:
+        out = []
+        for name, lane in self.lanes.items():
+            lane.status.backlog = self.store.backlog(name)
+            d, r = self.store.counts(name)
+            lane.status.extra = {"delivered": d, "rejected": r}
+            out.append(lane.status)
+        return out
+
+    def start(self) -> None:
+        for lane in self.lanes.values():
+            lane.stop.clear()
+            self._tasks.append(asyncio.create_task(lane.run(), name=f"forward:{lane.name}"))
+
+    async def stop(self) -> None:
+        for lane in self.lanes.values():
+            lane.stop.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def drain(self) -> None:
+        """Run every lane until its cursor is at the end of the ledger (or Fatal)."""
+
+        async def one(lane: Lane) -> None:
+            try:
+                while await lane.step():
+                    pass
+            except Fatal as exc:
+                lane.status.fatal = str(exc)[:500]
+                log.error("forward.connector_fatal", connector=lane.name, error_type=str(exc))
+            finally:
+                await lane.connector.close()
+                lane._opened = False
+
+        await asyncio.gather(*(one(lane) for lane in self.lanes.values()))
+
+    async def replay(self, name: str, since: datetime, until: datetime) -> ReplayReport:
+        """Re-send events with since <= eventTime < until from the central archive."""
+        lane = self.lanes.get(name)
+        if lane is None:
+            raise KeyError(f"no enabled connector named {name!r}")
+        lo, hi = since.timestamp(), until.timestamp()
+        rows = self.store.ledger_between(_iso(since), _iso(until))
+        report = ReplayReport()
+        s = self.settings
+        try:
+            for row in rows:
+                key = str(row["central_key"])
+                records = await lane._records(key)
+                report.objects += 1
+                batch: list[_Item] = []
+                nbytes = 0
+                for i, rec in enumerate(records):
+                    if not isinstance(rec, dict) or not lo <= _event_time(rec) < hi:
+                        continue
+                    got = lane._item(rec, key, i, Cursor(0, 0))
+                    report.events += 1
+                    if isinstance(got, DeadLetter):
+                        self.store.commit(name, None, 0, [got])
+                        report.rejected += 1
+                        continue
+                    batch.append(got)
+                    nbytes += len(orjson.dumps(got.event.doc)) + 100
+                    if len(batch) >= s.batch_max_events or nbytes >= s.batch_max_bytes:
+                        await self._replay_batch(lane, batch, report)
+                        batch, nbytes = [], 0
+                if batch:
+                    await self._replay_batch(lane, batch, report)
+        finally:
+            await lane.connector.close()
+            lane._opened = False
+        return report
+
+    async def _replay_batch(self, lane: Lane, batch: list[_Item], report: ReplayReport) -> None:
+        delivered, dead = await lane.deliver(batch)
+        self.store.commit(lane.name, None, 0, dead)
+        report.delivered += delivered
+        report.rejected += len(dead)
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------- CLI: ctagg replay
+
+
+def parse_when(text: str) -> datetime:
+    """ISO date or date-time; naive values are UTC."""
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def add_replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument("--connector", required=True, help="forward.connectors[].name")
+    p.add_argument("--since", required=True, type=parse_when, help="ISO date/time (UTC)")
+    p.add_argument("--until", required=True, type=parse_when, help="ISO date/time, exclusive")
+
+
+async def replay_with_settings(
+    settings: Settings, name: str, since: datetime, until: datetime
+) -> ReplayReport:
+    # The archive is read with the base identity (the service's own role, which reads the
+    # central bucket); the app wiring may pass a writer-role session instead.
+    from aggregator.archive import Archive
+    from aggregator.aws import Aws
+
+    aws = Aws(settings.aws)
+    state = State(settings.state.path)
+    try:
+        async with aws.client(aws.base_session(), "s3") as s3:
+            archive = Archive(settings.archive, s3)
+            fwd = Forwarder(settings.forward, state, archive, bucket=settings.archive.bucket)
+            return await fwd.replay(name, since, until)
+    finally:
+        state.close()
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from aggregator.cli import load_or_exit
+
+    settings = load_or_exit(args.config)
+    names = [c.name for c in settings.forward.connectors if c.enabled]
+    if args.connector not in names:
+        print(f"no enabled connector named {args.connector!r}; have {names}")
+        return 2
+    if args.until <= args.since:
+        print("--until must be after --since")
+        return 2
+    try:
+        report = asyncio.run(replay_with_settings(settings, args.connector, args.since, args.until))
+    except Fatal as exc:
+        print(f"replay stopped: {exc}")
+        return 1
+    print(
+        f"replayed {report.events} events from {report.objects} central objects to "
+        f"{args.connector}: {report.delivered} delivered, {report.rejected} dead-lettered"
+    )
+    return 0 if report.rejected == 0 else 1
