@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from connectors.base import Delivered, Fatal, OutEvent, Rejected, Retry
+from connectors.base import Delivered, Fatal, Rejected, Retry
 from connectors.opensearch import OpenSearchConnector, OpenSearchSettings, index_glob
 from tests.fakes.events import out_event, out_events
 from tests.fakes.opensearch import FakeOpenSearch
@@ -232,7 +232,3 @@ def test_settings_need_their_auth_fields() -> None:
         TypeAdapter(OpenSearchSettings).validate_python(
             {"name": "x", "type": "opensearch", "hosts": ["http://h"], "index": "Bad/%Y"}
         )
-
-
-def _unused(_: OutEvent) -> None:  # keeps the import used for type readers
-    return None
