@@ -37,3 +37,30 @@ class LocalServer:
     @property
     def running(self) -> bool:
         return self._runner is not None
+
+
+class InThread:
+    """Run a LocalServer on its own event loop in a thread (for code that calls asyncio.run)."""
+
+    def __init__(self, server: LocalServer) -> None:
+        import asyncio
+        import threading
+
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LocalServer:
+        import asyncio
+
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
