@@ -50,7 +50,8 @@ def test_replay_command_resends_from_the_central_archive(
         cfg = tmp_path / "c.yaml"
         cfg.write_text(
             f"state: {{path: {db}}}\narchive: {{bucket: central}}\n"
-            f"forward:\n  connectors:\n    - {{name: os, type: opensearch, hosts: ['{server.url}']}}\n"
+            "forward:\n  connectors:\n"
+            f"    - {{name: os, type: opensearch, hosts: ['{server.url}']}}\n"
         )
         code = cli.main(
             ["replay", str(cfg), "--connector", "os", "--since", since, "--until", until]
