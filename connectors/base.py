@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 Schema = Literal["ecs", "ocsf", "raw"]
@@ -45,6 +46,11 @@ class OutEvent:
     region: str
     pointer: str
     event_name: str = ""
+    data: bytes = b""  # ``doc`` as compact JSON when the forwarder already serialized it
+
+    def json(self) -> bytes:
+        """``doc`` as compact UTF-8 JSON (serialized once by the forwarder when it can)."""
+        return self.data or orjson.dumps(self.doc)
 
 
 @dataclass(frozen=True, slots=True)

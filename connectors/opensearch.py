@@ -446,11 +446,17 @@ class OpenSearchConnector(Connector):
                 if "@timestamp" not in doc:
                     ts = datetime.fromtimestamp(ev.time or time.time(), UTC)
                     doc = {**doc, "@timestamp": ts.isoformat().replace("+00:00", "Z")}
+                    parts.append(dumps({"create": {"_index": ds, "_id": ev.id}}))
+                    parts.append(dumps(doc))
+                    continue
                 parts.append(dumps({"create": {"_index": ds, "_id": ev.id}}))
-                parts.append(dumps(doc))
             else:
-                parts.append(dumps({"index": {"_index": self._index_for(ev.time), "_id": ev.id}}))
-                parts.append(dumps(ev.doc))
+                # index names are validated (no quotes/backslashes); ids are dumped to be safe
+                parts.append(
+                    b'{"index":{"_index":"%s","_id":%s}}'
+                    % (self._index_for(ev.time).encode(), dumps(ev.id))
+                )
+            parts.append(ev.json())
         parts.append(b"")
         return b"\n".join(parts)
 

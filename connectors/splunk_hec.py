@@ -137,8 +137,8 @@ class SplunkHecConnector(Connector):
                 env["time"] = round(ev.time, 3)
             if host is None and ev.account_id:
                 env["host"] = ev.account_id
-            env["event"] = ev.doc
-            parts.append(dumps(env))
+            # {"source":...,"time":...} + ,"event":<doc>} without re-serializing the doc
+            parts.append(dumps(env)[:-1] + b',"event":' + ev.json() + b"}")
         return b"".join(parts)
 
     async def send(self, batch: Sequence[OutEvent]) -> list[Outcome]:

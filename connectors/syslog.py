@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
-import orjson
 from pydantic import Field, model_validator
 
 from aggregator.log import get_logger
@@ -151,11 +150,16 @@ class SyslogConnector(Connector):
         host = settings.hostname or socket.gethostname()
         self._host_app = f" {_printable(host, 255)} {_printable(settings.app_name, 48)} - "
         self._fixed_msgid = _printable(settings.msgid, 32) if settings.msgid else None
+        self._msgids: dict[str, str] = {}
 
     # ------------------------------------------------------------------ framing
 
     def _header(self, ev: OutEvent, extra_sd: str = "") -> bytes:
-        msgid = self._fixed_msgid or _printable(ev.event_name, 32)
+        msgid = self._fixed_msgid or self._msgids.get(ev.event_name)
+        if msgid is None:
+            if len(self._msgids) > 4096:
+                self._msgids.clear()
+            msgid = self._msgids[ev.event_name] = _printable(ev.event_name, 32)
         t = ev.time or time.time()
         sd = (
             f'[{self.cfg.sd_id} id="{sd_escape(ev.id)}" account="{sd_escape(ev.account_id)}" '
@@ -166,7 +170,7 @@ class SyslogConnector(Connector):
     def messages(self, ev: OutEvent) -> list[bytes]:
         """The RFC 5424 message(s) for one event, each at most ``max_message_bytes``."""
         limit = self.cfg.max_message_bytes
-        msg = orjson.dumps(ev.doc)
+        msg = ev.json()
         head = self._header(ev)
         if len(head) + len(BOM) + len(msg) <= limit:
             return [head + BOM + msg]

@@ -13,7 +13,7 @@ import pytest
 
 from aggregator.config import ForwardSettings
 from aggregator.dedupe import record_key_text
-from aggregator.forward import Forwarder, default_normalizer
+from aggregator.forward import Cursor, Forwarder, default_normalizer
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 from tests.fakes.events import stratus_records
 from tests.fakes.opensearch import FakeOpenSearch
@@ -192,7 +192,7 @@ async def test_crash_between_send_and_commit_loses_nothing(
     assert 100 < sent_before < len(unique)
     state2 = State(db)
     fwd2 = Forwarder(settings(os_conn(fake_os.url)), state2, archive, bucket="c")
-    assert fwd2.store.cursor("os").ledger_id == 2  # first batch (objects 1-2) committed
+    assert fwd2.store.cursor("os").ledger_id == 3  # first batch (objects 1-2) committed
     await fwd2.drain()
     assert fake_os.doc_count() == len(unique)
     assert fake_os.all_ids() == unique
@@ -322,3 +322,17 @@ async def test_bad_records_are_dead_lettered_not_dropped(
 def test_config_rejects_duplicate_names() -> None:
     with pytest.raises(ValueError, match="unique"):
         settings(os_conn("http://a"), os_conn("http://b"))
+
+
+async def test_batch_ending_on_an_object_boundary_leaves_no_backlog(
+    state: State, fake_os: FakeOpenSearch, testdata: Path
+) -> None:
+    """A batch that ends exactly at the end of an object moves the cursor past it."""
+    archive = MemoryArchive()
+    load_ledger(state, archive, testdata)
+    fwd = Forwarder(settings(os_conn(fake_os.url), batch_max_events=50), state, archive, bucket="c")
+    assert await fwd.lanes["os"].step()
+    assert fwd.store.cursor("os") == Cursor(2, 0)
+    assert fwd.backlog("os") == 6
+    await fwd.drain()
+    assert fwd.backlog("os") == 0

@@ -27,6 +27,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tests.fakes._server import LocalServer
@@ -52,8 +53,15 @@ def _err(status: int, etype: str, reason: str) -> web.Response:
 
 
 class FakeOpenSearch(LocalServer):
-    def __init__(self, *, basic: tuple[str, str] | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        basic: tuple[str, str] | None = None,
+        api_key: str | None = None,
+        check_mappings: bool = True,
+    ) -> None:
         super().__init__()
+        self.check_mappings = check_mappings
         self.basic = basic
         self.api_key = api_key
         self.indices: dict[str, dict[str, dict[str, Any]]] = {}
@@ -61,6 +69,7 @@ class FakeOpenSearch(LocalServer):
         self.kinds: dict[str, dict[str, str]] = {}  # index -> path -> "object" | "value"
         self.templates: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self._tpl_cache: dict[str, dict[str, Any] | None] = {}
         self.seq = 0
         # faults
         self.fail_next: list[int] = []
@@ -131,6 +140,11 @@ class FakeOpenSearch(LocalServer):
     # ------------------------------------------------------------------ documents
 
     def _template_for(self, index: str) -> dict[str, Any] | None:
+        if index not in self._tpl_cache:  # cleared whenever a template is written
+            self._tpl_cache[index] = self._find_template(index)
+        return self._tpl_cache[index]
+
+    def _find_template(self, index: str) -> dict[str, Any] | None:
         best = None
         for tpl in self.templates.values():
             hit = any(fnmatch.fnmatchcase(index, p) for p in tpl.get("index_patterns", []))
@@ -234,7 +248,7 @@ class FakeOpenSearch(LocalServer):
                         "in data streams",
                     },
                 }
-            err = self._mapping_error(index, doc)
+            err = self._mapping_error(index, doc) if self.check_mappings else None
             if err:
                 return {
                     **base,
@@ -309,7 +323,7 @@ class FakeOpenSearch(LocalServer):
             if not line.strip():
                 continue
             try:
-                action = json.loads(line)
+                action = orjson.loads(line)
                 ((op, meta),) = action.items()
             except (ValueError, AttributeError):
                 return _err(400, "illegal_argument_exception", "Malformed action/metadata line")
@@ -318,13 +332,14 @@ class FakeOpenSearch(LocalServer):
                 if i >= len(lines):
                     return _err(400, "illegal_argument_exception", "missing document line")
                 try:
-                    doc = json.loads(lines[i])
-                except ValueError:
+                    doc = orjson.loads(lines[i])
+                except orjson.JSONDecodeError:
                     doc = None
                 i += 1
             items.append({op: self._apply(op, meta or {}, doc, default_index)})
         errors = any(next(iter(it.values()))["status"] >= 300 for it in items)
-        return web.json_response({"took": 1, "errors": errors, "items": items})
+        body_out = orjson.dumps({"took": 1, "errors": errors, "items": items})
+        return web.Response(body=body_out, content_type="application/json")
 
     # ------------------------------------------------------------------ management
 
@@ -333,6 +348,7 @@ class FakeOpenSearch(LocalServer):
         if "index_patterns" not in body:
             return _err(400, "action_request_validation_exception", "index patterns are missing")
         self.templates[request.match_info["name"]] = body
+        self._tpl_cache = {}
         return web.json_response({"acknowledged": True})
 
     async def _get_template(self, request: web.Request) -> web.Response:
