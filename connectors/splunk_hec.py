@@ -91,6 +91,8 @@ class SplunkHecConnector(Connector):
         self._meta = meta
 
     async def open(self) -> None:
+        if not self.cfg.token.get_secret_value():
+            raise Fatal(f"splunk_hec {self.name}: token is empty")
         if self.session is None:
             ssl_ctx: ssl.SSLContext | bool = True
             if self.cfg.url.startswith("https"):
