@@ -41,6 +41,21 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- detect
+
+
+def _detect_args(p: argparse.ArgumentParser) -> None:
+    from aggregator.detect.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from aggregator.detect.cli import run
+
+    return run(args)
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     (
@@ -49,6 +64,7 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         forward.add_replay_args,
         forward.run_replay,
     ),
+    ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
 ]
 
 

@@ -260,6 +260,50 @@ class ForwardSettings(Strict):
         return v
 
 
+class AnomalySettings(Strict):
+    enabled: bool = True
+    sensitivity: Literal["low", "medium", "high"] = Field(
+        default="medium", description="high alerts on smaller deviations (k = 3, 4.5, 6 MADs)."
+    )
+    min_count: int = Field(
+        default=20, ge=1, description="An hour below this count (or error count) never alerts."
+    )
+    baseline_hours: int = Field(
+        default=168, ge=24, le=2160, description="Trailing hours the baseline is computed over."
+    )
+    min_history_hours: int = Field(
+        default=24, ge=1, description="An account is judged only after this much history."
+    )
+
+
+class DetectSettings(Strict):
+    enabled: bool = True
+    builtin_rules: bool = Field(default=True, description="Load the built-in rule pack.")
+    rule_dirs: list[str] = Field(
+        default_factory=list, description="More directories (or files) of Sigma rules (.yml)."
+    )
+    disabled_rule_ids: list[str] = Field(
+        default_factory=list, description="Rule ids (UUIDs) to switch off."
+    )
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    alert_window_days: int = Field(
+        default=30, ge=1, le=3650, description="How long raised alerts are remembered (dedupe)."
+    )
+    sns_topic_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}$"
+    )
+    webhook_url: SecretStr | None = Field(
+        default=None, description="Slack-compatible webhook; give it as ${VAR}."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("https://", "http://")):
+            raise ValueError("must be an http(s):// URL")
+        return v
+
+
 class Settings(Strict):
     """The whole config file."""
 
@@ -271,6 +315,7 @@ class Settings(Strict):
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     archive: ArchiveSettings
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
 
 
 # --------------------------------------------------------------------------- loading

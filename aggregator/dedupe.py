@@ -1,20 +1,20 @@
 """Event keys for the persistent dedupe window. Pure functions.
 
 Why not ``eventID`` alone: eventIDs are unique per event *in practice* for AWS-generated
-records, but not by contract across accounts and regions, and public samples (the CloudTrail
-user guide's ``EXAMPLE`` ids) reuse one eventID for different events. A key that collapsed
-those would silently drop real events, the one thing an archive must never do. So the key is
-eventID together with the fields that identify *where and when* the event was recorded:
-recipientAccountId (the logging account), awsRegion, eventTime, plus eventSource and
-eventName — and a digest of the event's substance (requestParameters, responseElements,
-additionalEventData, errorCode). The user guide's two ``CheckMfa`` examples
-share eventID, account, region, time and name and differ only in additionalEventData; the
-substance digest keeps them apart. Delivery metadata (tlsDetails, eventCategory, addendum,
-a shipper's ``@timestamp``) is deliberately left out, so one event delivered through two
-channels (organization trail, account trail, LookupEvents) still collapses to one key.
+records, but not by contract, and public samples reuse one eventID for different events: the
+CloudTrail user guide's two ``CheckMfa`` examples share eventID, account, region, time and name
+and differ only in additionalEventData; Panther's test cases keep an eventID while changing
+userIdentity or errorMessage. A key that collapsed those would silently drop real events, the
+one thing an archive must never do.
 
-Records without an eventID (hand-made or truncated) fall back to a hash of their canonical
-JSON: two records with the same content are the same event.
+So the key is a digest of the whole record — eventID, recipientAccountId (the logging
+account), awsRegion, eventTime, eventSource, eventName and everything the event says —
+*minus delivery metadata* that can differ between two deliveries of one event:
+``eventVersion`` and ``eventCategory`` (format revisions), ``tlsDetails``, ``addendum`` (late
+delivery notes) and shipper fields such as Logstash's ``@timestamp``. The record is serialized
+with sorted keys, so key order does not matter. Two copies of one event delivered by an
+organization trail and an account trail (or fetched again through LookupEvents) collapse to
+one key; two different events never do.
 """
 
 from __future__ import annotations
@@ -26,34 +26,16 @@ from typing import Any
 import orjson
 
 KEY_BYTES = 16
-_SEP = "\x1f"
-_SUBSTANCE = (
-    "requestParameters",
-    "responseElements",
-    "additionalEventData",
-    "errorCode",
-)
+DELIVERY_METADATA = frozenset({"eventVersion", "eventCategory", "tlsDetails", "addendum"})
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 def event_key(record: dict[str, Any]) -> bytes:
     """A 16-byte key that is equal for two deliveries of one event and differs otherwise."""
-    event_id = record.get("eventID")
-    if isinstance(event_id, str) and event_id:
-        text = _SEP.join(
-            (
-                event_id,
-                str(record.get("recipientAccountId") or ""),
-                str(record.get("awsRegion") or ""),
-                str(record.get("eventTime") or ""),
-                str(record.get("eventSource") or ""),
-                str(record.get("eventName") or ""),
-            )
-        )
-        h = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES)
-        h.update(orjson.dumps([record.get(f) for f in _SUBSTANCE], option=orjson.OPT_SORT_KEYS))
-        return h.digest()
-    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    return blake2b(b"content" + canonical, digest_size=KEY_BYTES).digest()
+    content = {
+        k: v for k, v in record.items() if k not in DELIVERY_METADATA and not k.startswith("@")
+    }
+    return blake2b(orjson.dumps(content, option=_SORTED), digest_size=KEY_BYTES).digest()
 
 
 def key_text(key: bytes) -> str:

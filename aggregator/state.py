@@ -162,9 +162,49 @@ def _m20_forward(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m10_detect(db: sqlite_utils.Database) -> None:
+    """Detection: raised alerts (dedupe per rule x event key), hourly counts for rate anomalies,
+    and the outbox of alerts not yet delivered to each sink."""
+    db.executescript(
+        """
+        CREATE TABLE detect_alerts (
+            rule_id TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            event_epoch INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (rule_id, event_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX detect_alerts_created ON detect_alerts (created_at);
+        CREATE TABLE detect_counts (
+            account_id TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            hour INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (account_id, metric, hour)
+        ) WITHOUT ROWID;
+        CREATE INDEX detect_counts_hour ON detect_counts (hour);
+        CREATE TABLE detect_meta (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE detect_outbox (
+            alert_uid TEXT NOT NULL,
+            sink TEXT NOT NULL,
+            alert TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (alert_uid, sink)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 # Append-only: a migration, once released, is never edited. Other rooms add theirs here.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
+    (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
     (20, "forward: per-connector cursors and dead letters", _m20_forward),
 ]
 

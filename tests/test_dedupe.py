@@ -17,7 +17,8 @@ def test_same_event_from_two_trails_has_one_key() -> None:
         "eventName": "X",
         "eventSource": "s",
     }
-    assert event_key(rec) == event_key(dict(rec, userAgent="different order irrelevant"))
+    reordered = dict(reversed(list(rec.items())))
+    assert event_key(rec) == event_key(reordered)
 
 
 def test_shared_event_ids_in_public_samples_stay_distinct(testdata: Path) -> None:
@@ -35,6 +36,37 @@ def test_shared_event_ids_in_public_samples_stay_distinct(testdata: Path) -> Non
         distinct = {json.dumps(r, sort_keys=True) for r in recs}
         keys = {event_key(r) for r in recs}
         assert len(keys) == len(distinct)
+
+
+def test_delivery_metadata_does_not_split_one_event() -> None:
+    """Format revisions and shipper fields are not part of an event's identity."""
+    rec = {
+        "eventID": "e1",
+        "eventTime": "2024-01-01T00:00:00Z",
+        "eventName": "X",
+        "eventVersion": "1.08",
+        "recipientAccountId": "1" * 12,
+    }
+    assert event_key(rec) == event_key(
+        dict(rec, eventVersion="1.10", eventCategory="Management", **{"@timestamp": "now"})
+    )
+    assert event_key(rec) != event_key(dict(rec, userIdentity={"type": "Root"}))
+
+
+def test_panther_cases_sharing_an_event_id_stay_distinct(testdata: Path) -> None:
+    """Labelled cases that keep an eventID but change what happened get different keys."""
+    by_id: dict[str, set[bytes]] = {}
+    contents: dict[str, set[str]] = {}
+    for line in (testdata / "panther-analysis/detection_cases.jsonl").read_text().splitlines():
+        rec = json.loads(line)["log"]
+        if isinstance(rec, dict) and rec.get("eventID"):
+            eid = str(rec["eventID"])
+            by_id.setdefault(eid, set()).add(event_key(rec))
+            stripped = {k: v for k, v in rec.items() if k not in ("eventVersion", "eventCategory")}
+            contents.setdefault(eid, set()).add(json.dumps(stripped, sort_keys=True))
+    assert any(len(v) > 1 for v in contents.values())
+    for eid, variants in contents.items():
+        assert len(by_id[eid]) == len(variants)
 
 
 def test_records_without_event_id_use_content() -> None:

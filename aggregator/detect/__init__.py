@@ -1,0 +1,1 @@
+"""Detection: Sigma rules compiled to in-process predicates, rate anomalies, and alerts."""

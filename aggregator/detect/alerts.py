@@ -1,0 +1,223 @@
+"""Alerts: one per (rule, event key), as a flat line and as an OCSF 1.1 Detection Finding.
+
+Pure code: time is passed in. Delivery lives in :mod:`aggregator.detect.sinks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from hashlib import blake2b
+from typing import Any
+
+from aggregator import __version__
+
+SEVERITY_IDS = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+OCSF_VERSION = "1.1.0"
+DETECTION_FINDING_CLASS = 2004
+FINDINGS_CATEGORY = 2
+ACTIVITY_CREATE = 1
+
+
+@dataclass(frozen=True)
+class ArchivePointer:
+    """Where the triggering event lives in the central archive."""
+
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class Alert:
+    rule_id: str
+    title: str
+    severity: str
+    description: str
+    cis: tuple[str, ...]
+    attack: tuple[str, ...]
+    event_key: str
+    event_id: str | None
+    event_name: str | None
+    event_source: str | None
+    event_time: str | None
+    account_id: str | None
+    region: str | None
+    actor: str | None
+    source_ip: str | None
+    detected_at: float
+    archive: ArchivePointer | None = None
+    kind: str = "rule"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uid(self) -> str:
+        """Stable id of this alert: equal for a re-detection of the same rule on the same event."""
+        text = f"{self.rule_id}\x1f{self.event_key}".encode()
+        return blake2b(text, digest_size=16).hexdigest()
+
+    @property
+    def event_epoch(self) -> int:
+        ms = _epoch_ms(self.event_time)
+        return int(self.detected_at) if ms is None else ms // 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-safe (for the outbox); :meth:`from_dict` reverses it."""
+        d = asdict(self)
+        d["cis"], d["attack"] = list(self.cis), list(self.attack)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
+        d = dict(d)
+        d["cis"], d["attack"] = tuple(d["cis"]), tuple(d["attack"])
+        if d.get("archive") is not None:
+            d["archive"] = ArchivePointer(**d["archive"])
+        return cls(**d)
+
+    def to_line(self) -> dict[str, Any]:
+        """The flat form printed by ``ctagg detect`` and sent to webhooks."""
+        out: dict[str, Any] = {
+            "alert_id": self.uid,
+            "kind": self.kind,
+            "rule_id": self.rule_id,
+            "title": self.title,
+            "severity": self.severity,
+            "event_id": self.event_id,
+            "event_key": self.event_key,
+            "account_id": self.account_id,
+            "region": self.region,
+            "event_name": self.event_name,
+            "event_source": self.event_source,
+            "event_time": self.event_time,
+            "actor": self.actor,
+            "source_ip": self.source_ip,
+            "cis": list(self.cis),
+            "attack": list(self.attack),
+        }
+        if self.archive is not None:
+            out["archive"] = {"bucket": self.archive.bucket, "key": self.archive.key}
+        if self.extra:
+            out["details"] = self.extra
+        return out
+
+    def summary(self) -> str:
+        who = f" by {self.actor}" if self.actor else ""
+        where = "/".join(x for x in (self.account_id, self.region) if x)
+        what = self.event_name or self.kind
+        cis = f" (CIS {', '.join(self.cis)})" if self.cis else ""
+        return f"[{self.severity.upper()}] {self.title}{cis}: {what}{who} in {where or '?'}"
+
+    def to_ocsf(self) -> dict[str, Any]:
+        """An OCSF 1.1 Detection Finding (class_uid 2004)."""
+        time_ms = _epoch_ms(self.event_time) or int(self.detected_at * 1000)
+        attacks = [_attack(t) for t in self.attack if _is_technique(t)]
+        tactics = [t for t in self.attack if not _is_technique(t)]
+        finding: dict[str, Any] = {
+            "uid": self.uid,
+            "title": self.title,
+            "desc": self.description,
+            "types": [self.kind],
+            "created_time": int(self.detected_at * 1000),
+            "first_seen_time": time_ms,
+            "last_seen_time": time_ms,
+            "analytic": {
+                "uid": self.rule_id,
+                "name": self.title,
+                "type_id": 1 if self.kind == "rule" else 2,
+                "type": "Rule" if self.kind == "rule" else "Behavioral",
+            },
+        }
+        if attacks:
+            for a in attacks:
+                if tactics:
+                    a["tactics"] = [{"name": t.replace("-", " ").title()} for t in tactics]
+            finding["attacks"] = attacks
+        if self.archive is not None:
+            finding["src_url"] = self.archive.url
+        severity_id = SEVERITY_IDS.get(self.severity, 0)
+        out: dict[str, Any] = {
+            "class_uid": DETECTION_FINDING_CLASS,
+            "class_name": "Detection Finding",
+            "category_uid": FINDINGS_CATEGORY,
+            "category_name": "Findings",
+            "activity_id": ACTIVITY_CREATE,
+            "activity_name": "Create",
+            "type_uid": DETECTION_FINDING_CLASS * 100 + ACTIVITY_CREATE,
+            "type_name": "Detection Finding: Create",
+            "severity_id": severity_id,
+            "severity": self.severity.capitalize() if severity_id else "Unknown",
+            "status_id": 1,
+            "status": "New",
+            "time": time_ms,
+            "message": self.summary(),
+            "finding_info": finding,
+            "metadata": {
+                "version": OCSF_VERSION,
+                "uid": self.uid,
+                "product": {
+                    "name": "cloudtrail-aggregator",
+                    "vendor_name": "cloudtrail-aggregator",
+                    "version": __version__,
+                },
+                "log_name": "cloudtrail",
+            },
+            "cloud": {
+                "provider": "AWS",
+                "region": self.region,
+                "account": {"uid": self.account_id},
+            },
+            "unmapped": {"cis": list(self.cis), "event_key": self.event_key},
+        }
+        evidence: dict[str, Any] = {}
+        if self.event_name or self.event_source:
+            evidence["api"] = {
+                "operation": self.event_name,
+                "service": {"name": self.event_source},
+                "request": {"uid": self.event_id} if self.event_id else {},
+            }
+        if self.actor:
+            evidence["actor"] = {"user": {"uid": self.actor, "name": self.actor.rsplit("/", 1)[-1]}}
+        if self.source_ip:
+            evidence["src_endpoint"] = {"ip": self.source_ip}
+        if evidence:
+            out["evidences"] = [evidence]
+        if self.archive is not None:
+            out["unmapped"]["archive"] = {"bucket": self.archive.bucket, "key": self.archive.key}
+        if self.extra:
+            out["unmapped"]["details"] = self.extra
+        return out
+
+
+def _is_technique(tag: str) -> bool:
+    return tag[:1] in ("t", "T") and tag[1:2].isdigit()
+
+
+def _attack(tag: str) -> dict[str, Any]:
+    return {"technique": {"uid": tag.upper()}, "version": "v14"}
+
+
+def _epoch_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def actor_of(record: dict[str, Any]) -> str | None:
+    ui = record.get("userIdentity")
+    if not isinstance(ui, dict):
+        return None
+    return _str(ui.get("arn")) or _str(ui.get("userName")) or _str(ui.get("principalId"))

@@ -1,0 +1,101 @@
+"""The detector: rules over one record at a time, deduplicated into alerts.
+
+One alert per (rule, event key): the event key is :func:`aggregator.dedupe.record_key_text`,
+equal for the two copies of one event delivered by an organization trail and an account trail,
+so a duplicate delivery never raises a second alert.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from aggregator.dedupe import record_key_text
+from aggregator.detect.alerts import Alert, ArchivePointer, actor_of
+from aggregator.detect.rules import Rule, RuleSet
+
+
+class AlertLog(Protocol):
+    """Remembers raised alerts. ``record`` returns those of ``alerts`` not raised before (one per
+    rule x event key) and remembers them; :class:`~aggregator.detect.store.DetectStore` also
+    queues them for delivery in the same transaction."""
+
+    def record(self, alerts: Sequence[Alert]) -> list[Alert]: ...
+
+
+class MemoryAlertLog:
+    """In-process memory of raised alerts (the CLI; tests). Alerts are rare, so a set is fine."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def record(self, alerts: Sequence[Alert]) -> list[Alert]:
+        out = []
+        for a in alerts:
+            k = (a.rule_id, a.event_key)
+            if k not in self._seen:
+                self._seen.add(k)
+                out.append(a)
+        return out
+
+
+def _s(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def alert_for(
+    rule: Rule,
+    record: dict[str, Any],
+    key: str,
+    now: float,
+    archive: ArchivePointer | None = None,
+) -> Alert:
+    return Alert(
+        rule_id=rule.id,
+        title=rule.title,
+        severity=rule.level,
+        description=rule.description,
+        cis=rule.cis,
+        attack=rule.attack,
+        event_key=key,
+        event_id=_s(record.get("eventID")),
+        event_name=_s(record.get("eventName")),
+        event_source=_s(record.get("eventSource")),
+        event_time=_s(record.get("eventTime")),
+        account_id=_s(record.get("recipientAccountId"))
+        or _s((record.get("userIdentity") or {}).get("accountId")),
+        region=_s(record.get("awsRegion")),
+        actor=actor_of(record),
+        source_ip=_s(record.get("sourceIPAddress")),
+        detected_at=now,
+        archive=archive,
+    )
+
+
+class Detector:
+    def __init__(
+        self,
+        rules: RuleSet | Iterable[Rule],
+        log: AlertLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rules = rules if isinstance(rules, RuleSet) else RuleSet(list(rules))
+        self.log: AlertLog = log if log is not None else MemoryAlertLog()
+        self.clock = clock
+        self.records = 0
+        self.matches = 0
+        self.duplicates = 0
+
+    def detect(self, record: dict[str, Any], archive: ArchivePointer | None = None) -> list[Alert]:
+        """Alerts this record raises that were not raised before (empty for most records)."""
+        self.records += 1
+        hits = self.rules.match(record)
+        if not hits:
+            return []
+        key = record_key_text(record)
+        now = self.clock()
+        self.matches += len(hits)
+        out = self.log.record([alert_for(r, record, key, now, archive) for r in hits])
+        self.duplicates += len(hits) - len(out)
+        return out

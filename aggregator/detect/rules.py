@@ -1,0 +1,203 @@
+"""Load Sigma rule files (the built-in pack plus users' directories) into an indexed RuleSet.
+
+A rule file holds one Sigma rule (or several YAML documents, one rule each) with logsource
+``product: aws, service: cloudtrail``, an ``id`` (UUID) and a ``level``. Tags carry the
+MITRE ATT&CK ids (``attack.t1562.008``, ``attack.defense-evasion``) and the CIS AWS Foundations
+Benchmark control ids (``cis.4.3``: our own tag namespace, see docs/detect.md).
+
+Every problem of every file is collected and raised together (:class:`RuleLoadError`), each
+naming its file, like config errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sigma.collection import SigmaCollection
+from sigma.exceptions import SigmaError
+from sigma.rule import SigmaRule
+
+from aggregator.detect.compile import Predicate, UnsupportedRule, compile_rule, pinned_values
+
+LEVELS = ("informational", "low", "medium", "high", "critical")
+
+
+class RuleLoadError(Exception):
+    """Rules could not be loaded. ``problems`` names every file and what is wrong with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    level: str
+    description: str
+    path: str
+    cis: tuple[str, ...]
+    attack: tuple[str, ...]
+    tags: tuple[str, ...]
+    predicate: Predicate = field(repr=False, compare=False)
+    event_names: frozenset[str] | None = None
+    event_sources: frozenset[str] | None = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        return self.predicate(record)
+
+
+def builtin_rules_dir() -> Path:
+    return Path(str(resources.files("aggregator") / "rules"))
+
+
+def _rule_from_sigma(sr: SigmaRule, where: str) -> Rule:
+    ls = sr.logsource
+    if (ls.product or "").lower() != "aws" or (ls.service or "").lower() != "cloudtrail":
+        raise UnsupportedRule(
+            f"logsource must be product: aws, service: cloudtrail "
+            f"(got product: {ls.product}, service: {ls.service})"
+        )
+    if sr.id is None:
+        raise UnsupportedRule("missing 'id' (a UUID)")
+    if sr.level is None:
+        raise UnsupportedRule(f"missing 'level' (one of {', '.join(LEVELS)})")
+    predicate, tree = compile_rule(sr)
+    tags = tuple(str(t) for t in sr.tags)
+    cis = tuple(t.name for t in sr.tags if t.namespace == "cis")
+    attack = tuple(t.name for t in sr.tags if t.namespace == "attack")
+    return Rule(
+        id=str(sr.id),
+        title=sr.title,
+        level=str(sr.level.name).lower(),
+        description=(sr.description or "").strip(),
+        path=where,
+        cis=cis,
+        attack=attack,
+        tags=tags,
+        predicate=predicate,
+        event_names=pinned_values(tree, "eventName"),
+        event_sources=pinned_values(tree, "eventSource"),
+    )
+
+
+def load_rule_text(text: str, where: str) -> list[Rule]:
+    """Rules from one file's text. Raises RuleLoadError naming ``where``."""
+    try:
+        coll = SigmaCollection.from_yaml(text)
+    except SigmaError as exc:
+        raise RuleLoadError([f"{where}: {exc}"]) from None
+    except Exception as exc:  # YAML errors and pySigma internals
+        raise RuleLoadError([f"{where}: cannot parse: {exc}"]) from None
+    out: list[Rule] = []
+    problems: list[str] = []
+    for item in coll.rules:
+        if not isinstance(item, SigmaRule):
+            problems.append(
+                f"{where}: unsupported construct: {type(item).__name__} (only detection rules)"
+            )
+            continue
+        label = f"{where} ({item.title or item.id})"
+        try:
+            out.append(_rule_from_sigma(item, where))
+        except UnsupportedRule as exc:
+            problems.append(f"{label}: unsupported construct: {exc}")
+        except SigmaError as exc:
+            problems.append(f"{label}: {exc}")
+    if problems:
+        raise RuleLoadError(problems)
+    return out
+
+
+def _rule_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
+
+
+def load_rules(
+    dirs: Iterable[str | Path] = (),
+    *,
+    builtin: bool = True,
+    disabled_ids: Iterable[str] = (),
+) -> list[Rule]:
+    """Every rule of the built-in pack (unless ``builtin=False``) and of ``dirs``.
+
+    Raises RuleLoadError listing every bad file, a missing directory, or a duplicate id.
+    """
+    problems: list[str] = []
+    paths: list[Path] = []
+    if builtin:
+        paths += _rule_files(builtin_rules_dir())
+    for d in dirs:
+        p = Path(d)
+        if p.is_file():
+            paths.append(p)
+        elif p.is_dir():
+            paths += _rule_files(p)
+        else:
+            problems.append(f"{p}: rule directory not found")
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+            loaded = load_rule_text(text, str(p))
+        except OSError as exc:
+            problems.append(f"{p}: cannot read: {exc.strerror or exc}")
+            continue
+        except RuleLoadError as exc:
+            problems += exc.problems
+            continue
+        for r in loaded:
+            if r.id in seen:
+                problems.append(f"{p}: duplicate rule id {r.id} (also in {seen[r.id]})")
+                continue
+            seen[r.id] = str(p)
+            rules.append(r)
+    if problems:
+        raise RuleLoadError(problems)
+    off = set(disabled_ids)
+    return [r for r in rules if r.id not in off]
+
+
+class RuleSet:
+    """Rules indexed by the eventName (or else eventSource) they pin, for few tests per record."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = list(rules)
+        self.by_name: dict[str, list[Rule]] = {}
+        self.by_source: dict[str, list[Rule]] = {}
+        self.always: list[Rule] = []
+        for r in self.rules:
+            if r.event_names is not None:
+                for n in r.event_names:
+                    self.by_name.setdefault(n, []).append(r)
+            elif r.event_sources is not None:
+                for s in r.event_sources:
+                    self.by_source.setdefault(s, []).append(r)
+            else:
+                self.always.append(r)
+        self._empty: list[Rule] = []
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def candidates(self, record: dict[str, Any]) -> list[Rule]:
+        name = record.get("eventName")
+        source = record.get("eventSource")
+        a = self.by_name.get(name.lower(), self._empty) if isinstance(name, str) else self._empty
+        b = (
+            self.by_source.get(source.lower(), self._empty)
+            if isinstance(source, str)
+            else self._empty
+        )
+        if not a and not b:
+            return self.always
+        return [*a, *b, *self.always]
+
+    def match(self, record: dict[str, Any]) -> list[Rule]:
+        return [r for r in self.candidates(record) if r.predicate(record)]
