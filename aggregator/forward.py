@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -58,7 +59,8 @@ class ArchiveReader(Protocol):
     async def read_records(self, central_key: str) -> list[dict[str, Any]]: ...
 
 
-NormalizeFn = Callable[[dict[str, Any], Schema], dict[str, Any]]
+# (record, schema, central key) -> document
+NormalizeFn = Callable[[dict[str, Any], Schema, str], dict[str, Any]]
 
 
 # ---------------------------------------------------------------------- normalization
@@ -92,7 +94,7 @@ def _fallback_normalize(record: dict[str, Any], schema: Schema) -> dict[str, Any
                     "event_type": record.get("eventType"),
                     "user_identity": {"type": ident.get("type"), "arn": ident.get("arn")},
                     "request_parameters": orjson.dumps(params).decode() if params else None,
-                    "flattened": {"request_parameters": params},
+                    "flattened": {"request_parameters": params} if params else {},
                 }
             },
         }
@@ -113,18 +115,29 @@ def _fallback_normalize(record: dict[str, Any], schema: Schema) -> dict[str, Any
     }
 
 
-def default_normalizer() -> NormalizeFn:
-    """``aggregator.normalize.normalize`` when present, else the minimal stand-in."""
-    try:
-        from aggregator import normalize as mod  # type: ignore[attr-defined]
-    except ImportError:
-        return _fallback_normalize
-    fn = getattr(mod, "normalize", None)
-    if fn is None:
-        return _fallback_normalize
+def default_normalizer(bucket: str = "") -> NormalizeFn:
+    """``aggregator.normalize.normalize`` when that module is installed, else the stand-in.
 
-    def adapter(record: dict[str, Any], schema: Schema) -> dict[str, Any]:
-        out: dict[str, Any] = fn(record, schema, now=time.time(), context={})
+    The real normalizer takes ``now`` (a datetime, the same object for many records: its text
+    forms are cached) and an ``EventContext`` naming the archived object (carried in every
+    output and used by its oversize policy); both are kept per second / per central object.
+    """
+    try:
+        mod = importlib.import_module("aggregator.normalize")
+    except ImportError:
+        return lambda record, schema, central_key: _fallback_normalize(record, schema)
+    fn = mod.normalize
+    make_context = mod.EventContext
+    memo: dict[str, Any] = {"sec": -1, "now": None, "key": None, "ctx": None}
+
+    def adapter(record: dict[str, Any], schema: Schema, central_key: str) -> dict[str, Any]:
+        sec = int(time.time())
+        if sec != memo["sec"]:
+            memo["sec"], memo["now"] = sec, datetime.fromtimestamp(sec, UTC)
+        if central_key != memo["key"]:
+            memo["key"] = central_key
+            memo["ctx"] = make_context(archive_bucket=bucket or None, archive_key=central_key)
+        out: dict[str, Any] = fn(record, schema, now=memo["now"], context=memo["ctx"])
         return out
 
     return adapter
@@ -381,7 +394,7 @@ class Lane:
         if not isinstance(record, dict):
             return DeadLetter("", central_key, index, None, "not a JSON object")
         try:
-            doc = self.normalize(record, self.connector.schema)
+            doc = self.normalize(record, self.connector.schema, central_key)
         except Exception as exc:
             return DeadLetter(
                 record_key_text(record),
@@ -634,7 +647,7 @@ class Forwarder:
         self.settings = settings
         self.store = ForwardStore(state)
         self.archive = archive
-        self.normalize = normalize or default_normalizer()
+        self.normalize = normalize or default_normalizer(bucket)
         if connectors is None:
             connectors = [build(c) for c in settings.connectors if c.enabled]
         self.lanes = {

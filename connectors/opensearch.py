@@ -126,6 +126,18 @@ _DATE = {"type": "date"}
 _IP = {"type": "ip", "ignore_malformed": True}
 
 
+_CT_SCALARS = (
+    "event_version", "event_type", "event_category", "request_id", "shared_event_id",
+    "api_version", "recipient_account_id", "vpc_endpoint_id", "vpc_endpoint_account_id",
+    "error_code", "session_credential_from_console", "aws_region", "invalid_event_time",
+    "management_event", "read_only", "flattened_truncated",
+)  # fmt: skip
+_CT_JSON_TEXT = (
+    "request_parameters", "response_elements", "additional_eventdata", "service_event_details",
+    "insight_details", "edge_device_details", "addendum", "unmapped",
+)  # fmt: skip
+
+
 def _obj(**props: Any) -> dict[str, Any]:
     return {"properties": props}
 
@@ -179,32 +191,23 @@ ECS_MAPPINGS: dict[str, Any] = {
         "error": _obj(code=_KW, message=_TEXT),
         "related": _obj(user=_KW, ip=_IP, entity=_KW),
         "tls": _obj(version=_KW, cipher=_KW, client=_obj(server_name=_KW)),
+        "tags": _KW,
+        "organization": _obj(id=_KW, name=_KW),
+        "ctagg": _obj(archive=_obj(bucket=_KW, key=_KW, event_id=_KW)),
         "aws": _obj(
+            account=_obj(tags=_FLAT),
             cloudtrail={
                 "dynamic": False,
                 "properties": {
-                    "event_version": _KW,
-                    "event_type": _KW,
-                    "event_category": _KW,
-                    "request_id": _KW,
-                    "shared_event_id": _KW,
-                    "recipient_account_id": _KW,
-                    "vpc_endpoint_id": _KW,
-                    "management_event": _KW,
-                    "read_only": _KW,
-                    "api_version": _KW,
-                    "console_login": _obj(additional_eventdata=_FLAT),
-                    "request_parameters": _TEXT,
-                    "response_elements": _TEXT,
-                    "additional_eventdata": _TEXT,
-                    "service_event_details": _TEXT,
+                    # scalars, always strings
+                    **dict.fromkeys(_CT_SCALARS, _KW),
+                    "error_message": _TEXT,
+                    # polymorphic objects: JSON text, plus one flat_object of dotted keys
+                    **dict.fromkeys(_CT_JSON_TEXT, _TEXT),
+                    "flattened": _FLAT,
                     "resources": _FLAT,
-                    "flattened": _obj(
-                        request_parameters=_FLAT,
-                        response_elements=_FLAT,
-                        additional_eventdata=_FLAT,
-                        service_event_details=_FLAT,
-                    ),
+                    "tls_details": _FLAT,
+                    "console_login": _obj(additional_eventdata=_FLAT),
                     "user_identity": {
                         "dynamic": False,
                         "properties": {
@@ -218,10 +221,8 @@ ECS_MAPPINGS: dict[str, Any] = {
                             "session_context": _FLAT,
                         },
                     },
-                    "insight_details": _FLAT,
-                    "tls_details": _FLAT,
                 },
-            }
+            },
         ),
         # schema: raw (CloudTrail field names): the polymorphic parts as flat objects.
         "requestParameters": _FLAT,

@@ -307,10 +307,10 @@ async def test_bad_records_are_dead_lettered_not_dropped(
     recs = stratus_records(testdata)[:10]
     add_object(state, archive, "AWSLogs/a.json.gz", recs)
 
-    def picky(record: dict[str, Any], schema: Any) -> dict[str, Any]:
-        if record is recs[4] or record.get("eventID") == recs[4]["eventID"]:
+    def picky(record: dict[str, Any], schema: Any, central_key: str) -> dict[str, Any]:
+        if record.get("eventID") == recs[4]["eventID"]:
             raise ValueError("cannot map")
-        return default_normalizer()(record, schema)
+        return default_normalizer()(record, schema, central_key)
 
     fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c", normalize=picky)
     await fwd.drain()
