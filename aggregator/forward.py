@@ -68,8 +68,15 @@ NormalizeFn = Callable[[dict[str, Any], Schema, str], dict[str, Any]]
 
 def _fallback_normalize(record: dict[str, Any], schema: Schema) -> dict[str, Any]:
     """Minimal stand-in until ``aggregator.normalize`` is available (raw is exact)."""
-    if schema == "raw":
-        return record
+    if schema == "raw":  # the same envelope aggregator.normalize's raw schema produces
+        t = _event_time(record)
+        return {
+            "time": t or time.time(),
+            "sourcetype": "aws:cloudtrail",
+            "source": "ctagg",
+            "event": record,
+            "fields": {},
+        }
     ident = record.get("userIdentity") or {}
     if schema == "ecs":
         params = record.get("requestParameters")

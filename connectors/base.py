@@ -52,6 +52,25 @@ class OutEvent:
         """``doc`` as compact UTF-8 JSON (serialized once by the forwarder when it can)."""
         return self.data or orjson.dumps(self.doc)
 
+    def record_json(self) -> bytes:
+        """The document for sinks without an envelope: ``doc``, or the record inside a
+        Splunk-style envelope."""
+        inner = envelope_event(self.doc)
+        return self.json() if inner is None else orjson.dumps(inner)
+
+
+HEC_ENVELOPE_KEYS = frozenset({"time", "host", "source", "sourcetype", "index", "event", "fields"})
+
+
+def envelope_event(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The record inside a Splunk-style envelope (``aggregator.normalize``'s ``raw`` schema:
+    ``{"time", "sourcetype", "source", "event", "fields"}``), or None for any other document.
+    Sinks other than Splunk send the record itself."""
+    inner = doc.get("event")
+    if "sourcetype" in doc and isinstance(inner, dict) and doc.keys() <= HEC_ENVELOPE_KEYS:
+        return inner
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class Delivered:

@@ -44,6 +44,7 @@ from connectors.base import (
     Schema,
     all_rejected,
     all_retry,
+    envelope_event,
 )
 
 if TYPE_CHECKING:
@@ -443,7 +444,7 @@ class OpenSearchConnector(Connector):
         dumps = orjson.dumps
         for ev in batch:
             if ds:
-                doc = ev.doc
+                doc = envelope_event(ev.doc) or ev.doc
                 if "@timestamp" not in doc:
                     ts = datetime.fromtimestamp(ev.time or time.time(), UTC)
                     doc = {**doc, "@timestamp": ts.isoformat().replace("+00:00", "Z")}
@@ -457,7 +458,7 @@ class OpenSearchConnector(Connector):
                     b'{"index":{"_index":"%s","_id":%s}}'
                     % (self._index_for(ev.time).encode(), dumps(ev.id))
                 )
-            parts.append(ev.json())
+            parts.append(ev.record_json())
         parts.append(b"")
         return b"\n".join(parts)
 

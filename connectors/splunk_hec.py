@@ -38,6 +38,7 @@ from connectors.base import (
     Retry,
     Schema,
     all_retry,
+    envelope_event,
 )
 
 log = get_logger(__name__)
@@ -129,18 +130,31 @@ class SplunkHecConnector(Connector):
             return False
 
     def payload(self, batch: Sequence[OutEvent]) -> bytes:
+        """Concatenated HEC events. A document that already is an envelope (the ``raw``
+        schema of ``aggregator.normalize``: time, source, sourcetype, fields, event) keeps
+        its fields; index, host and sourcetype from the settings are applied to every event."""
         dumps = orjson.dumps
         meta = self._meta
         host = self.cfg.host
         parts = []
         for ev in batch:
-            env: dict[str, Any] = dict(meta)
-            if ev.time:
+            inner = envelope_event(ev.doc)
+            env: dict[str, Any]
+            if inner is None:
+                env = dict(meta)
+                body = ev.json()
+            else:
+                env = {k: v for k, v in ev.doc.items() if k != "event"}
+                env.update(meta)
+                if "source" in ev.doc:
+                    env["source"] = ev.doc["source"]
+                body = dumps(inner)
+            if ev.time and "time" not in env:
                 env["time"] = round(ev.time, 3)
             if host is None and ev.account_id:
                 env["host"] = ev.account_id
             # {"source":...,"time":...} + ,"event":<doc>} without re-serializing the doc
-            parts.append(dumps(env)[:-1] + b',"event":' + ev.json() + b"}")
+            parts.append(dumps(env)[:-1] + b',"event":' + body + b"}")
         return b"".join(parts)
 
     async def send(self, batch: Sequence[OutEvent]) -> list[Outcome]:

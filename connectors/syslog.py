@@ -170,7 +170,7 @@ class SyslogConnector(Connector):
     def messages(self, ev: OutEvent) -> list[bytes]:
         """The RFC 5424 message(s) for one event, each at most ``max_message_bytes``."""
         limit = self.cfg.max_message_bytes
-        msg = ev.json()
+        msg = ev.record_json()
         head = self._header(ev)
         if len(head) + len(BOM) + len(msg) <= limit:
             return [head + BOM + msg]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from connectors.base import Delivered, Fatal, Rejected, Retry
+from connectors.base import Delivered, Fatal, OutEvent, Rejected, Retry
 from connectors.opensearch import OpenSearchConnector, OpenSearchSettings, index_glob
 from tests.fakes.events import out_event, out_events
 from tests.fakes.opensearch import FakeOpenSearch
@@ -229,3 +229,16 @@ def test_settings_need_their_auth_fields() -> None:
         TypeAdapter(OpenSearchSettings).validate_python(
             {"name": "x", "type": "opensearch", "hosts": ["http://h"], "index": "Bad/%Y"}
         )
+
+
+async def test_envelope_documents_index_the_record(fake: FakeOpenSearch, testdata: Path) -> None:
+    """A raw-schema envelope is unwrapped: OpenSearch stores the CloudTrail record."""
+    ev = out_events(testdata, 1)[0]
+    env = {"time": 1.0, "sourcetype": "aws:cloudtrail", "source": "ctagg", "event": ev.doc,
+           "fields": {}}  # fmt: skip
+    wrapped = OutEvent(id=ev.id, doc=env, time=ev.time, account_id=ev.account_id,
+                       region=ev.region, pointer=ev.pointer)  # fmt: skip
+    async with make(fake.url) as c:
+        assert isinstance((await c.send([wrapped]))[0], Delivered)
+    (docs,) = fake.indices.values()
+    assert docs[ev.id] == ev.doc

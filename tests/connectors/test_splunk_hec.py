@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from connectors.base import Delivered, Fatal, Rejected, Retry
+from connectors.base import Delivered, Fatal, OutEvent, Rejected, Retry
 from connectors.splunk_hec import SplunkHecConnector, SplunkHecSettings
 from tests.fakes.events import out_events
 from tests.fakes.splunk_hec import FakeSplunkHec
@@ -147,3 +147,22 @@ async def test_unreachable_retries(testdata: Path) -> None:
     assert not await c.health()
     await c.close()
     assert all(isinstance(o, Retry) for o in out)
+
+
+async def test_normalizer_envelope_keeps_its_fields(hec: FakeSplunkHec, testdata: Path) -> None:
+    """A raw-schema envelope (time, source, sourcetype, fields, event) is sent as one HEC
+    event: its source and indexed fields kept, index/host from the settings added."""
+    ev = out_events(testdata, 1)[0]
+    env = {"time": 1.5, "sourcetype": "aws:cloudtrail", "source": "s3://c/k.json.gz",
+           "event": ev.doc, "fields": {"aws_account_name": "prod"}}  # fmt: skip
+    wrapped = OutEvent(id=ev.id, doc=env, time=ev.time, account_id=ev.account_id,
+                       region=ev.region, pointer=ev.pointer)  # fmt: skip
+    async with make(hec.url, index="aws") as c:
+        assert isinstance((await c.send([wrapped]))[0], Delivered)
+    (got,) = hec.indexed
+    assert got["event"] == ev.doc
+    assert got["source"] == "s3://c/k.json.gz"
+    assert got["fields"] == {"aws_account_name": "prod"}
+    assert got["time"] == 1.5
+    assert got["index"] == "aws"
+    assert got["sourcetype"] == "aws:cloudtrail"
