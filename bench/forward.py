@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ for parent in ROOT.parents:
     if (parent / "shared" / "testdata").exists():
         TESTDATA = parent / "shared" / "testdata"
         break
+TESTDATA = Path(os.environ.get("CTAGG_TESTDATA", TESTDATA))
 SCHEMA: str | None = None
 TOKEN = "11111111-2222-3333-4444-555555555555"
 PER_OBJECT = 1000
@@ -69,6 +71,8 @@ def _serve(kind: str, q: Any) -> None:
 
 def build_ledger(state: State, n: int) -> MemoryArchive:
     base = stratus_records(TESTDATA)
+    if not base:
+        raise SystemExit(f"no test data under {TESTDATA} (set CTAGG_TESTDATA)")
     archive = MemoryArchive()
     src = SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/")
     for start in range(0, n, PER_OBJECT):
