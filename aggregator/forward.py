@@ -333,6 +333,14 @@ class _Item:
     index: int
 
 
+@dataclass(slots=True)
+class _Batch:
+    items: list[_Item]
+    dead: list[DeadLetter]
+    end: Cursor  # the cursor once every item of the batch is acknowledged
+    more: bool  # more rows were available right away (worth preparing the next batch)
+
+
 @dataclass
 class LaneStatus:
     name: str
@@ -552,17 +560,16 @@ class Lane:
 
     # -------------------------------------------------------------- the loop
 
-    async def step(self) -> bool:
-        """Forward one batch from the cursor; False when there was nothing to do."""
+    async def prepare(self, start: Cursor) -> _Batch | None:
+        """The next batch from ``start`` (None when the ledger has nothing more)."""
         s = self.settings
-        cursor = self.store.cursor(self.name, self.connector.settings.start_from)
         items: list[_Item] = []
         dead: list[DeadLetter] = []
         pos, nbytes, more = await self.fill(
-            cursor, items, dead, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
+            start, items, dead, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
         )
         if not items and not dead:
-            return False
+            return None
         # time-based batching: wait a little for more rows to fill a small batch
         deadline = time.monotonic() + s.batch_max_wait_secs
         while not more and len(items) < s.batch_max_events and time.monotonic() < deadline:
@@ -575,15 +582,48 @@ class Lane:
                 max_bytes=s.batch_max_bytes,
                 nbytes=nbytes,
             )
-        delivered, rejected = await self.deliver(items) if items else (0, [])
-        self.store.commit(self.name, pos, delivered, [*dead, *rejected])
-        if rejected or dead:
+        return _Batch(items, dead, pos, more)
+
+    def _commit(self, batch: _Batch, delivered: int, rejected: list[DeadLetter]) -> None:
+        self.store.commit(self.name, batch.end, delivered, [*batch.dead, *rejected])
+        if rejected or batch.dead:
             log.warning(
                 "forward.dead_lettered",
                 connector=self.name,
-                count=len(rejected) + len(dead),
-                reason=(rejected or dead)[0].reason[:200],
+                count=len(rejected) + len(batch.dead),
+                reason=(rejected or batch.dead)[0].reason[:200],
             )
+
+    async def step(self) -> bool:
+        """Forward one batch from the cursor; False when there was nothing to do."""
+        batch = await self.prepare(self.store.cursor(self.name, self.connector.settings.start_from))
+        if batch is None:
+            return False
+        delivered, rejected = await self.deliver(batch.items) if batch.items else (0, [])
+        self._commit(batch, delivered, rejected)
+        return True
+
+    async def pump(self) -> bool:
+        """Forward batches until the ledger is exhausted; False when there was nothing.
+
+        Pipelined: while one batch is on the wire (waiting for the sink's answer), the next
+        one is read and normalized. Batches are still acknowledged and committed strictly in
+        order, one send in flight per connector.
+        """
+        batch = await self.prepare(self.store.cursor(self.name, self.connector.settings.start_from))
+        if batch is None:
+            return False
+        while batch is not None:
+            sending = asyncio.create_task(self.deliver(batch.items))
+            try:
+                upcoming = await self.prepare(batch.end) if batch.more else None
+                delivered, rejected = await sending
+            except BaseException:
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
+                raise
+            self._commit(batch, delivered, rejected)
+            batch = upcoming if upcoming is not None else await self.prepare(batch.end)
         return True
 
     async def run(self) -> None:
@@ -591,7 +631,7 @@ class Lane:
         try:
             while not self.stop.is_set():
                 try:
-                    worked = await self.step()
+                    worked = await self.pump()
                 except _Stopped:
                     break
                 if not worked:
@@ -698,8 +738,7 @@ class Forwarder:
 
         async def one(lane: Lane) -> None:
             try:
-                while await lane.step():
-                    pass
+                await lane.pump()
             except Fatal as exc:
                 lane.status.fatal = str(exc)[:500]
                 log.error("forward.connector_fatal", connector=lane.name, error_type=str(exc))
