@@ -274,16 +274,22 @@ class ForwardStore:
                     (cursor.ledger_id, cursor.offset, delivered, len(dead), now, connector),
                 )
 
-    def backlog(self, connector: str) -> int:
-        """Ledger rows not completely forwarded by this connector."""
+    def backlog(self, connector: str, cap: int | None = None) -> int:
+        """Ledger rows not completely forwarded by this connector (counting stops at ``cap``,
+        so the backpressure check stays cheap however far behind a connector is)."""
         with self.state.transaction() as c:
             row = c.execute(
                 "SELECT ledger_id FROM forward_cursors WHERE connector=?", (connector,)
             ).fetchone()
             after = int(row[0]) if row else 0
-            return int(
-                c.execute("SELECT count(*) FROM ledger WHERE id >= ?", (after,)).fetchone()[0]
-            )
+            if cap is None:
+                row = c.execute("SELECT count(*) FROM ledger WHERE id >= ?", (after,)).fetchone()
+            else:
+                row = c.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM ledger WHERE id >= ? LIMIT ?)",
+                    (after, cap),
+                ).fetchone()
+            return int(row[0])
 
     def ledger_from(self, ledger_id: int, limit: int = 64) -> list[dict[str, Any]]:
         with self.state.transaction() as c:
@@ -628,12 +634,32 @@ class Lane:
 
     async def run(self) -> None:
         self.status.running = True
+        crashes = 0
         try:
             while not self.stop.is_set():
                 try:
                     worked = await self.pump()
                 except _Stopped:
                     break
+                except (Fatal, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # a bug or a state DB problem: log, back off, go on
+                    crashes += 1
+                    self.status.last_error = f"lane: {type(exc).__name__}"
+                    log.error(
+                        "forward.lane_crashed",
+                        connector=self.name,
+                        error_type=type(exc).__name__,
+                        attempts=crashes,
+                        exc_info=True,
+                    )
+                    self._cache = None
+                    try:
+                        await self._sleep(self._backoff(crashes))
+                    except _Stopped:
+                        break
+                    continue
+                crashes = 0
                 if not worked:
                     try:
                         await self._sleep(self.settings.poll_interval_secs)
@@ -709,7 +735,7 @@ class Forwarder:
     def backpressure(self) -> bool:
         """True when any connector's backlog is full: collection should pause."""
         limit = self.settings.max_backlog_objects
-        return any(self.store.backlog(n) >= limit for n in self.lanes)
+        return any(self.store.backlog(n, cap=limit) >= limit for n in self.lanes)
 
     def status(self) -> list[LaneStatus]:
         out = []

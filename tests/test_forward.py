@@ -336,3 +336,43 @@ async def test_batch_ending_on_an_object_boundary_leaves_no_backlog(
     assert fwd.backlog("os") == 6
     await fwd.drain()
     assert fwd.backlog("os") == 0
+
+
+async def test_running_lane_survives_an_unexpected_error(
+    state: State, fake_os: FakeOpenSearch, testdata: Path
+) -> None:
+    """A failing commit (say, a locked state DB) is logged and retried; nothing is lost."""
+    archive = MemoryArchive()
+    unique = load_ledger(state, archive, testdata)
+    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    real_commit = fwd.store.commit
+    calls = {"n": 0}
+
+    def flaky_commit(*a: Any, **kw: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("database is locked")
+        real_commit(*a, **kw)
+
+    fwd.store.commit = flaky_commit  # type: ignore[method-assign]
+    fwd.start()
+    try:
+        assert await until(lambda: fwd.backlog("os") == 0)
+    finally:
+        await fwd.stop()
+    assert fwd.lanes["os"].status.last_error == "lane: RuntimeError"
+    assert fake_os.all_ids() == unique
+
+
+def test_backlog_count_is_capped_for_backpressure(state: State, testdata: Path) -> None:
+    archive = MemoryArchive()
+    load_ledger(state, archive, testdata)
+    fwd = Forwarder(settings(os_conn("http://127.0.0.1:9")), state, archive, bucket="c")
+    fwd.store.cursor("os")
+    assert fwd.store.backlog("os") == 7
+    assert fwd.store.backlog("os", cap=3) == 3
+    assert fwd.backpressure() is False
+    fwd2 = Forwarder(
+        settings(os_conn("http://127.0.0.1:9"), max_backlog_objects=7), state, archive, bucket="c"
+    )
+    assert fwd2.backpressure() is True
