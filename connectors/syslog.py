@@ -64,6 +64,12 @@ class SyslogSettings(ConnectorSettings):
         default=None, description="Name checked against the certificate; null = host."
     )
     verify_hostname: bool = True
+    tls_probe_secs: float = Field(
+        default=0.25,
+        ge=0,
+        description="After a TLS handshake, wait this long for a rejection (TLS 1.3 reports a "
+        "refused client certificate only then); 0 = do not wait.",
+    )
     # message
     app_name: str = Field(default="ctagg", min_length=1, max_length=48)
     msgid: str | None = Field(
@@ -242,6 +248,21 @@ class SyslogConnector(Connector):
             ),
             cfg.connect_timeout_secs,
         )
+        if tls and cfg.tls_probe_secs > 0:
+            # With TLS 1.3 a server that refuses our client certificate says so only after
+            # the client finished its handshake: wait briefly for that alert (or EOF) so a
+            # refused connection is not mistaken for a working one. A syslog receiver never
+            # sends data, so silence means accepted.
+            try:
+                data = await asyncio.wait_for(reader.read(1), cfg.tls_probe_secs)
+            except TimeoutError:
+                data = None
+            except (ssl.SSLError, OSError):
+                writer.close()
+                raise
+            if data is not None:
+                writer.close()
+                raise ConnectionResetError("receiver closed the TLS session after handshake")
         self._reader, self._writer = reader, writer
 
     async def _ensure(self) -> str | None:

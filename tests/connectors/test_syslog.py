@@ -155,6 +155,14 @@ async def test_tls_mutual_and_untrusted_ca(rsyslog: Rsyslog, testdata: Path) -> 
     async with SyslogConnector(s) as c:
         assert all(isinstance(o, Delivered) for o in await c.send(events))
     assert len(by_ids(rsyslog, {e.id for e in events})) == 3
+    no_client_cert = TypeAdapter(SyslogSettings).validate_python(
+        {"name": "m2", "type": "syslog", "host": "127.0.0.1", "port": rsyslog.mtls,
+         "transport": "tls", "ca_file": str(certs / "ca.pem")}
+    )  # fmt: skip
+    refused = SyslogConnector(no_client_cert)
+    out = await refused.send(events)
+    await refused.close()
+    assert all(isinstance(o, Retry) for o in out), out
     bad = make(rsyslog, "tls", ca_file=str(certs / "other.pem"))
     out = await bad.send(events)
     await bad.close()
