@@ -59,8 +59,8 @@ class ArchiveReader(Protocol):
     async def read_records(self, central_key: str) -> list[dict[str, Any]]: ...
 
 
-# (record, schema, central key) -> document
-NormalizeFn = Callable[[dict[str, Any], Schema, str], dict[str, Any]]
+# (record, schema, central key) -> the document, or the document already serialized (bytes)
+NormalizeFn = Callable[[dict[str, Any], Schema, str], dict[str, Any] | bytes]
 
 
 # ---------------------------------------------------------------------- normalization
@@ -122,29 +122,33 @@ def _fallback_normalize(record: dict[str, Any], schema: Schema) -> dict[str, Any
     }
 
 
-def default_normalizer(bucket: str = "") -> NormalizeFn:
-    """``aggregator.normalize.normalize`` when that module is installed, else the stand-in.
+def default_normalizer(bucket: str = "", settings: Any = None) -> NormalizeFn:
+    """``aggregator.normalize`` when that module is installed, else the stand-in.
 
-    The real normalizer takes ``now`` (a datetime, the same object for many records: its text
-    forms are cached) and an ``EventContext`` naming the archived object (carried in every
-    output and used by its oversize policy); both are kept per second / per central object.
+    With the real normalizer, ``ecs`` and ``ocsf`` come back as bytes from
+    ``Normalizer.encode`` (it serializes to apply its size policy; serializing again would
+    cost as much as mapping), and ``raw`` as the envelope dict (sinks unwrap it). ``now`` (a
+    datetime, reused for a second so its text forms are cached) and the ``EventContext``
+    naming the archived object are kept per second / per central object.
     """
     try:
         mod = importlib.import_module("aggregator.normalize")
     except ImportError:
         return lambda record, schema, central_key: _fallback_normalize(record, schema)
-    fn = mod.normalize
+    normalizer = mod.Normalizer(settings) if settings is not None else mod.Normalizer()
+    encode, as_dict = normalizer.encode, normalizer.normalize
     make_context = mod.EventContext
     memo: dict[str, Any] = {"sec": -1, "now": None, "key": None, "ctx": None}
 
-    def adapter(record: dict[str, Any], schema: Schema, central_key: str) -> dict[str, Any]:
+    def adapter(record: dict[str, Any], schema: Schema, central_key: str) -> dict[str, Any] | bytes:
         sec = int(time.time())
         if sec != memo["sec"]:
             memo["sec"], memo["now"] = sec, datetime.fromtimestamp(sec, UTC)
         if central_key != memo["key"]:
             memo["key"] = central_key
             memo["ctx"] = make_context(archive_bucket=bucket or None, archive_key=central_key)
-        out: dict[str, Any] = fn(record, schema, now=memo["now"], context=memo["ctx"])
+        fn = as_dict if schema == "raw" else encode
+        out: dict[str, Any] | bytes = fn(record, schema, now=memo["now"], context=memo["ctx"])
         return out
 
     return adapter
@@ -152,7 +156,7 @@ def default_normalizer(bucket: str = "") -> NormalizeFn:
 
 def to_out_event(
     record: dict[str, Any],
-    doc: dict[str, Any],
+    doc: dict[str, Any] | None,
     bucket: str,
     central_key: str,
     index: int,
@@ -337,6 +341,7 @@ class _Item:
     event: OutEvent
     central_key: str
     index: int
+    event_time: str | None
 
 
 @dataclass(slots=True)
@@ -415,7 +420,7 @@ class Lane:
         if not isinstance(record, dict):
             return DeadLetter("", central_key, index, None, "not a JSON object")
         try:
-            doc = self.normalize(record, self.connector.schema, central_key)
+            out = self.normalize(record, self.connector.schema, central_key)
         except Exception as exc:
             return DeadLetter(
                 record_key_text(record),
@@ -424,14 +429,21 @@ class Lane:
                 record.get("eventTime") if isinstance(record.get("eventTime"), str) else None,
                 f"normalize: {type(exc).__name__}: {exc}"[:500],
             )
-        try:
-            data = orjson.dumps(doc)
-        except TypeError as exc:
-            return DeadLetter(
-                record_key_text(record), central_key, index, None, f"serialize: {exc}"[:500]
-            )
+        doc: dict[str, Any] | None
+        if type(out) is bytes:
+            doc, data = None, out
+        else:
+            assert isinstance(out, dict)
+            doc = out
+            try:
+                data = orjson.dumps(doc)
+            except TypeError as exc:
+                return DeadLetter(
+                    record_key_text(record), central_key, index, None, f"serialize: {exc}"[:500]
+                )
         ev = to_out_event(record, doc, self.bucket, central_key, index, data=data)
-        return _Item(ev, central_key, index)
+        et = record.get("eventTime")
+        return _Item(ev, central_key, index, et if isinstance(et, str) else None)
 
     async def fill(
         self,
@@ -534,15 +546,8 @@ class Lane:
                 if isinstance(out, Delivered):
                     delivered += 1
                 elif isinstance(out, Rejected):
-                    et = it.event.doc.get("eventTime") if self.connector.schema == "raw" else None
                     dead.append(
-                        DeadLetter(
-                            it.event.id,
-                            it.central_key,
-                            it.index,
-                            et if isinstance(et, str) else None,
-                            out.reason,
-                        )
+                        DeadLetter(it.event.id, it.central_key, it.index, it.event_time, out.reason)
                     )
                 else:
                     retry.append(it)

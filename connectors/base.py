@@ -40,22 +40,29 @@ class OutEvent:
     """
 
     id: str
-    doc: dict[str, Any]
+    doc: dict[str, Any] | None  # None: only ``data`` was produced (use ``document()``)
     time: float  # event time, epoch seconds (0.0 when the record had none)
     account_id: str
     region: str
     pointer: str
     event_name: str = ""
-    data: bytes = b""  # ``doc`` as compact JSON when the forwarder already serialized it
+    data: bytes = b""  # the document as compact JSON when the forwarder already serialized it
 
     def json(self) -> bytes:
-        """``doc`` as compact UTF-8 JSON (serialized once by the forwarder when it can)."""
+        """The document as compact UTF-8 JSON (serialized once by the forwarder)."""
         return self.data or orjson.dumps(self.doc)
 
+    def document(self) -> dict[str, Any]:
+        """The document as a dict (parsed from ``data`` when only the bytes were kept)."""
+        if self.doc is not None:
+            return self.doc
+        doc: dict[str, Any] = orjson.loads(self.data)
+        return doc
+
     def record_json(self) -> bytes:
-        """The document for sinks without an envelope: ``doc``, or the record inside a
+        """The document for sinks without an envelope: the document, or the record inside a
         Splunk-style envelope."""
-        inner = envelope_event(self.doc)
+        inner = envelope_event(self.doc) if self.doc is not None else None
         return self.json() if inner is None else orjson.dumps(inner)
 
 

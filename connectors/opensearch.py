@@ -444,7 +444,8 @@ class OpenSearchConnector(Connector):
         dumps = orjson.dumps
         for ev in batch:
             if ds:
-                doc = envelope_event(ev.doc) or ev.doc
+                full = ev.document()
+                doc = envelope_event(full) or full
                 if "@timestamp" not in doc:
                     ts = datetime.fromtimestamp(ev.time or time.time(), UTC)
                     doc = {**doc, "@timestamp": ts.isoformat().replace("+00:00", "Z")}

@@ -138,16 +138,17 @@ class SplunkHecConnector(Connector):
         host = self.cfg.host
         parts = []
         for ev in batch:
-            inner = envelope_event(ev.doc)
+            doc = ev.doc
+            inner = envelope_event(doc) if doc is not None else None
             env: dict[str, Any]
-            if inner is None:
+            if doc is None or inner is None:
                 env = dict(meta)
                 body = ev.json()
             else:
-                env = {k: v for k, v in ev.doc.items() if k != "event"}
+                env = {k: v for k, v in doc.items() if k != "event"}
                 env.update(meta)
-                if "source" in ev.doc:
-                    env["source"] = ev.doc["source"]
+                if "source" in doc:
+                    env["source"] = doc["source"]
                 body = dumps(inner)
             if ev.time and "time" not in env:
                 env["time"] = round(ev.time, 3)
