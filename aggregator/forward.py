@@ -27,6 +27,7 @@ import gc
 import importlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -391,6 +392,7 @@ class Lane:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._cache: tuple[str, list[dict[str, Any]]] | None = None
         self._opened = False
+        self._open_lock = asyncio.Lock()
 
     # -------------------------------------------------------------- reading
 
@@ -500,6 +502,10 @@ class Lane:
         raise _Stopped
 
     async def _ensure_open(self) -> None:
+        async with self._open_lock:
+            await self._open_with_retries()
+
+    async def _open_with_retries(self) -> None:
         attempt = 0
         while not self._opened:
             try:
@@ -617,24 +623,37 @@ class Lane:
     async def pump(self) -> bool:
         """Forward batches until the ledger is exhausted; False when there was nothing.
 
-        Pipelined: while one batch is on the wire (waiting for the sink's answer), the next
-        one is read and normalized. Batches are still acknowledged and committed strictly in
-        order, one send in flight per connector.
+        Pipelined: while batches are on the wire (up to the connector's ``max_in_flight``),
+        the next one is read and normalized. Batches are acknowledged in any order but
+        committed strictly in ledger order, so the cursor never passes an unacknowledged event.
         """
-        batch = await self.prepare(self.store.cursor(self.name, self.connector.settings.start_from))
-        if batch is None:
+        ready = await self.prepare(self.store.cursor(self.name, self.connector.settings.start_from))
+        if ready is None:
             return False
-        while batch is not None:
-            sending = asyncio.create_task(self.deliver(batch.items))
-            try:
-                upcoming = await self.prepare(batch.end) if batch.more else None
+        limit = max(1, self.connector.max_in_flight)
+        inflight: deque[tuple[_Batch, asyncio.Task[tuple[int, list[DeadLetter]]]]] = deque()
+        next_start = ready.end
+        try:
+            while ready is not None or inflight:
+                while ready is not None and len(inflight) < limit:
+                    inflight.append((ready, asyncio.create_task(self.deliver(ready.items))))
+                    await asyncio.sleep(0)  # let the send start before the CPU-bound prepare
+                    more = ready.more
+                    ready = await self.prepare(next_start) if more else None
+                    if ready is not None:
+                        next_start = ready.end
+                batch, sending = inflight.popleft()
                 delivered, rejected = await sending
-            except BaseException:
-                sending.cancel()
-                await asyncio.gather(sending, return_exceptions=True)
-                raise
-            self._commit(batch, delivered, rejected)
-            batch = upcoming if upcoming is not None else await self.prepare(batch.end)
+                self._commit(batch, delivered, rejected)
+                if ready is None and not inflight:
+                    ready = await self.prepare(next_start)
+                    if ready is not None:
+                        next_start = ready.end
+        except BaseException:
+            for _, task in inflight:
+                task.cancel()
+            await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
+            raise
         return True
 
     async def run(self) -> None:

@@ -145,6 +145,12 @@ class Connector(ABC):
     def schema(self) -> Schema:
         return self.settings.schema_ or self.default_schema
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many ``send`` calls the forwarder may run at once (each on its own batch;
+        commits stay in order). 1 unless the connector is safe to call concurrently."""
+        return 1
+
     @abstractmethod
     async def open(self) -> None:
         """Connect, check credentials, install what the sink needs (templates, policies)."""

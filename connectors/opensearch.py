@@ -86,6 +86,12 @@ class OpenSearchSettings(ConnectorSettings):
     client_key_file: str | None = None
     gzip: bool = True
     timeout_secs: float = Field(default=30.0, gt=0)
+    max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Batches on the wire at once (commits stay in order).",
+    )
 
     @field_validator("index")
     @classmethod
@@ -269,6 +275,10 @@ class OpenSearchConnector(Connector):
     type_name: ClassVar[str] = "opensearch"
     default_schema: ClassVar[Schema] = "ecs"
     settings_model: ClassVar[type[ConnectorSettings]] = OpenSearchSettings
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.cfg.max_in_flight
 
     def __init__(self, settings: ConnectorSettings) -> None:
         assert isinstance(settings, OpenSearchSettings)

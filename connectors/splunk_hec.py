@@ -66,12 +66,22 @@ class SplunkHecSettings(ConnectorSettings):
     verify_tls: bool = True
     ca_file: str | None = None
     timeout_secs: float = Field(default=30.0, gt=0)
+    max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Batches on the wire at once (commits stay in order).",
+    )
 
 
 class SplunkHecConnector(Connector):
     type_name: ClassVar[str] = "splunk_hec"
     default_schema: ClassVar[Schema] = "raw"
     settings_model: ClassVar[type[ConnectorSettings]] = SplunkHecSettings
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.cfg.max_in_flight
 
     def __init__(self, settings: ConnectorSettings) -> None:
         assert isinstance(settings, SplunkHecSettings)

@@ -176,7 +176,8 @@ async def test_crash_between_send_and_commit_loses_nothing(
     state = State(db)
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    conn = os_conn(fake_os.url, max_in_flight=1)  # exact resend count below
+    fwd = Forwarder(settings(conn), state, archive, bucket="c")
     real_commit = fwd.store.commit
     calls = {"n": 0}
 
@@ -193,7 +194,7 @@ async def test_crash_between_send_and_commit_loses_nothing(
     sent_before = fake_os.items_seen
     assert 100 < sent_before < len(unique)
     state2 = State(db)
-    fwd2 = Forwarder(settings(os_conn(fake_os.url)), state2, archive, bucket="c")
+    fwd2 = Forwarder(settings(conn), state2, archive, bucket="c")
     assert fwd2.store.cursor("os").ledger_id == 3  # first batch (objects 1-2) committed
     await fwd2.drain()
     assert fake_os.doc_count() == len(unique)
@@ -396,3 +397,62 @@ async def test_normalizer_may_return_serialized_documents(
     (docs,) = fake_os.indices.values()
     assert len(docs) == 20
     assert all(d["k"] == "AWSLogs/a.json.gz" for d in docs.values())
+
+
+async def test_several_batches_in_flight_commit_in_order(state: State, testdata: Path) -> None:
+    """HEC with slow indexer acks: batches overlap on the wire, yet the cursor only ever
+    moves forward batch by batch, and every event is indexed once."""
+    hec = FakeSplunkHec({TOKEN}, ack=True)
+    hec.ack_delay_secs = 0.2
+    await hec.start()
+    archive = MemoryArchive()
+    load_ledger(state, archive, testdata)
+    conn = hec_conn(hec.url, ack=True, ack_poll_interval_secs=0.05, max_in_flight=4)
+    fwd = Forwarder(settings(conn, batch_max_events=40), state, archive, bucket="c")
+    positions: list[tuple[int, int]] = []
+    real_commit = fwd.store.commit
+
+    def recording_commit(name: str, cursor: Any, *a: Any, **kw: Any) -> None:
+        positions.append((cursor.ledger_id, cursor.offset))
+        real_commit(name, cursor, *a, **kw)
+
+    fwd.store.commit = recording_commit  # type: ignore[method-assign]
+    try:
+        await fwd.drain()
+    finally:
+        await hec.stop()
+    assert hec.max_unconfirmed >= 2
+    assert positions == sorted(positions)
+    assert len(positions) == len(set(positions)) == 8  # 310 events / 40
+    sent = sorted(r["eventID"] for rs in archive.objects.values() for r in rs)
+    assert sorted(e["event"]["eventID"] for e in hec.indexed) == sent
+    assert fwd.backlog("hec") == 0
+
+
+async def test_later_batch_acknowledged_first_still_commits_in_order(
+    state: State, fake_os: FakeOpenSearch, testdata: Path
+) -> None:
+    """The first batch is throttled (429) while the second lands: the cursor waits for the
+    first, then moves past both."""
+    archive = MemoryArchive()
+    unique = load_ledger(state, archive, testdata)
+    first = [record_key_text(r) for r in archive.objects["AWSLogs/obj0000.json.gz"]]
+    fake_os.throttle_ids.update(dict.fromkeys(first, 3))
+    fwd = Forwarder(
+        settings(os_conn(fake_os.url, max_in_flight=2), batch_max_events=50),
+        state, archive, bucket="c",
+    )  # fmt: skip
+    lane = fwd.lanes["os"]
+    order: list[int] = []
+    real_deliver = lane.deliver
+
+    async def recording_deliver(items: Any) -> Any:
+        out = await real_deliver(items)
+        order.append(items[0].index + 1000 * int(items[0].central_key[-12:-8]))
+        return out
+
+    lane.deliver = recording_deliver  # type: ignore[method-assign]
+    await fwd.drain()
+    assert order[0] != 0  # the second batch was acknowledged before the first
+    assert fwd.store.cursor("os") == Cursor(8, 0)
+    assert fake_os.all_ids() == unique

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,9 @@ class FakeSplunkHec(LocalServer):
         self.lost: set[tuple[str, int]] = set()
         self.invalid: Callable[[Any], bool] | None = None
         self.requests = 0
+        self.ack_delay_secs = 0.0  # indexing takes this long before an ack turns true
+        self.confirm_at: dict[tuple[str, int], float] = {}
+        self.max_unconfirmed = 0
         self.gzip_requests = 0
         self.ack_queries = 0
 
@@ -147,7 +151,13 @@ class FakeSplunkHec(LocalServer):
             self.lost.add(key)  # the indexer died: events gone, ack never true
         else:
             self.indexed.extend(events)
-            self.confirmed.add(key)
+            if self.ack_delay_secs:
+                now = time.monotonic()
+                self.confirm_at[key] = now + self.ack_delay_secs
+                waiting = sum(1 for t in self.confirm_at.values() if t > now)
+                self.max_unconfirmed = max(self.max_unconfirmed, waiting)
+            else:
+                self.confirmed.add(key)
         return _reply(200, "Success", 0, ackId=ack_id)
 
     async def _ack(self, request: web.Request) -> web.Response:
@@ -164,6 +174,11 @@ class FakeSplunkHec(LocalServer):
             ids = json.loads(await request.read())["acks"]
         except (ValueError, KeyError, TypeError):
             return _reply(400, "Invalid data format", 6)
+        now = time.monotonic()
+        for k, t in list(self.confirm_at.items()):
+            if t <= now:
+                self.confirmed.add(k)
+                del self.confirm_at[k]
         return web.json_response({"acks": {str(i): (channel, i) in self.confirmed for i in ids}})
 
     async def _health(self, request: web.Request) -> web.Response:
