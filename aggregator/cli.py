@@ -41,6 +41,24 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integrity(name: str) -> Run:
+    def run(args: argparse.Namespace) -> int:
+        from aggregator import integrity_cli
+
+        return int(getattr(integrity_cli, name)(args))
+
+    return run
+
+
+def _integrity_args(name: str) -> AddArgs:
+    def add(p: argparse.ArgumentParser) -> None:
+        from aggregator import integrity_cli
+
+        getattr(integrity_cli, name)(p)
+
+    return add
+
+
 # ---------------------------------------------------------------- detect
 
 
@@ -56,6 +74,211 @@ def _run_detect(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# ---------------------------------------------------------------- discover
+
+
+def _discover_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from aggregator.discovery import run_cli
+
+    return run_cli(load_or_exit(args.config), as_json=args.json)
+
+
+# ---------------------------------------------------------------- once / run
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aggregator.app import App
+
+    settings = load_or_exit(args.config)
+
+    async def go() -> dict[str, object]:
+        app = App(settings)
+        try:
+            return (await app.run_once()).as_dict()
+        finally:
+            await app.close()
+
+    report = asyncio.run(go())
+    print(_json(report))
+    return 1 if report["errors"] else 0
+
+
+def _args_run(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--interval-secs", type=float, default=300.0, help="between ingest cycles")
+    p.add_argument("--discovery-interval-secs", type=float, default=3600.0)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aggregator.app import App
+
+    settings = load_or_exit(args.config)
+
+    async def go() -> None:
+        app = App(settings)
+        try:
+            await app.run_forever(args.interval_secs, args.discovery_interval_secs)
+        finally:
+            await app.close()
+
+    asyncio.run(go())
+    return 0
+
+
+# ---------------------------------------------------------------- status / quarantine
+
+
+def _args_json(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _json(obj: object) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str).decode()
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from aggregator.state import State
+
+    settings = load_or_exit(args.config)
+    state = State(settings.state.path)
+    try:
+        rows = state.status()
+        failures = state.failures()
+    finally:
+        state.close()
+    now = time.time()
+
+    def lag(newest: str | None) -> float | None:
+        if not newest:
+            return None
+        return round(now - datetime.fromisoformat(newest.replace("Z", "+00:00")).timestamp())
+
+    if args.json:
+        for r in rows:
+            print(_json({**asdict(r), "lag_secs": lag(r.newest_event_time)}))
+        for f in failures:
+            print(_json({"failure": f}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ctagg status: per account × region source")
+    for col in (
+        "account",
+        "region",
+        "bucket",
+        "last object",
+        "newest eventTime",
+        "lag",
+        "objects",
+        "events",
+        "errors",
+    ):
+        table.add_column(col)
+    for r in rows:
+        lg = lag(r.newest_event_time)
+        table.add_row(
+            r.account_id,
+            r.region,
+            r.bucket,
+            (r.last_key or "-").rsplit("/", 1)[-1],
+            r.newest_event_time or "-",
+            "-" if lg is None else f"{lg / 3600:.1f} h",
+            str(r.objects),
+            str(r.events),
+            f"{r.errors} ({r.last_error[:60]})" if r.last_error else str(r.errors),
+        )
+    console = Console()
+    console.print(table)
+    for f in failures:
+        console.print(
+            f"[red]account {f['account_id']}[/red] {f['stage']}: {f['reason']} (x{f['count']})"
+        )
+    return 0
+
+
+def _run_quarantine(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from aggregator.state import State
+
+    settings = load_or_exit(args.config)
+    state = State(settings.state.path)
+    try:
+        rows = state.quarantined()
+    finally:
+        state.close()
+    for q in rows:
+        if args.json:
+            print(_json(asdict(q)))
+        else:
+            print(f"{q.status:5} s3://{q.bucket}/{q.key}  ({q.attempts}x) {q.reason}")
+    if not rows and not args.json:
+        print("nothing quarantined")
+    return 0
+
+
+def _args_retry(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--bucket", help="only objects from this source bucket")
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from aggregator.state import State
+
+    settings = load_or_exit(args.config)
+    state = State(settings.state.path)
+    try:
+        n = state.retry_quarantined(args.bucket)
+    finally:
+        state.close()
+    print(f"{n} quarantined object(s) will be tried again in the next cycle")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--workdir", default=".demo", help="where state, config and archive go")
+    p.add_argument("--testdata", help="shared/testdata folder (default: found beside the repo)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aggregator import demo
+
+    testdata = Path(args.testdata) if args.testdata else demo.find_testdata(Path.cwd())
+    testdata = testdata or demo.find_testdata()
+    if testdata is None or not testdata.is_dir():
+        print("ctagg demo: shared/testdata not found; pass --testdata DIR", file=sys.stderr)
+        return 2
+    summary = demo.run_demo(Path(args.workdir).resolve(), testdata)
+    if args.json:
+        print(_json(summary))
+        return 0
+    print(demo.render_summary(summary))
+    return 0
+
+
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
     (
@@ -64,7 +287,70 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         forward.add_replay_args,
         forward.run_replay,
     ),
+    # integrity room (aggregator/integrity_cli.py)
+    (
+        "audit",
+        "audit every account x region's CloudTrail setup (CIS)",
+        _integrity_args("add_audit_args"),
+        _integrity("run_audit_cmd"),
+    ),
+    (
+        "completeness",
+        "expected (CloudTrail digests) vs ingested log files per hour",
+        _integrity_args("add_completeness_args"),
+        _integrity("run_completeness_cmd"),
+    ),
+    (
+        "validate-digests",
+        "validate CloudTrail digests and the log files they list",
+        _integrity_args("add_validate_args"),
+        _integrity("run_validate_cmd"),
+    ),
+    (
+        "archive-digest",
+        "write the central archive's signed hourly digests now",
+        _integrity_args("add_archive_args"),
+        _integrity("run_archive_digest_cmd"),
+    ),
+    (
+        "verify-archive",
+        "verify the central archive end to end against its digests",
+        _integrity_args("add_verify_args"),
+        _integrity("run_verify_archive_cmd"),
+    ),
     ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
+    (
+        "discover",
+        "list the accounts, regions, trails and log prefixes that would be collected",
+        _discover_args,
+        _run_discover,
+    ),
+    (
+        "once",
+        "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
+        _config_arg,
+        _run_once,
+    ),
+    ("run", "run as a daemon until SIGTERM", _args_run, _run_run),
+    (
+        "status",
+        "per account × region progress, lag and errors (reads state only)",
+        _args_json,
+        _run_status,
+    ),
+    (
+        "quarantine",
+        "list quarantined source objects with their reasons",
+        _args_json,
+        _run_quarantine,
+    ),
+    (
+        "retry-quarantined",
+        "try quarantined objects again in the next cycle",
+        _args_retry,
+        _run_retry,
+    ),
+    ("demo", "run the real pipeline against an embedded moto Organization", _args_demo, _run_demo),
 ]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from aggregator.dedupe import event_epoch, event_key
+from aggregator.dedupe import key_and_bytes
 from aggregator.envelopes import maybe_gunzip
 
 DAY = re.compile(r"(\d{4})/(\d{2})/(\d{2})/$")
@@ -112,16 +112,15 @@ class BadObject(Exception):
 
 @dataclass
 class Decoded:
-    """One decoded log object: per record its dedupe key, epoch, serialized bytes and time."""
+    """One decoded log object: per record its dedupe key, serialized bytes and eventTime."""
 
     keys: list[bytes]
-    epochs: list[int]
     parts: list[bytes]
     times: list[str]
 
 
 def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> Decoded:
-    """gzip → JSON → records, each re-serialized once (its size checked, its key computed).
+    """gzip → JSON → records, each serialized once (its size checked, its key computed).
 
     Raises BadObject for: corrupt gzip, gzip bomb (size cap), invalid JSON, no ``Records``
     list, a record that is not an object, a record over ``max_record_bytes``.
@@ -132,8 +131,6 @@ def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> 
         raise BadObject(f"too large: {exc}") from None
     except Exception as exc:  # zlib.error, EOFError, BadGzipFile
         raise BadObject(f"corrupt gzip: {exc}") from None
-    if len(raw) > max_object_bytes:
-        raise BadObject(f"too large: {len(raw)} bytes decompressed > {max_object_bytes}")
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -141,17 +138,17 @@ def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> 
     del raw
     if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
         raise BadObject("missing 'Records' list")
-    out = Decoded([], [], [], [])
-    dumps = orjson.dumps
-    for i, rec in enumerate(doc["Records"]):
+    records = doc["Records"]
+    out = Decoded([], [], [])
+    keys, parts, times = out.keys, out.parts, out.times
+    for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise BadObject(f"Records[{i}] is not an object")
-        part = dumps(rec)
+        key, part = key_and_bytes(rec)
         if len(part) > max_record_bytes:
             raise BadObject(f"Records[{i}] is {len(part)} bytes > max_record_bytes")
-        out.keys.append(event_key(rec))
-        out.epochs.append(event_epoch(rec))
-        out.parts.append(part)
+        keys.append(key)
+        parts.append(part)
         t = rec.get("eventTime")
-        out.times.append(t if isinstance(t, str) else "")
+        times.append(t if isinstance(t, str) else "")
     return out

@@ -145,6 +145,21 @@ class AccountDiscovery(Strict):
     include_tags: dict[str, str] = Field(default_factory=dict)
     exclude_tags: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("include_ous", "exclude_ous")
+    @classmethod
+    def _ou_refs(cls, v: list[str]) -> list[str]:
+        bad = [
+            p
+            for p in v
+            if not re.match(r"^(ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}|r-[0-9a-z]{4,32})$", p)
+            and not re.match(r"^Root(/[^/]+)*$", p.strip("/"))
+        ]
+        if bad:
+            raise ValueError(
+                f"expected OU ids (ou-..., r-...) or paths from Root (Root/Prod), got {bad}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _static_needs_accounts(self) -> AccountDiscovery:
         if self.source == "static" and not self.static:
@@ -175,6 +190,11 @@ class TrailDiscovery(Strict):
         description="Account whose role reads the organization trail bucket (log archive).",
     )
     static_sources: list[StaticSource] = Field(default_factory=list)
+    bucket_readers: dict[str, AccountId] = Field(
+        default_factory=dict,
+        description="Bucket name -> account whose role reads it; overrides the reader of every "
+        "source in that bucket (e.g. account trails delivering to a central log archive).",
+    )
 
 
 class DiscoverySettings(Strict):
@@ -260,6 +280,91 @@ class ForwardSettings(Strict):
         return v
 
 
+class LookupTargetSettings(Strict):
+    account_id: AccountId
+    region: Region
+
+
+class LookupSettings(Strict):
+    mode: Literal["off", "untrailed", "always"] = Field(
+        default="untrailed",
+        description="LookupEvents for account x region pairs no trail covers ('untrailed'), for "
+        "every pair ('always'), or never ('off'). 'targets' are always read.",
+    )
+    targets: list[LookupTargetSettings] = Field(default_factory=list)
+    requests_per_sec: float = Field(
+        default=2.0, gt=0, le=2.0, description="Per account-region (LookupEvents allows 2)."
+    )
+    max_results: int = Field(default=50, ge=1, le=50)
+    window_secs: int = Field(default=900, ge=60, le=86400)
+    overlap_secs: int = Field(
+        default=300, ge=0, le=3600, description="Each cycle re-reads this much before its cursor."
+    )
+    lag_secs: int = Field(
+        default=600, ge=0, le=7200, description="Do not ask for events newer than now - lag."
+    )
+    backfill_days: int = Field(
+        default=1, ge=1, le=90, description="First run starts this far back."
+    )
+    max_throttle_retries: int = Field(default=8, ge=0, le=30)
+
+
+class ArchiveDigestSettings(Strict):
+    enabled: bool = False
+    signing_key_path: str | None = Field(
+        default=None, description="PEM RSA private key that signs the archive's hourly digests."
+    )
+    kms_key_id: str | None = Field(
+        default=None, description="Or a KMS RSA_2048+ SIGN_VERIFY key (RSASSA_PKCS1_V1_5_SHA_256)."
+    )
+    public_key_path: str | None = Field(
+        default=None, description="PEM public key for verify-archive without KMS access."
+    )
+    prefix: str = Field(default="CTAgg-Digest/", description="Under the archive bucket/prefix.")
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = Field(
+        default=None,
+        description="Retain every central object and digest (bucket needs Object Lock).",
+    )
+    object_lock_days: int = Field(default=365, ge=1, le=36500)
+
+    @model_validator(mode="after")
+    def _one_signer(self) -> ArchiveDigestSettings:
+        if self.enabled and not (self.signing_key_path or self.kms_key_id):
+            raise ValueError("enabled needs signing_key_path or kms_key_id")
+        if self.signing_key_path and self.kms_key_id:
+            raise ValueError("set signing_key_path or kms_key_id, not both")
+        return self
+
+
+class AuditSettings(Strict):
+    require_object_lock: bool = Field(default=True, description="Flag buckets without Object Lock.")
+    require_data_events: bool = False
+    require_insights: bool = False
+    require_cloudwatch_logs: bool = True
+    require_access_logging: bool = True
+
+
+class IntegritySettings(Strict):
+    validate_digests: bool = Field(default=True, description="Check CloudTrail digest files.")
+    public_key_dir: str | None = Field(
+        default=None,
+        description="Directory of CloudTrail public keys (PEM/DER; name = fingerprint) for "
+        "offline validation.",
+    )
+    list_public_keys: bool = Field(
+        default=True, description="Fetch unknown keys with CloudTrail ListPublicKeys (cached)."
+    )
+    completeness_grace_secs: int = Field(
+        default=3600,
+        ge=0,
+        description="A log file a digest lists is 'missing' only once its digest is this old.",
+    )
+    retry_missing: bool = Field(default=True, description="Queue missing files for ingest.")
+    lookup: LookupSettings = Field(default_factory=LookupSettings)
+    archive_digest: ArchiveDigestSettings = Field(default_factory=ArchiveDigestSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+
 class AnomalySettings(Strict):
     enabled: bool = True
     sensitivity: Literal["low", "medium", "high"] = Field(
@@ -315,6 +420,8 @@ class Settings(Strict):
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     archive: ArchiveSettings
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
+    integrity: IntegritySettings = Field(default_factory=IntegritySettings)
+
     detect: DetectSettings = Field(default_factory=DetectSettings)
 
 

@@ -11,8 +11,8 @@ So the key is a digest of the whole record — eventID, recipientAccountId (the 
 account), awsRegion, eventTime, eventSource, eventName and everything the event says —
 *minus delivery metadata* that can differ between two deliveries of one event:
 ``eventVersion`` and ``eventCategory`` (format revisions), ``tlsDetails``, ``addendum`` (late
-delivery notes) and shipper fields such as Logstash's ``@timestamp``. The record is serialized
-with sorted keys, so key order does not matter. Two copies of one event delivered by an
+delivery notes) and Logstash's ``@timestamp``/``@version``. The record is serialized with
+sorted keys, so key order does not matter. Two copies of one event delivered by an
 organization trail and an account trail (or fetched again through LookupEvents) collapse to
 one key; two different events never do.
 """
@@ -26,16 +26,37 @@ from typing import Any
 import orjson
 
 KEY_BYTES = 16
-DELIVERY_METADATA = frozenset({"eventVersion", "eventCategory", "tlsDetails", "addendum"})
+DELIVERY_METADATA = (
+    "eventVersion",
+    "eventCategory",
+    "tlsDetails",
+    "addendum",
+    "@timestamp",
+    "@version",
+)
 _SORTED = orjson.OPT_SORT_KEYS
+
+
+def key_and_bytes(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The event key and the record serialized, from one serialization (the ingest hot path).
+
+    The record is serialized with sorted keys, delivery metadata first: the same values as
+    delivered, in a canonical order. ``record`` is left with the same items (the metadata is
+    moved to the end of the dict).
+    """
+    meta = {k: record.pop(k) for k in DELIVERY_METADATA if k in record}
+    content = orjson.dumps(record, option=_SORTED)
+    key = blake2b(content, digest_size=KEY_BYTES).digest()
+    if not meta:
+        return key, content
+    record.update(meta)
+    head = orjson.dumps(meta)
+    return key, head if content == b"{}" else head[:-1] + b"," + content[1:]
 
 
 def event_key(record: dict[str, Any]) -> bytes:
     """A 16-byte key that is equal for two deliveries of one event and differs otherwise."""
-    content = {
-        k: v for k, v in record.items() if k not in DELIVERY_METADATA and not k.startswith("@")
-    }
-    return blake2b(orjson.dumps(content, option=_SORTED), digest_size=KEY_BYTES).digest()
+    return key_and_bytes(dict(record))[0]
 
 
 def key_text(key: bytes) -> str:

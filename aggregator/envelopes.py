@@ -13,12 +13,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from isal import isal_zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # mistyped in the stubs
 
 # EventBridge detail-types that carry a CloudTrail record in ``detail``.
 CLOUDTRAIL_DETAIL_TYPES = frozenset(
@@ -134,7 +135,7 @@ def iter_items(data: bytes, where: str = "<stdin>") -> Iterator[Item]:
     """Every record in ``data`` in input order, with a Problem for each part that is not one."""
     try:
         data = maybe_gunzip(data)
-    except (OSError, ValueError, EOFError, zlib.error, isal_zlib.error) as exc:  # type: ignore[misc]
+    except (OSError, ValueError, EOFError, zlib.error, _ISAL_ERROR) as exc:
         yield Problem(where, f"bad gzip: {exc}")
         return
     stripped = data.strip()

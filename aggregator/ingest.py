@@ -42,6 +42,7 @@ from aggregator.collect import (
     walk_day_prefixes,
 )
 from aggregator.config import Settings
+from aggregator.dedupe import event_epoch
 from aggregator.discovery import Inventory, Source
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
@@ -113,6 +114,8 @@ class Ingestor:
         self._claimed: set[bytes] = set()
         self._listed_streams: set[str] = set()
         self._errored_streams: set[str] = set()
+        # Keys fetched by name this cycle (retries); a listing must not queue them twice.
+        self._retrying: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ cycle
 
@@ -126,6 +129,7 @@ class Ingestor:
         failed = self._record_failures(inventory)
         self._listed_streams.clear()
         self._errored_streams.clear()
+        self._retrying.clear()
         cfg = self.settings.collect
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.max_concurrency * 4)
         async with ClientPool(self.aws) as pool:
@@ -151,7 +155,7 @@ class Ingestor:
                 await asyncio.gather(*workers)
             if not self.stop.is_set():
                 self._close_old_prefixes()
-        report.failed_accounts = len(failed)
+        report.failed_accounts = len({f.account_id for f in inventory.failures} | failed)
         report.stopped = self.stop.is_set()
         report.duration_secs = round(time.perf_counter() - started, 3)
         log.info(
@@ -160,18 +164,24 @@ class Ingestor:
         return report
 
     def _record_failures(self, inventory: Inventory) -> set[str]:
-        failed: set[str] = set()
+        """Record discovery's failures (logged once per account and stage). Only an account
+        whose role cannot be assumed stops the reads done with its credentials; a region that
+        failed describe_trails (an SCP, say) must not stop the organization trail."""
+        blocked: set[str] = set()
         for f in inventory.failures:
-            failed.add(f.account_id)
-            if self.state.record_failure(f.account_id, f.stage, f.reason):
+            if f.stage == "assume_role":
+                blocked.add(f.account_id)
+            stage = f"{f.stage}:{f.region}" if f.region else f.stage
+            if self.state.record_failure(f.account_id, stage, f.reason):
                 log.warning(
-                    "credentials.account_failed",
+                    "discovery.account_failed",
                     account_id=f.account_id,
+                    region=f.region,
                     stage=f.stage,
-                    error_type=f.reason.split(":", 1)[0],
+                    error_type=f.code or f.reason.split(":", 1)[0],
                     reason=f.reason,
                 )
-        return failed
+        return blocked
 
     # ------------------------------------------------------------------ listing
 
@@ -201,6 +211,7 @@ class Ingestor:
         s3 = await pool.get(session, "s3")
         try:
             for key in self.state.retry_keys(src.source_id):
+                self._retrying.add((src.bucket, key))
                 prefix = key.rsplit("/", 1)[0] + "/"
                 stream_id = f"{src.bucket}/{prefix[:-11]}"
                 await self._enqueue(
@@ -266,7 +277,7 @@ class Ingestor:
             found = False
             async for obj in list_objects(s3, src.bucket, prefix):
                 found = True
-                if obj.key not in handled:
+                if obj.key not in handled and (src.bucket, obj.key) not in self._retrying:
                     await self._enqueue(
                         queue,
                         _Job(
@@ -412,6 +423,9 @@ class Ingestor:
                     min(times, default=None),
                     max(times, default=None),
                 )
+            # The window is pruned by days: the newest event time of the object is precise
+            # enough for every key in it, and saves parsing a timestamp per record.
+            epoch = event_epoch({"eventTime": max(decoded.times, default="")}, int(self.clock()))
             outcome = ObjectOutcome(
                 source=src,
                 key=job.key,
@@ -421,7 +435,7 @@ class Ingestor:
                 size=job.size,
                 events_in=len(decoded.keys),
                 duplicates=len(decoded.keys) - len(keep),
-                new_keys=[(decoded.keys[i], decoded.epochs[i]) for i in keep],
+                new_keys=[(decoded.keys[i], epoch) for i in keep],
                 central=ce,
                 newest_event_time=max(decoded.times, default=None) or None,
             )

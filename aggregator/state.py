@@ -201,11 +201,76 @@ def _m10_detect(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m40_integrity(db: sqlite_utils.Database) -> None:
+    """Integrity room (aggregator/integrity_state.py reads and writes these)."""
+    db.executescript(
+        """
+        CREATE TABLE lookup_cursor (
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            done_until REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (account_id, region)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE retry_queue (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            queued_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX retry_queue_source ON retry_queue (source_id);
+
+        CREATE TABLE digest_expected (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            digest_key TEXT NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX digest_expected_hour ON digest_expected (hour);
+
+        CREATE TABLE digest_results (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            end_time TEXT,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE archive_digests (
+            hour TEXT PRIMARY KEY,
+            key TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            objects INTEGER NOT NULL,
+            first_ledger_id INTEGER,
+            last_ledger_id INTEGER,
+            written_at REAL NOT NULL
+        );
+        """
+    )
+
+
 # Append-only: a migration, once released, is never edited. Other rooms add theirs here.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
     (20, "forward: per-connector cursors and dead letters", _m20_forward),
+    (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
 ]
 
 
@@ -507,6 +572,7 @@ class State:
                 ),
             )
             c.execute("DELETE FROM quarantine WHERE bucket=? AND key=?", (src.bucket, o.key))
+            c.execute("DELETE FROM retry_queue WHERE bucket=? AND key=?", (src.bucket, o.key))
             self._touch_source(c, src, now)
             c.execute(
                 "UPDATE sources SET last_key=?, last_object_at=?, objects=objects+1, "
@@ -585,14 +651,16 @@ class State:
             return cur.rowcount
 
     def retry_keys(self, source_id: str) -> list[str]:
+        """Keys to fetch by name in the next cycle: quarantined objects marked for retry and
+        files completeness found missing (``retry_queue``), which may sit in closed prefixes
+        that are no longer listed."""
         with self._lock:
-            return [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT key FROM quarantine WHERE source_id=? AND status='retry' ORDER BY key",
-                    (source_id,),
-                )
-            ]
+            rows = self.conn.execute(
+                "SELECT key FROM quarantine WHERE source_id=? AND status='retry' "
+                "UNION SELECT key FROM retry_queue WHERE source_id=? ORDER BY key",
+                (source_id, source_id),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ failures
 

@@ -1,0 +1,90 @@
+"""Wiring and lifecycle: settings → AWS, state, credentials, discovery, ingest.
+
+No pipeline logic here; each room does its own work. ``App`` is what the CLI commands, the
+daemon and the demo drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+
+from aggregator.aws import Aws
+from aggregator.config import Settings
+from aggregator.credentials import CredentialBroker
+from aggregator.discovery import Inventory, discover
+from aggregator.ingest import CycleReport, Ingestor
+from aggregator.log import get_logger
+from aggregator.state import State
+
+log = get_logger("aggregator.app")
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state: State | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.aws = Aws(settings.aws)
+        self.state = state or State(settings.state.path)
+        self.broker = CredentialBroker(settings, self.aws)
+        self.ingestor = Ingestor(settings, self.state, self.broker, self.aws, clock=clock)
+        self.inventory: Inventory | None = None
+        self.discovered_at: float | None = None
+        self.last_cycle: CycleReport | None = None
+        self.last_cycle_at: float | None = None
+
+    async def refresh_discovery(self) -> Inventory:
+        started = time.perf_counter()
+        inventory = await discover(self.settings, self.broker, self.aws)
+        self.inventory = inventory
+        self.discovered_at = self.clock()
+        log.info(
+            "discovery.done",
+            accounts=len(inventory.accounts),
+            trails=len(inventory.trails),
+            sources=len(inventory.sources),
+            failures=len(inventory.failures),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return inventory
+
+    async def run_once(self) -> CycleReport:
+        """One ingest cycle (discovering first when nothing is known yet)."""
+        inventory = self.inventory or await self.refresh_discovery()
+        report = await self.ingestor.run(inventory)
+        self.last_cycle, self.last_cycle_at = report, self.clock()
+        return report
+
+    def request_stop(self) -> None:
+        """Stop taking new objects; in-flight ones finish or are abandoned uncommitted."""
+        self.ingestor.stop.set()
+
+    async def run_forever(self, interval_secs: float, discovery_interval_secs: float) -> None:
+        """A plain loop: discovery refresh and ingest cycles until SIGTERM/SIGINT."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        while not self.ingestor.stop.is_set():
+            try:
+                if self.discovered_at is None or (
+                    self.clock() - self.discovered_at >= discovery_interval_secs
+                ):
+                    await self.refresh_discovery()
+                await self.run_once()
+            except Exception as exc:  # one bad cycle never kills the daemon
+                log.error("app.cycle_failed", error_type=type(exc).__name__, reason=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ingestor.stop.wait(), timeout=interval_secs)
+        log.info("app.stopped")
+
+    async def close(self) -> None:
+        self.state.close()
