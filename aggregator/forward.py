@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import importlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -902,3 +903,34 @@ def run_replay(args: argparse.Namespace) -> int:
         f"{args.connector}: {report.delivered} delivered, {report.rejected} dead-lettered"
     )
     return 0 if report.rejected == 0 else 1
+
+
+# ---------------------------------------------------------------------- service wiring
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, state: State) -> AsyncIterator[Forwarder | None]:
+    """The forwarder of a long-running service: reads the central archive with the base
+    identity, starts one lane per enabled connector, stops them on exit. Yields None when no
+    connector is configured. The ingest job should poll ``forwarder.backpressure``."""
+    if not any(c.enabled for c in settings.forward.connectors):
+        yield None
+        return
+    from aggregator.archive import Archive
+    from aggregator.aws import Aws
+
+    aws = Aws(settings.aws)
+    async with aws.client(aws.base_session(), "s3") as s3:
+        fwd = Forwarder(
+            settings.forward,
+            state,
+            Archive(settings.archive, s3),
+            bucket=settings.archive.bucket,
+        )
+        fwd.start()
+        log.info("forward.started", count=len(fwd.lanes))
+        try:
+            yield fwd
+        finally:
+            await fwd.stop()
+            log.info("forward.stopped", count=len(fwd.lanes))

@@ -3,6 +3,7 @@ OpenSearch; and the forward config section."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import boto3
@@ -92,3 +93,59 @@ def test_forward_config_errors_are_named_with_their_path() -> None:
     assert hec.type == "splunk_hec"
     assert hec.token.get_secret_value() == "t0ken"
     assert "t0ken" not in repr(ok)
+
+
+async def test_service_forwarder_reads_the_real_archive(
+    moto: str, tmp_path: Path, testdata: Path
+) -> None:
+    """forward.running (what `ctagg run` uses): central objects from S3 reach OpenSearch, the
+    backlog drains, and backpressure reflects it; no connectors -> no forwarder."""
+    from aggregator import forward
+    from tests.fakes.opensearch import FakeOpenSearch as Fake
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="central")
+    state = State(tmp_path / "state.db")
+    recs = stratus_records(testdata)
+    for i in range(0, len(recs), 100):
+        part = recs[i : i + 100]
+        key = f"AWSLogs/111111111111/CloudTrail/us-east-1/svc{i}.json.gz"
+        body = encode_records([orjson.dumps(r) for r in part], 1)
+        s3.put_object(Bucket="central", Key=key, Body=body)
+        times = sorted(r["eventTime"] for r in part)
+        state.commit_object(
+            ObjectOutcome(
+                source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
+                key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
+                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+            )
+        )  # fmt: skip
+    server = Fake()
+    await server.start()
+    try:
+        doc = {
+            "state": {"path": str(tmp_path / "state.db")},
+            "archive": {"bucket": "central"},
+            "forward": {
+                "max_backlog_objects": 2,
+                "poll_interval_secs": 0.05,
+                "batch_max_wait_secs": 0,
+                "connectors": [{"name": "os", "type": "opensearch", "hosts": [server.url]}],
+            },
+        }
+        settings = parse_settings(doc, env={})
+        async with forward.running(settings, state) as fwd:
+            assert fwd is not None
+            for _ in range(400):
+                if fwd.backlog("os") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert fwd.backlog("os") == 0
+            assert not fwd.backpressure()
+        assert server.all_ids() == {record_key_text(r) for r in recs}
+        empty = parse_settings({"archive": {"bucket": "central"}}, env={})
+        async with forward.running(empty, state) as none:
+            assert none is None
+    finally:
+        await server.stop()
+        state.close()
