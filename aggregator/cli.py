@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from aggregator import __version__
+from aggregator import __version__, forward
 from aggregator.config import ConfigError, Settings, load_settings
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -296,6 +296,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
+    (
+        "replay",
+        "re-send archived events to one connector",
+        forward.add_replay_args,
+        forward.run_replay,
+    ),
     # integrity room (aggregator/integrity_cli.py)
     (
         "audit",
