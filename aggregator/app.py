@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from aggregator import forward
 from aggregator.aws import Aws
 from aggregator.config import Settings
 from aggregator.credentials import CredentialBroker
@@ -73,6 +74,13 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        async with forward.running(self.settings, self.state) as forwarder:
+            if forwarder is not None:  # collection pauses while a sink's backlog is full
+                self.ingestor.should_pause = forwarder.backpressure
+            await self._cycles(interval_secs, discovery_interval_secs)
+        log.info("app.stopped")
+
+    async def _cycles(self, interval_secs: float, discovery_interval_secs: float) -> None:
         while not self.ingestor.stop.is_set():
             try:
                 if self.discovered_at is None or (
@@ -84,7 +92,6 @@ class App:
                 log.error("app.cycle_failed", error_type=type(exc).__name__, reason=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ingestor.stop.wait(), timeout=interval_secs)
-        log.info("app.stopped")
 
     async def close(self) -> None:
         self.state.close()

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from aggregator import __version__
+from aggregator import __version__, forward
 from aggregator.config import ConfigError, Settings, load_settings
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -81,6 +81,21 @@ def _integrity_args(name: str) -> AddArgs:
         getattr(integrity_cli, name)(p)
 
     return add
+
+
+# ---------------------------------------------------------------- normalize
+
+
+def _normalize_args(p: argparse.ArgumentParser) -> None:
+    from aggregator.normalize.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_normalize(args: argparse.Namespace) -> int:
+    from aggregator.normalize.cli import run
+
+    return run(args)
 
 
 # ---------------------------------------------------------------- detect
@@ -358,6 +373,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _doctor_args,
         _run_doctor,
     ),
+    (
+        "replay",
+        "re-send archived events to one connector",
+        forward.add_replay_args,
+        forward.run_replay,
+    ),
     # integrity room (aggregator/integrity_cli.py)
     (
         "audit",
@@ -422,6 +443,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _run_retry,
     ),
     ("demo", "run the real pipeline against an embedded moto Organization", _args_demo, _run_demo),
+    (
+        "normalize",
+        "print CloudTrail events as ECS, OCSF or raw JSON lines",
+        _normalize_args,
+        _run_normalize,
+    ),
 ]
 
 

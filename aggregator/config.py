@@ -34,6 +34,9 @@ from pydantic import (
     model_validator,
 )
 
+from aggregator.config_normalize import NormalizeSettings
+from connectors import AnyConnectorSettings
+
 ACCOUNT_ID = r"^\d{12}$"
 AccountId = Annotated[str, Field(pattern=ACCOUNT_ID)]
 Region = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
@@ -308,6 +311,36 @@ class RetentionSettings(Strict):
     )
 
 
+class ForwardSettings(Strict):
+    """Forwarding to SIEMs: one cursor per connector over the ledger of central objects."""
+
+    connectors: list[AnyConnectorSettings] = Field(default_factory=list)
+    batch_max_events: int = Field(default=500, ge=1, le=50_000)
+    batch_max_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024, description="Serialized events per batch (approx.)."
+    )
+    batch_max_wait_secs: float = Field(
+        default=1.0, ge=0, description="Send a partial batch after this long without more."
+    )
+    backoff_initial_secs: float = Field(default=0.5, gt=0)
+    backoff_max_secs: float = Field(default=60.0, gt=0)
+    max_backlog_objects: int = Field(
+        default=5000,
+        ge=1,
+        description="Ledger rows behind a connector's cursor before collection pauses.",
+    )
+    poll_interval_secs: float = Field(default=2.0, gt=0)
+
+    @field_validator("connectors")
+    @classmethod
+    def _unique_names(cls, v: list[AnyConnectorSettings]) -> list[AnyConnectorSettings]:
+        names = [c.name for c in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"connector names must be unique, repeated: {dup}")
+        return v
+
+
 class LookupTargetSettings(Strict):
     account_id: AccountId
     region: Region
@@ -446,9 +479,11 @@ class Settings(Strict):
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     collect: CollectSettings = Field(default_factory=CollectSettings)
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    normalize: NormalizeSettings = Field(default_factory=NormalizeSettings)
     archive: ArchiveSettings
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
 
     detect: DetectSettings = Field(default_factory=DetectSettings)

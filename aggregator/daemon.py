@@ -9,11 +9,13 @@ object is counted once its checkpoint is written, never on an attempt).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from aggregator import forward
 from aggregator.config import Settings
 from aggregator.health import Condition, Health, HealthServer, Probe, Recency, build_app
 from aggregator.log import get_logger
@@ -60,6 +62,7 @@ class AppLike(Protocol):
     state: State
     aws: Any
     broker: Any
+    ingestor: Any
 
     async def refresh_discovery(self) -> Any: ...
 
@@ -107,6 +110,8 @@ class Daemon:
         self.scheduler.register("retention", self._retention, run_at_start=False)
         for name, fn in (extra_jobs or {}).items():
             self.scheduler.register(name, fn)
+        self.forwarder: Any = None
+        self._forward_seen: dict[str, dict[str, int]] = {}
         self.server = HealthServer(
             build_app(self.health, self.metrics),
             svc.health_host,
@@ -141,27 +146,87 @@ class Daemon:
         return report
 
     async def _retention(self) -> Any:
+        fwd = self.forwarder
+        state = self.app.state
+
+        async def dead_letters(cutoff: float, dry_run: bool) -> int:
+            return state.prune_dead_letters(cutoff, dry_run=dry_run)
+
         job = Retention(
-            self.settings, self.app.state, self.app.broker, self.app.aws, metrics=self.metrics
+            self.settings,
+            state,
+            self.app.broker,
+            self.app.aws,
+            metrics=self.metrics,
+            # central objects and ledger rows a connector has not delivered yet are kept
+            ledger_floor=(lambda: forward_floor(fwd)) if fwd is not None else None,
+            pruners={"dead_letters": dead_letters},
         )
         return await job.run()
+
+    async def _forward_metrics(self) -> None:
+        """Backlog per connector, and delivered / retried / rejected as counters (from the
+        cursors' persisted totals and the lanes' retry counts)."""
+        fwd = self.forwarder
+        if fwd is None:
+            return
+        for st in await asyncio.to_thread(fwd.status):
+            self.metrics.forward_backlog.labels(st.name).set(st.backlog)
+            seen = self._forward_seen.setdefault(st.name, {})
+            totals = {
+                "delivered": int(st.extra.get("delivered", 0)),
+                "rejected": int(st.extra.get("rejected", 0)),
+                "retried": int(st.retries),
+            }
+            deltas = {k: max(0, v - seen.get(k, 0)) for k, v in totals.items()}
+            seen.update(totals)
+            self.metrics.forward_result(st.name, **deltas)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, install_signals: bool = True) -> int:
+        svc = self.settings.service
+        async with contextlib.AsyncExitStack() as stack:
+            fwd = await stack.enter_async_context(forward.running(self.settings, self.app.state))
+            forward_stack = stack.pop_all()  # closed by hand: before the state, bounded
+        self.forwarder = fwd
+        if fwd is not None:  # collection pauses while a sink's backlog is full
+            self.app.ingestor.should_pause = fwd.backpressure
+            self.scheduler.register("forward", self._forward_metrics)
         port = await self.server.start()
-        log.info("daemon.started", port=port)
-        self.scheduler.on_shutdown(self._close)
-        stop_watch = _on_event(self.scheduler.stopping, self.app.request_stop)
+        log.info("daemon.started", port=port, count=len(fwd.lanes) if fwd else 0)
+        self.scheduler.on_shutdown(self.server.stop)
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_stop() -> None:
+            self.app.request_stop()  # no new source objects
+            # lanes stop alongside the ingest drain (their cursors only move on acks)
+            stopping.append(asyncio.get_running_loop().create_task(forward_stack.aclose()))
+
+        stop_watch = _on_event(self.scheduler.stopping, on_stop)
+        t0 = time.monotonic()
         try:
             return await self.scheduler.run(install_signals=install_signals)
         finally:
             stop_watch.cancel()
+            if not stopping:
+                stopping.append(asyncio.get_running_loop().create_task(forward_stack.aclose()))
+            left = max(1.0, svc.shutdown_timeout_secs - (time.monotonic() - t0))
+            done, pending = await asyncio.wait(stopping, timeout=left)
+            for t in pending:
+                t.cancel()
+                log.warning("daemon.forward_stop_abandoned")
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    log.error("daemon.forward_stop_failed", error_type=type(exc).__name__)
+            await self.app.close()
+            log.info("daemon.stopped")
 
-    async def _close(self) -> None:
-        await self.server.stop()
-        await self.app.close()
-        log.info("daemon.stopped")
+
+def forward_floor(fwd: Any) -> int:
+    """The lowest ledger id some connector still has to deliver."""
+    return min(int(fwd.store.cursor(name).ledger_id) for name in fwd.lanes)
 
 
 def _on_event(event: Any, fn: Callable[[], None]) -> Any:

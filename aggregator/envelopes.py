@@ -1,9 +1,12 @@
 """Recognise every shape CloudTrail records arrive in, and yield the records.
 
 Accepted: a bare record, a ``{"Records": [...]}`` log file (plain or gzip), an EventBridge
-event whose ``detail`` is a CloudTrail record, NDJSON (one of the above per line), a JSON array
-of the above, and CloudTrail Insights events. Digest files are recognised and reported as such,
-never mistaken for events. Pure code: bytes in, records out.
+event whose ``detail`` is a CloudTrail record (API calls, console sign-in, service events,
+Insights), a CloudWatch Logs subscription payload whose log events are CloudTrail records,
+NDJSON (one of the above per line), a JSON array of the above, and CloudTrail Insights events.
+Digest files are recognised and reported as such, never mistaken for events; S3/SQS/SNS
+notifications (which also use ``Records``) are reported as problems, not read as events.
+Pure code: bytes in, records out.
 """
 
 from __future__ import annotations
@@ -92,6 +95,32 @@ def maybe_gunzip(data: bytes, max_bytes: int = 1 << 30) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def is_notification(doc: dict[str, Any]) -> bool:
+    """An S3/SQS/SNS notification record (``eventSource: aws:s3``), not CloudTrail."""
+    src = doc.get("eventSource", doc.get("EventSource"))
+    return isinstance(src, str) and src.startswith("aws:")
+
+
+def _log_events(doc: dict[str, Any], where: str) -> Iterator[Item]:
+    """CloudWatch Logs subscription data: each ``logEvents[].message`` is one JSON record."""
+    events = doc.get("logEvents")
+    if not isinstance(events, list):
+        yield Problem(where, "'logEvents' is not a list")
+        return
+    for i, event in enumerate(events):
+        here = f"{where}:logEvents[{i}]"
+        message = event.get("message") if isinstance(event, dict) else None
+        if not isinstance(message, str):
+            yield Problem(here, "log event has no string 'message'")
+            continue
+        try:
+            value = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            yield Problem(here, f"message is not JSON: {exc}")
+            continue
+        yield from _classify(value, here)
+
+
 def _classify(doc: Any, where: str) -> Iterator[Item]:
     if isinstance(doc, list):
         for i, element in enumerate(doc):
@@ -106,7 +135,13 @@ def _classify(doc: Any, where: str) -> Iterator[Item]:
             yield Problem(where, "'Records' is not a list")
             return
         for i, rec in enumerate(records):
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and is_notification(rec):
+                yield Problem(
+                    f"{where}:Records[{i}]",
+                    f"{rec.get('eventSource', rec.get('EventSource'))} notification, "
+                    "not a CloudTrail record",
+                )
+            elif isinstance(rec, dict):
                 yield Parsed(rec, Kind.LOG_FILE, f"{where}:Records[{i}]")
             else:
                 yield Problem(f"{where}:Records[{i}]", "record is not a JSON object")
@@ -114,6 +149,10 @@ def _classify(doc: Any, where: str) -> Iterator[Item]:
     if is_digest(doc):
         yield Parsed(doc, Kind.DIGEST, where)
         return
+    if "logEvents" in doc and "messageType" in doc:
+        if doc["messageType"] == "DATA_MESSAGE":
+            yield from _log_events(doc, where)
+        return  # CONTROL_MESSAGE: a CloudWatch Logs health check, no events
     if "detail-type" in doc and "detail" in doc:
         detail = doc["detail"]
         if doc["detail-type"] in CLOUDTRAIL_DETAIL_TYPES and isinstance(detail, dict):

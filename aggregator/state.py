@@ -159,6 +159,37 @@ def _m30_service(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m20_forward(db: sqlite_utils.Database) -> None:
+    """Forwarding (aggregator/forward.py): one cursor per connector over the ledger, and the
+    dead letters (events a sink rejected for good), with the reason."""
+    db.executescript(
+        """
+        CREATE TABLE forward_cursors (
+            connector TEXT PRIMARY KEY,
+            ledger_id INTEGER NOT NULL DEFAULT 0,
+            record_offset INTEGER NOT NULL DEFAULT 0,
+            delivered INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE forward_dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            connector TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            central_key TEXT NOT NULL,
+            record_index INTEGER NOT NULL,
+            event_time TEXT,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            UNIQUE (connector, event_id)
+        );
+        CREATE INDEX forward_dead_letters_at ON forward_dead_letters (connector, created_at);
+        """
+    )
+
+
 def _m10_detect(db: sqlite_utils.Database) -> None:
     """Detection: raised alerts (dedupe per rule x event key), hourly counts for rate anomalies,
     and the outbox of alerts not yet delivered to each sink."""
@@ -266,6 +297,7 @@ def _m40_integrity(db: sqlite_utils.Database) -> None:
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
+    (20, "forward: per-connector cursors and dead letters", _m20_forward),
     (30, "service: job runs, retention log", _m30_service),
     (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
 ]
@@ -778,6 +810,16 @@ class State:
                 return int(self.conn.execute(q, args).fetchone()[0])
         with self.transaction() as c:
             return c.execute(f"DELETE FROM {table} WHERE {where}", args).rowcount
+
+    def prune_dead_letters(self, before_epoch: float, *, dry_run: bool = False) -> int:
+        """Forwarding dead letters created before ``before_epoch`` (0 without forwarding)."""
+        with self._lock:
+            exists = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='forward_dead_letters'"
+            ).fetchone()
+        if not exists:
+            return 0
+        return self._prune("forward_dead_letters", "created_at < ?", (before_epoch,), dry_run)
 
     def ledger_ids_at_or_above(self, floor: int, central_keys: Sequence[str]) -> set[str]:
         """The subset of ``central_keys`` whose ledger id is >= ``floor`` (not forwarded yet)."""

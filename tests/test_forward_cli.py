@@ -1,0 +1,151 @@
+"""``ctagg replay`` end to end: central objects in S3 (moto), the ledger in SQLite, a local
+OpenSearch; and the forward config section."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import boto3
+import orjson
+import pytest
+
+from aggregator import cli
+from aggregator.archive import encode_records
+from aggregator.config import ConfigError, parse_settings
+from aggregator.dedupe import record_key_text
+from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
+from tests.fakes._server import InThread
+from tests.fakes.events import stratus_records
+from tests.fakes.opensearch import FakeOpenSearch
+
+
+def test_replay_command_resends_from_the_central_archive(
+    moto: str, tmp_path: Path, testdata: Path
+) -> None:
+    """Records in [since, until) are read from S3 and land in OpenSearch; exit code 0."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="central")
+    db = tmp_path / "state.db"
+    state = State(db)
+    recs = stratus_records(testdata)
+    for i in range(0, len(recs), 100):
+        part = recs[i : i + 100]
+        key = f"AWSLogs/111111111111/CloudTrail/us-east-1/obj{i}.json.gz"
+        s3.put_object(
+            Bucket="central", Key=key, Body=encode_records([orjson.dumps(r) for r in part], 1)
+        )
+        times = sorted(r["eventTime"] for r in part)
+        state.commit_object(
+            ObjectOutcome(
+                source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
+                key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
+                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+            )
+        )  # fmt: skip
+    state.close()
+    since, until = "2021-01-01", "2100-01-01"
+    want = {record_key_text(r) for r in recs if since <= r["eventTime"][:10] < until}
+    with InThread(FakeOpenSearch()) as server:
+        assert isinstance(server, FakeOpenSearch)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"state: {{path: {db}}}\narchive: {{bucket: central}}\n"
+            "forward:\n  connectors:\n"
+            f"    - {{name: os, type: opensearch, hosts: ['{server.url}']}}\n"
+        )
+        code = cli.main(
+            ["replay", str(cfg), "--connector", "os", "--since", since, "--until", until]
+        )
+        assert code == 0
+        assert server.all_ids() == want
+        assert cli.main(["replay", str(cfg), "--connector", "nope", "--since", since,
+                         "--until", until]) == 2  # fmt: skip
+
+
+def test_forward_config_errors_are_named_with_their_path() -> None:
+    """Unknown types, missing fields and secrets are reported with their paths."""
+    doc = {
+        "archive": {"bucket": "central"},
+        "forward": {
+            "connectors": [
+                {"name": "a", "type": "opensearch", "hosts": ["https://h"], "bogus": 1},
+                {"name": "b", "type": "splunk_hec", "url": "https://h"},
+                {"name": "c", "type": "carrier_pigeon"},
+                {"name": "d", "type": "syslog", "host": "h", "port": 6514,
+                 "transport": "tls", "schema": "ocsf"},
+            ]
+        },
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        parse_settings(doc, env={})
+    text = "\n".join(err.value.problems)
+    assert "forward.connectors[0].opensearch.bogus: unknown key" in text
+    assert "forward.connectors[1].splunk_hec.token" in text
+    assert "forward.connectors[2]" in text
+    ok = parse_settings(
+        {"archive": {"bucket": "central"},
+         "forward": {"connectors": [{"name": "s", "type": "splunk_hec", "url": "https://h",
+                                     "token": "${HEC_TOKEN}"}]}},
+        env={"HEC_TOKEN": "t0ken"},
+    )  # fmt: skip
+    hec = ok.forward.connectors[0]
+    assert hec.type == "splunk_hec"
+    assert hec.token.get_secret_value() == "t0ken"
+    assert "t0ken" not in repr(ok)
+
+
+async def test_service_forwarder_reads_the_real_archive(
+    moto: str, tmp_path: Path, testdata: Path
+) -> None:
+    """forward.running (what `ctagg run` uses): central objects from S3 reach OpenSearch, the
+    backlog drains, and backpressure reflects it; no connectors -> no forwarder."""
+    from aggregator import forward
+    from tests.fakes.opensearch import FakeOpenSearch as Fake
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="central")
+    state = State(tmp_path / "state.db")
+    recs = stratus_records(testdata)
+    for i in range(0, len(recs), 100):
+        part = recs[i : i + 100]
+        key = f"AWSLogs/111111111111/CloudTrail/us-east-1/svc{i}.json.gz"
+        body = encode_records([orjson.dumps(r) for r in part], 1)
+        s3.put_object(Bucket="central", Key=key, Body=body)
+        times = sorted(r["eventTime"] for r in part)
+        state.commit_object(
+            ObjectOutcome(
+                source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
+                key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
+                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+            )
+        )  # fmt: skip
+    server = Fake()
+    await server.start()
+    try:
+        doc = {
+            "state": {"path": str(tmp_path / "state.db")},
+            "archive": {"bucket": "central"},
+            "forward": {
+                "max_backlog_objects": 2,
+                "poll_interval_secs": 0.05,
+                "batch_max_wait_secs": 0,
+                "connectors": [{"name": "os", "type": "opensearch", "hosts": [server.url]}],
+            },
+        }
+        settings = parse_settings(doc, env={})
+        async with forward.running(settings, state) as fwd:
+            assert fwd is not None
+            for _ in range(400):
+                if fwd.backlog("os") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert fwd.backlog("os") == 0
+            assert not fwd.backpressure()
+        assert server.all_ids() == {record_key_text(r) for r in recs}
+        empty = parse_settings({"archive": {"bucket": "central"}}, env={})
+        async with forward.running(empty, state) as none:
+            assert none is None
+    finally:
+        await server.stop()
+        state.close()
