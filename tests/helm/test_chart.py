@@ -241,6 +241,11 @@ def test_production_values_wire_irsa_secrets_and_extras() -> None:
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    # exactly one Service is scraped, and it publishes the pod while it is not ready
+    wanted = sm["spec"]["selector"]["matchLabels"].items()
+    scraped = [x for x in by_kind(docs, "Service") if wanted <= x["metadata"]["labels"].items()]
+    assert len(scraped) == 1
+    assert scraped[0]["spec"]["publishNotReadyAddresses"] is True
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
     (rule,) = by_kind(docs, "PrometheusRule")
