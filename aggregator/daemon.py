@@ -121,7 +121,12 @@ class Daemon:
     # ------------------------------------------------------------------ jobs
 
     async def _discovery(self) -> Any:
-        return await self.app.refresh_discovery()
+        try:
+            return await self.app.refresh_discovery()
+        except Exception as exc:
+            if not self.discovery_done.ok:  # say why /readyz stays red (type only: no secrets)
+                self.discovery_done.set(False, f"last attempt failed: {type(exc).__name__}")
+            raise
 
     def _discovered(self, inventory: Any) -> None:
         failures = Tally(f.stage for f in getattr(inventory, "failures", []))

@@ -230,3 +230,29 @@ async def test_forwarding_metrics_and_no_secret_in_logs(
     assert '"event": "forward.started"' in out
     assert '"event": "daemon.stopped"' in out
     assert HEC_TOKEN not in out
+
+
+async def test_failing_discovery_keeps_not_ready_with_the_reason(
+    tmp_path: Path, trail: Inventory
+) -> None:
+    """Discovery that keeps failing never kills the daemon; /readyz stays 503 and says why."""
+
+    class BrokenDiscovery(PipelineApp):
+        async def refresh_discovery(self) -> Inventory:
+            raise RuntimeError("organizations unreachable")
+
+    app = BrokenDiscovery(
+        settings(tmp_path, service={"discovery_interval_secs": 0.1}), trail, discovery_delay=0
+    )
+    daemon = Daemon(app)
+    run = asyncio.create_task(daemon.run(install_signals=False))
+    deadline = time.monotonic() + 15
+    while daemon.scheduler.stats["discovery"].failures < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    status, body = await get(f"http://127.0.0.1:{daemon.server.port}/readyz")
+    assert status == 503
+    assert "last attempt failed: RuntimeError" in body
+    assert (await get(f"http://127.0.0.1:{daemon.server.port}/livez"))[0] == 200
+    daemon.scheduler.request_stop("test")
+    assert await asyncio.wait_for(run, timeout=15) == 0
