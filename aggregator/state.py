@@ -357,6 +357,11 @@ class State:
         self._lock = threading.RLock()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (WAL → database, with an fsync) every ~40 MB instead of every 4 MB: the
+        # dedupe window takes a thousand keys per object, and per-commit checkpoints were the
+        # largest part of a commit. A crash still loses nothing committed (WAL).
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
+        conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.execute("PRAGMA foreign_keys=ON")
         self.migrate()
