@@ -16,7 +16,7 @@ from aggregator import forward
 from aggregator.aws import Aws
 from aggregator.config import Settings
 from aggregator.credentials import CredentialBroker
-from aggregator.discovery import Inventory, discover
+from aggregator.discovery import Account, Inventory, discover
 from aggregator.ingest import CycleReport, Ingestor
 from aggregator.log import get_logger
 from aggregator.state import State
@@ -39,6 +39,7 @@ class App:
         self.broker = CredentialBroker(settings, self.aws)
         self.ingestor = Ingestor(settings, self.state, self.broker, self.aws, clock=clock)
         self.inventory: Inventory | None = None
+        self._accounts: dict[str, Account] = {}
         self.discovered_at: float | None = None
         self.last_cycle: CycleReport | None = None
         self.last_cycle_at: float | None = None
@@ -47,6 +48,7 @@ class App:
         started = time.perf_counter()
         inventory = await discover(self.settings, self.broker, self.aws)
         self.inventory = inventory
+        self._accounts = {a.id: a for a in inventory.accounts}
         self.discovered_at = self.clock()
         log.info(
             "discovery.done",
@@ -65,6 +67,10 @@ class App:
         self.last_cycle, self.last_cycle_at = report, self.clock()
         return report
 
+    def account(self, account_id: str) -> Account | None:
+        """What discovery last knew about an account (name, OU path, tags), for enrichment."""
+        return self._accounts.get(account_id)
+
     def request_stop(self) -> None:
         """Stop taking new objects; in-flight ones finish or are abandoned uncommitted."""
         self.ingestor.stop.set()
@@ -74,7 +80,12 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        async with forward.running(self.settings, self.state) as forwarder:
+        async with forward.running(
+            self.settings,
+            self.state,
+            accounts=self.account,
+            organization_id=lambda: self.inventory.organization_id if self.inventory else None,
+        ) as forwarder:
             if forwarder is not None:  # collection pauses while a sink's backlog is full
                 self.ingestor.should_pause = forwarder.backpressure
             await self._cycles(interval_secs, discovery_interval_secs)

@@ -461,6 +461,11 @@ class DetectSettings(Strict):
     webhook_url: SecretStr | None = Field(
         default=None, description="Slack-compatible webhook; give it as ${VAR}."
     )
+    connectors: list[str] = Field(
+        default_factory=list,
+        description="Names of forward.connectors entries that also receive alerts "
+        "(OCSF Detection Finding).",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -485,8 +490,15 @@ class Settings(Strict):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
-
     detect: DetectSettings = Field(default_factory=DetectSettings)
+
+    @model_validator(mode="after")
+    def _alert_connectors_exist(self) -> Settings:
+        names = {c.name for c in self.forward.connectors}
+        missing = [n for n in self.detect.connectors if n not in names]
+        if missing:
+            raise ValueError(f"detect.connectors names unknown forward.connectors {missing}")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

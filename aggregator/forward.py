@@ -25,22 +25,27 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib
 import random
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from aggregator.config import ForwardSettings, Settings
-from aggregator.dedupe import event_epoch, record_key_text
+from aggregator.config_normalize import NormalizeSettings
+from aggregator.dedupe import record_key_text
 from aggregator.log import get_logger
+from aggregator.normalize import EventContext, Normalizer
 from aggregator.state import State
 from connectors import build
+
+if TYPE_CHECKING:
+    from aggregator.discovery import Account
 from connectors.base import (
     Connector,
     Delivered,
@@ -68,87 +73,46 @@ NormalizeFn = Callable[[dict[str, Any], Schema, str], dict[str, Any] | bytes]
 # ---------------------------------------------------------------------- normalization
 
 
-def _fallback_normalize(record: dict[str, Any], schema: Schema) -> dict[str, Any]:
-    """Minimal stand-in until ``aggregator.normalize`` is available (raw is exact)."""
-    if schema == "raw":  # the same envelope aggregator.normalize's raw schema produces
-        t = _event_time(record)
-        return {
-            "time": t or time.time(),
-            "sourcetype": "aws:cloudtrail",
-            "source": "ctagg",
-            "event": record,
-            "fields": {},
-        }
-    ident = record.get("userIdentity") or {}
-    if schema == "ecs":
-        params = record.get("requestParameters")
-        return {
-            "@timestamp": record.get("eventTime"),
-            "event": {
-                "id": record.get("eventID"),
-                "action": record.get("eventName"),
-                "provider": record.get("eventSource"),
-                "outcome": "failure" if record.get("errorCode") else "success",
-                "kind": "event",
-            },
-            "cloud": {
-                "provider": "aws",
-                "region": record.get("awsRegion"),
-                "account": {"id": record.get("recipientAccountId")},
-            },
-            "source": {"address": record.get("sourceIPAddress")},
-            "user_agent": {"original": record.get("userAgent")},
-            "aws": {
-                "cloudtrail": {
-                    "event_type": record.get("eventType"),
-                    "user_identity": {"type": ident.get("type"), "arn": ident.get("arn")},
-                    "request_parameters": orjson.dumps(params).decode() if params else None,
-                    "flattened": {"request_parameters": params} if params else {},
-                }
-            },
-        }
-    return {  # ocsf: API Activity (6003), the shape only
-        "class_uid": 6003,
-        "time": event_epoch(record) * 1000,
-        "api": {
-            "operation": record.get("eventName"),
-            "service": {"name": record.get("eventSource")},
-        },
-        "cloud": {"provider": "AWS", "region": record.get("awsRegion")},
-        "actor": {"user": {"uid": ident.get("arn"), "type": ident.get("type")}},
-        "metadata": {"uid": record.get("eventID"), "product": {"name": "CloudTrail"}},
-        "unmapped": {
-            "requestParameters": record.get("requestParameters"),
-            "responseElements": record.get("responseElements"),
-        },
-    }
+AccountLookup = Callable[[str], "Account | None"]
+_CENTRAL_ACCOUNT = re.compile(r"AWSLogs/(\d{12})/")
 
 
-def default_normalizer(bucket: str = "", settings: Any = None) -> NormalizeFn:
-    """``aggregator.normalize`` when that module is installed, else the stand-in.
+def default_normalizer(
+    bucket: str = "",
+    settings: NormalizeSettings | None = None,
+    *,
+    accounts: AccountLookup | None = None,
+    organization_id: Callable[[], str | None] | None = None,
+) -> NormalizeFn:
+    """The forwarding side of ``aggregator.normalize``: redaction and enrichment from config.
 
-    With the real normalizer, ``ecs`` and ``ocsf`` come back as bytes from
-    ``Normalizer.encode`` (it serializes to apply its size policy; serializing again would
-    cost as much as mapping), and ``raw`` as the envelope dict (sinks unwrap it). ``now`` (a
-    datetime, reused for a second so its text forms are cached) and the ``EventContext``
-    naming the archived object are kept per second / per central object.
+    ``ecs`` and ``ocsf`` come back as bytes from ``Normalizer.encode`` (it serializes to apply
+    its size policy; serializing again would cost as much as mapping), and ``raw`` as the
+    envelope dict (sinks unwrap it). ``now`` (a datetime, reused for a second so its text forms
+    are cached) and the ``EventContext`` are kept per second / per central object. The context
+    names the archived object and, through ``accounts`` (discovery's view, looked up by the
+    account in the central key), the account's name, OU path and tags.
     """
-    try:
-        mod = importlib.import_module("aggregator.normalize")
-    except ImportError:
-        return lambda record, schema, central_key: _fallback_normalize(record, schema)
-    normalizer = mod.Normalizer(settings) if settings is not None else mod.Normalizer()
+    normalizer = Normalizer(settings)
     encode, as_dict = normalizer.encode, normalizer.normalize
-    make_context = mod.EventContext
     memo: dict[str, Any] = {"sec": -1, "now": None, "key": None, "ctx": None}
+
+    def context(central_key: str) -> EventContext:
+        m = _CENTRAL_ACCOUNT.search(central_key)
+        account = accounts(m.group(1)) if (accounts is not None and m) else None
+        return EventContext.from_account(
+            account,
+            organization_id=organization_id() if organization_id else None,
+            archive_bucket=bucket or None,
+            archive_key=central_key,
+        )
 
     def adapter(record: dict[str, Any], schema: Schema, central_key: str) -> dict[str, Any] | bytes:
         sec = int(time.time())
         if sec != memo["sec"]:
             memo["sec"], memo["now"] = sec, datetime.fromtimestamp(sec, UTC)
         if central_key != memo["key"]:
-            memo["key"] = central_key
-            memo["ctx"] = make_context(archive_bucket=bucket or None, archive_key=central_key)
+            memo["key"], memo["ctx"] = central_key, context(central_key)
         fn = as_dict if schema == "raw" else encode
         out: dict[str, Any] | bytes = fn(record, schema, now=memo["now"], context=memo["ctx"])
         return out
@@ -909,10 +873,17 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, state: State) -> AsyncIterator[Forwarder | None]:
+async def running(
+    settings: Settings,
+    state: State,
+    *,
+    accounts: AccountLookup | None = None,
+    organization_id: Callable[[], str | None] | None = None,
+) -> AsyncIterator[Forwarder | None]:
     """The forwarder of a long-running service: reads the central archive with the base
     identity, starts one lane per enabled connector, stops them on exit. Yields None when no
-    connector is configured. The ingest job should poll ``forwarder.backpressure``."""
+    connector is configured. The ingest job should poll ``forwarder.backpressure``.
+    ``accounts`` gives the normalizer discovery's account names, OU paths and tags."""
     if not any(c.enabled for c in settings.forward.connectors):
         yield None
         return
@@ -926,6 +897,12 @@ async def running(settings: Settings, state: State) -> AsyncIterator[Forwarder |
             state,
             Archive(settings.archive, s3),
             bucket=settings.archive.bucket,
+            normalize=default_normalizer(
+                settings.archive.bucket,
+                settings.normalize,
+                accounts=accounts,
+                organization_id=organization_id,
+            ),
         )
         fwd.start()
         log.info("forward.started", count=len(fwd.lanes))

@@ -42,7 +42,6 @@ from aggregator.collect import (
     walk_day_prefixes,
 )
 from aggregator.config import Settings
-from aggregator.dedupe import event_epoch
 from aggregator.discovery import Inventory, Source
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
@@ -423,9 +422,6 @@ class Ingestor:
                     min(times, default=None),
                     max(times, default=None),
                 )
-            # The window is pruned by days: the newest event time of the object is precise
-            # enough for every key in it, and saves parsing a timestamp per record.
-            epoch = event_epoch({"eventTime": max(decoded.times, default="")}, int(self.clock()))
             outcome = ObjectOutcome(
                 source=src,
                 key=job.key,
@@ -435,7 +431,7 @@ class Ingestor:
                 size=job.size,
                 events_in=len(decoded.keys),
                 duplicates=len(decoded.keys) - len(keep),
-                new_keys=[(decoded.keys[i], epoch) for i in keep],
+                new_keys=[decoded.keys[i] for i in keep],
                 central=ce,
                 newest_event_time=max(decoded.times, default=None) or None,
             )

@@ -14,6 +14,7 @@ from awsfixtures import StsSessions, client
 
 from aggregator.aws import Aws
 from aggregator.config import Settings, parse_settings
+from aggregator.dedupe import event_hour
 from aggregator.metrics import Metrics
 from aggregator.retention import RULE_ID, Retention, key_day, render_report
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
@@ -276,9 +277,7 @@ def _seed_state(state: State) -> None:
                 "log",
                 None,
                 1,
-                new_keys=[
-                    (day.encode(), int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp()))
-                ],
+                new_keys=[event_hour(day + "T00:00:00Z") + day.encode().ljust(12, b"-")],
             )
         )
     state.close_prefixes("stream-a", "2024-06-01")
