@@ -5,6 +5,7 @@ shipped policy document (hub role or member role)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -136,6 +137,34 @@ def settings(tmp_path: Path, **extra: Any) -> Settings:
     return parse_settings(doc)
 
 
+async def forward_everything(tmp_path: Path, state: Any) -> None:
+    """Run the service forwarder until a local Splunk HEC has every archived event."""
+    from aggregator import forward
+    from tests.fakes.splunk_hec import FakeSplunkHec
+
+    hec = FakeSplunkHec({"t0k3n"})
+    await hec.start()
+    try:
+        cfg = settings(
+            tmp_path,
+            forward={
+                "poll_interval_secs": 0.05,
+                "connectors": [
+                    {"name": "hec", "type": "splunk_hec", "url": hec.url, "token": "t0k3n"}
+                ],
+            },
+        )
+        async with forward.running(cfg, state) as fwd:
+            assert fwd is not None
+            for _ in range(400):
+                if fwd.backlog("hec") == 0 and hec.indexed:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(hec.indexed) == 9
+    finally:
+        await hec.stop()
+
+
 @pytest.fixture
 def org(moto: str) -> Inventory:
     """Central bucket (Object Lock) in the hub account; the org trail bucket in the log
@@ -179,8 +208,8 @@ def org(moto: str) -> Inventory:
 async def test_every_recorded_call_is_allowed(
     tmp_path: Path, org: Inventory, recorder: Recorder
 ) -> None:
-    """Ingest, delete-mode retention (versions, Object Lock), lifecycle retention and doctor
-    make only calls their identity's policy allows."""
+    """Ingest, delete-mode retention (versions, Object Lock), lifecycle retention, doctor and
+    forwarding (reading the central archive) make only calls their identity's policy allows."""
     cfg = settings(tmp_path, retention={"archive_days": 400})
     sessions = RecordingSessions(recorder)
     aws = Aws(cfg.aws)
@@ -195,6 +224,7 @@ async def test_every_recorded_call_is_allowed(
     assert lc.lifecycle_changed
     doc = await Doctor(cfg, sessions, aws).run(org)
     assert doc.ok, json.dumps(doc.as_dict(), indent=1)
+    await forward_everything(tmp_path, state)
     state.close()
 
     ops = {(c.service, c.operation) for c in recorder.calls}
