@@ -472,7 +472,7 @@ def render_report(report: RetentionReport, limit: int = 50) -> str:
 
 
 class BaseSessions:
-    """The base identity for every account (used until a credential broker is wired in)."""
+    """The base identity for every account (benchmarks, tests)."""
 
     def __init__(self, aws: Aws) -> None:
         self.aws = aws
@@ -484,10 +484,13 @@ class BaseSessions:
 async def run_once(
     settings: Settings, *, dry_run: bool, sessions: SessionProvider | None = None
 ) -> RetentionReport:
+    from aggregator.credentials import CredentialBroker
+
     aws = Aws(settings.aws)
     state = State(settings.state.path)
     try:
-        job = Retention(settings, state, sessions or BaseSessions(aws), aws)
+        # the writer account's role when archive.writer_account_id is set, else the base identity
+        job = Retention(settings, state, sessions or CredentialBroker(settings, aws), aws)
         return await job.run(dry_run=dry_run)
     finally:
         state.close()
