@@ -231,7 +231,7 @@ class Daemon:
 
 def forward_floor(fwd: Any) -> int:
     """The lowest ledger id some connector still has to deliver."""
-    return min(int(fwd.store.cursor(name).ledger_id) for name in fwd.lanes)
+    return int(fwd.store.state.forward_floor(list(fwd.lanes)))
 
 
 def _on_event(event: Any, fn: Callable[[], None]) -> Any:

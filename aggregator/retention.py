@@ -489,8 +489,16 @@ async def run_once(
     aws = Aws(settings.aws)
     state = State(settings.state.path)
     try:
+        names = [c.name for c in settings.forward.connectors if c.enabled]
         # the writer account's role when archive.writer_account_id is set, else the base identity
-        job = Retention(settings, state, sessions or CredentialBroker(settings, aws), aws)
+        job = Retention(
+            settings,
+            state,
+            sessions or CredentialBroker(settings, aws),
+            aws,
+            # never delete what a configured connector has not delivered yet
+            ledger_floor=(lambda: state.forward_floor(names)) if names else None,
+        )
         return await job.run(dry_run=dry_run)
     finally:
         state.close()

@@ -831,6 +831,24 @@ class State:
             return 0
         return self._prune("forward_dead_letters", "created_at < ?", (before_epoch,), dry_run)
 
+    def forward_floor(self, connectors: Sequence[str]) -> int:
+        """The lowest ledger id one of ``connectors`` has not delivered completely (read only:
+        a connector without a cursor yet counts from 0, it may still need everything)."""
+        if not connectors:
+            raise ValueError("no connectors")
+        with self._lock:
+            exists = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='forward_cursors'"
+            ).fetchone()
+            if not exists:
+                return 0
+            q = (
+                "SELECT connector, ledger_id FROM forward_cursors WHERE connector IN "
+                f"({','.join('?' * len(connectors))})"
+            )
+            found = dict(self.conn.execute(q, tuple(connectors)).fetchall())
+        return min(int(found.get(name, 0)) for name in connectors)
+
     def ledger_ids_at_or_above(self, floor: int, central_keys: Sequence[str]) -> set[str]:
         """The subset of ``central_keys`` whose ledger id is >= ``floor`` (not forwarded yet)."""
         found: set[str] = set()

@@ -362,3 +362,58 @@ def test_cli_dry_run_lists_what_would_go(
     for key in plain_bucket["expired"] + plain_bucket["kept"]:
         assert f"would delete: {key}" in out
     assert keys_in_bucket() == before
+
+
+async def test_cli_path_keeps_what_configured_connectors_have_not_delivered(
+    tmp_path: Path, plain_bucket: dict[str, list[str]]
+) -> None:
+    """`ctagg retention` (run_once) with forwarding configured reads the connectors' cursors:
+    objects at or past the slowest cursor stay; a connector without a cursor keeps everything."""
+    from aggregator.retention import run_once
+
+    def cfg(*names: str) -> Settings:
+        return parse_settings(
+            {
+                "state": {"path": str(tmp_path / "state.db")},
+                "archive": {"bucket": BUCKET},
+                "retention": {"archive_days": 30},
+                "forward": {
+                    "connectors": [
+                        {"name": n, "type": "syslog", "host": "127.0.0.1", "port": 5514}
+                        for n in names
+                    ]
+                },
+            }
+        )
+
+    state = State(tmp_path / "state.db")
+    src = SourceRef("s", A1, "us-east-1", "trail", "AWSLogs/")
+    for i, key in enumerate(plain_bucket["expired"]):
+        state.commit_object(
+            ObjectOutcome(
+                src,
+                f"src{i}",
+                "p/",
+                "log",
+                None,
+                1,
+                central=CentralObject(key, 2, "00", 1, None, None),
+            )
+        )
+    ids = [r["id"] for r in state.ledger_rows()]
+    state.conn.execute(
+        "INSERT INTO forward_cursors (connector, ledger_id, updated_at) VALUES ('fast', ?, 0), "
+        "('slow', ?, 0)",
+        (ids[-1] + 1, ids[1]),
+    )
+    state.close()
+    # (run_once uses today's date: every fixture object is older than 30 days)
+    everything = set(plain_bucket["expired"] + plain_bucket["kept"])
+    report = await run_once(cfg("fast", "slow"), dry_run=True)
+    assert report.pending_forward == 2  # the slow connector still needs ledger rows 2 and 3
+    assert set(report.deleted) == everything - set(plain_bucket["expired"][1:])
+    report = await run_once(cfg("fast", "slow", "new"), dry_run=True)
+    assert report.pending_forward == 3
+    assert set(report.deleted) == everything - set(plain_bucket["expired"])
+    report = await run_once(cfg("fast"), dry_run=True)
+    assert set(report.deleted) == everything
