@@ -63,6 +63,7 @@ class AppLike(Protocol):
     aws: Any
     broker: Any
     ingestor: Any
+    inventory: Any
 
     async def refresh_discovery(self) -> Any: ...
 
@@ -192,7 +193,16 @@ class Daemon:
     async def run(self, *, install_signals: bool = True) -> int:
         svc = self.settings.service
         async with contextlib.AsyncExitStack() as stack:
-            fwd = await stack.enter_async_context(forward.running(self.settings, self.app.state))
+            app = self.app
+            fwd = await stack.enter_async_context(
+                forward.running(
+                    self.settings,
+                    app.state,
+                    # discovery's account names, OU paths and tags enrich forwarded events
+                    accounts=getattr(app, "account", None),
+                    organization_id=lambda: getattr(app.inventory, "organization_id", None),
+                )
+            )
             forward_stack = stack.pop_all()  # closed by hand: before the state, bounded
         self.forwarder = fwd
         if fwd is not None:  # collection pauses while a sink's backlog is full
