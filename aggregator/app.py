@@ -6,19 +6,16 @@ daemon and the demo drive.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import time
 from collections.abc import Callable
 
-from aggregator import forward
 from aggregator.aws import Aws
 from aggregator.config import Settings
 from aggregator.credentials import CredentialBroker
 from aggregator.discovery import Account, Inventory, discover
 from aggregator.ingest import CycleReport, Ingestor
 from aggregator.log import get_logger
+from aggregator.runtime import tune_gc
 from aggregator.state import State
 
 log = get_logger("aggregator.app")
@@ -34,6 +31,7 @@ class App:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        tune_gc()  # many short-lived dicts per record: the default GC thresholds cost ~10-40%
         self.aws = Aws(settings.aws)
         self.state = state or State(settings.state.path)
         self.broker = CredentialBroker(settings, self.aws)
@@ -74,35 +72,6 @@ class App:
     def request_stop(self) -> None:
         """Stop taking new objects; in-flight ones finish or are abandoned uncommitted."""
         self.ingestor.stop.set()
-
-    async def run_forever(self, interval_secs: float, discovery_interval_secs: float) -> None:
-        """A plain loop: discovery refresh and ingest cycles until SIGTERM/SIGINT."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        async with forward.running(
-            self.settings,
-            self.state,
-            accounts=self.account,
-            organization_id=lambda: self.inventory.organization_id if self.inventory else None,
-        ) as forwarder:
-            if forwarder is not None:  # collection pauses while a sink's backlog is full
-                self.ingestor.should_pause = forwarder.backpressure
-            await self._cycles(interval_secs, discovery_interval_secs)
-        log.info("app.stopped")
-
-    async def _cycles(self, interval_secs: float, discovery_interval_secs: float) -> None:
-        while not self.ingestor.stop.is_set():
-            try:
-                if self.discovered_at is None or (
-                    self.clock() - self.discovered_at >= discovery_interval_secs
-                ):
-                    await self.refresh_discovery()
-                await self.run_once()
-            except Exception as exc:  # one bad cycle never kills the daemon
-                log.error("app.cycle_failed", error_type=type(exc).__name__, reason=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ingestor.stop.wait(), timeout=interval_secs)
 
     async def close(self) -> None:
         self.state.close()

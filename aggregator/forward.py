@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import random
 import re
 import time
@@ -41,6 +40,7 @@ from aggregator.config_normalize import NormalizeSettings
 from aggregator.dedupe import record_key_text
 from aggregator.log import get_logger
 from aggregator.normalize import EventContext, Normalizer
+from aggregator.runtime import tune_gc
 from aggregator.state import State
 from connectors import build
 
@@ -672,25 +672,6 @@ class ReplayReport:
     events: int = 0
     delivered: int = 0
     rejected: int = 0
-
-
-GC_THRESHOLD = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Raise the cyclic GC thresholds (never lower them).
-
-    Forwarding allocates many short-lived dicts per event (parsed records, normalized docs)
-    while a batch and the current central object stay alive; with CPython's default
-    threshold (700) the collector rescans those live objects thousands of times per batch
-    and costs about 40% of the forwarder's CPU (bench/forward.py: syslog, OCSF: 49k ->
-    84k events per CPU-second). Process-wide: called once by :meth:`Forwarder.start`.
-    """
-    current = gc.get_threshold()
-    wanted = tuple(max(a, b) for a, b in zip(current, GC_THRESHOLD, strict=True))
-    if wanted != current:
-        gc.set_threshold(*wanted)
-        log.info("forward.gc_tuned", threshold=list(wanted))
 
 
 class Forwarder:

@@ -343,11 +343,10 @@ class Ingestor:
             session = await self.sessions.session_for(src.reader_account_id)
             s3 = await pool.get(session, "s3")
             data = await fetch(s3, src.bucket, job.key)
-            decoded = await asyncio.to_thread(
-                decode_log,
-                data,
-                max_object_bytes=cfg.max_object_bytes,
-                max_record_bytes=cfg.max_record_bytes,
+            # Inline, not in a thread: the work holds the GIL (orjson), so a thread only adds
+            # switches (measured: 10% more CPU per event); one object blocks the loop ~15 ms.
+            decoded = decode_log(
+                data, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
             )
             del data
             await self._archive(job, decoded, archive, report, started)
@@ -410,9 +409,7 @@ class Ingestor:
                     job.kind == ObjectKind.INSIGHT,
                 )
                 key = central.central_key(self.settings.archive.prefix, kp, src.bucket, job.key)
-                body = await asyncio.to_thread(
-                    central.encode_records, parts, self.settings.archive.compress_level
-                )
+                body = central.encode_records(parts, self.settings.archive.compress_level)
                 sha = await archive.put(key, body)
                 ce = CentralObject(
                     key,
