@@ -233,10 +233,19 @@ def _json(obj: object) -> str:
     return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def _human_secs(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(secs) >= size:
+            return f"{secs / size:.1f} {unit}"
+    return f"{secs:.0f} s"
+
+
 def _run_status(args: argparse.Namespace) -> int:
     import time
     from dataclasses import asdict
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from aggregator.state import State
 
@@ -252,7 +261,13 @@ def _run_status(args: argparse.Namespace) -> int:
     def lag(newest: str | None) -> float | None:
         if not newest:
             return None
-        return round(now - datetime.fromisoformat(newest.replace("Z", "+00:00")).timestamp())
+        try:
+            t = datetime.fromisoformat(newest.replace("Z", "+00:00"))
+        except ValueError:  # a record with an odd eventTime must not break the report
+            return None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+        return round(now - t.timestamp())
 
     if args.json:
         for r in rows:
@@ -267,29 +282,26 @@ def _run_status(args: argparse.Namespace) -> int:
     for col in (
         "account",
         "region",
-        "bucket",
-        "last object",
         "newest eventTime",
         "lag",
         "objects",
         "events",
         "errors",
+        "last object",
     ):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "errors")
     for r in rows:
-        lg = lag(r.newest_event_time)
         table.add_row(
             r.account_id,
             r.region,
-            r.bucket,
-            (r.last_key or "-").rsplit("/", 1)[-1],
             r.newest_event_time or "-",
-            "-" if lg is None else f"{lg / 3600:.1f} h",
+            _human_secs(lag(r.newest_event_time)),
             str(r.objects),
             str(r.events),
-            f"{r.errors} ({r.last_error[:60]})" if r.last_error else str(r.errors),
+            f"{r.errors} ({r.last_error[:80]})" if r.last_error else str(r.errors),
+            (r.last_key or "-").rsplit("/", 1)[-1],
         )
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
     for f in failures:
         console.print(
