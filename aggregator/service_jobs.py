@@ -48,12 +48,10 @@ def job_interval(svc: ServiceSettings, name: str) -> float:
 
 
 def detect_floor(state: State) -> int:
-    """The lowest ledger id detection has not scanned yet (its persisted cursor + 1), read
-    without starting detection: retention keeps those objects even while detection is down."""
-    from aggregator.detect.follow import CURSOR
-    from aggregator.detect.store import DetectStore
+    """The lowest ledger id detection has not scanned yet: 1 before its first scan."""
+    from aggregator.detect.follow import detection_floor
 
-    return int(DetectStore(state).get_meta(CURSOR) or 0) + 1
+    return int(detection_floor(state) or 1)
 
 
 class DetectionJobs:

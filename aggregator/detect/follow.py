@@ -33,6 +33,18 @@ log = get_logger("aggregator.detect")
 CURSOR = "ledger_cursor"
 
 
+def detection_floor(state: State, *, started_only: bool = False) -> int | None:
+    """The lowest ledger id detection has not scanned yet (its persisted cursor + 1), read
+    without starting detection, so retention keeps those objects even while detection is down.
+    ``started_only``: None when detection never ran here (no cursor yet) instead of 1."""
+    from aggregator.detect.store import DetectStore
+
+    cursor = DetectStore(state).get_meta(CURSOR)
+    if cursor is None and started_only:
+        return None
+    return int(cursor or 0) + 1
+
+
 class ArchiveReader(Protocol):
     async def read_records(self, central_key: str) -> list[dict[str, Any]]: ...
 
