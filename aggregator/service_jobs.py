@@ -39,6 +39,9 @@ DEFAULT_INTERVALS: dict[str, float] = {
 }
 
 
+SINK_OPEN_TIMEOUT_SECS = 15.0
+
+
 def job_interval(svc: ServiceSettings, name: str) -> float:
     """``service.job_intervals_secs.<name>``, else the job's default."""
     return float(svc.job_intervals_secs.get(name, DEFAULT_INTERVALS[name]))
@@ -121,8 +124,8 @@ class DetectionJobs:
     async def _open(self, sink: Any) -> bool:
         """Open a sink; one that fails stays queued for the next delivery run (its alerts wait
         in the outbox meanwhile)."""
-        try:
-            await sink.open()
+        try:  # bounded: a slow sink never holds the daemon's start
+            await asyncio.wait_for(sink.open(), SINK_OPEN_TIMEOUT_SECS)
         except Exception as exc:
             log.error("detect.sink_open_failed", connector=sink.name, error_type=type(exc).__name__)
             if sink not in self._unopened:

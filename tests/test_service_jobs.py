@@ -43,11 +43,17 @@ class Webhook:
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.status = 200
+        self.refused = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def _hook(self, request: web.Request) -> web.Response:
-        self.posts.append(await request.json())
+        doc = await request.json()
+        if self.status != 200:
+            self.refused += 1
+            return web.Response(status=self.status, text="down")
+        self.posts.append(doc)
         return web.Response(text="ok")
 
     async def start(self) -> None:
@@ -70,6 +76,10 @@ async def wait_for(cond: Callable[[], bool], what: str) -> None:
     while not cond():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
+
+
+def outbox(daemon: Daemon) -> float | None:
+    return daemon.metrics.registry.get_sample_value("ctagg_detect_outbox_alerts")
 
 
 async def stop(daemon: Daemon, run: asyncio.Task[int]) -> None:
@@ -178,6 +188,51 @@ async def test_stop_logging_alert_reaches_webhook_and_opensearch(
         assert int(DetectStore(state).get_meta(CURSOR) or 0) == 2
     finally:
         state.close()
+
+
+async def test_failing_alert_sink_keeps_alerts_and_the_daemon_running(
+    moto: str, tmp_path: Path, testdata: Path
+) -> None:
+    """A webhook answering 503 fails the deliveries, not the daemon: ingest goes on, alerts wait
+    in the outbox (metric), and are delivered once it recovers and their backoff is due."""
+    inv = stop_logging_inventory(testdata)
+    hook = Webhook()
+    hook.status = 503
+    await hook.start()
+    offset = [0.0]
+    try:
+        cfg = daemon_settings(
+            tmp_path,
+            service={
+                "health_host": "127.0.0.1",
+                "health_port": 0,
+                "shutdown_timeout_secs": 5,
+                "job_intervals_secs": {"detect": 0.2, "detect_deliver": 0.2},
+            },
+            detect={"webhook_url": hook.url},
+            integrity={"validate_digests": False},
+        )
+        app = PipelineApp(cfg, inv, discovery_delay=0)
+        daemon = Daemon(app, clock=lambda: time.time() + offset[0])
+        run = asyncio.create_task(daemon.run(install_signals=False))
+        await wait_for(lambda: hook.refused >= 3, "delivery attempted")  # the sink's 3 tries
+        base = f"http://127.0.0.1:{daemon.server.port}"
+        await wait_for(lambda: app.state.ledger_max_id() == 2, "ingest went on")
+        await wait_for(lambda: (outbox(daemon) or 0) > 0, "outbox metric")
+        text = (await get(base + "/metrics"))[1]
+        queued = series(text, "ctagg_detect_outbox_alerts")[()]
+        assert queued >= 1
+        assert series(text, "ctagg_detect_alerts_delivered_total")[()] == 0
+        assert hook.posts == []
+        hook.status = 200
+        offset[0] = 3600.0  # past the backoff
+        await wait_for(lambda: len(hook.posts) == queued, "delivered after recovery")
+        await wait_for(lambda: outbox(daemon) == 0, "outbox empty")
+        assert daemon.scheduler.stats["detect"].failures == 0
+        await stop(daemon, run)
+    finally:
+        await hook.stop()
+    assert {p["alert"]["event_name"] for p in hook.posts} == {"StopLogging"}
 
 
 async def test_detection_that_cannot_start_never_stops_ingest(
