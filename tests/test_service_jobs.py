@@ -148,6 +148,13 @@ async def test_stop_logging_alert_reaches_webhook_and_opensearch(
 
         await wait_for(lambda: events_forwarded() == 2, "events forwarded")
         forwarded = events_forwarded()
+        reg = daemon.metrics.registry
+        await wait_for(
+            lambda: (
+                reg.get_sample_value("ctagg_detect_backlog_objects") == 0 and outbox(daemon) == 0
+            ),
+            "detection caught up, every alert delivered",
+        )
         text = (await get(f"http://127.0.0.1:{daemon.server.port}/metrics"))[1]
         assert daemon.detection is not None
         floor = daemon.ledger_floor()
@@ -175,6 +182,7 @@ async def test_stop_logging_alert_reaches_webhook_and_opensearch(
     assert forwarded == 2
     alerts = series(text, "ctagg_detect_alerts_total")
     assert alerts[(("kind", "rule"),)] >= 1
+    assert series(text, "ctagg_detect_backlog_objects")[()] == 0
     # every alert to both the webhook and OpenSearch
     assert series(text, "ctagg_detect_alerts_delivered_total")[()] == 2 * len(posts)
     assert series(text, "ctagg_job_runs_total")[(("job_name", "detect"), ("outcome", "ok"))] >= 1
