@@ -120,6 +120,7 @@ class Daemon:
         for name, fn in (extra_jobs or {}).items():
             self.scheduler.register(name, fn)
         self.clock = clock
+        self.completeness: CompletenessJob | None = None
         self._register_integrity()
         self.detection: DetectionJobs | None = None
         self._detect_stack = contextlib.AsyncExitStack()
@@ -191,7 +192,7 @@ class Daemon:
     async def _completeness(self) -> Any:
         if not self.discovery_done.ok:  # the job reads the inventory's sources
             await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
-        if self.scheduler.stopping.is_set():
+        if self.scheduler.stopping.is_set() or self.completeness is None:
             return None
         return await self.completeness.run()
 
