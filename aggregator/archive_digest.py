@@ -270,6 +270,7 @@ class ArchiveVerifyReport:
     chain_broken: list[str] = field(default_factory=list)
     modified: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # deleted by retention (retention_log)
     unreadable: list[str] = field(default_factory=list)
     head_problem: str = ""
     undigested_ledger_rows: int = 0
@@ -357,7 +358,13 @@ async def verify_archive(
         ):
             rep.chain_broken.append(f"{key}: previous digest differs from what was chained")
     if check_objects:
-        await _check_objects(s3, bucket, docs, rep, max_concurrency)
+        # objects retention deleted on purpose are expired, not missing
+        expired = (
+            {r["key"] for r in state.retention_log("deleted") if r["bucket"] == bucket}
+            if state is not None
+            else set()
+        )
+        await _check_objects(s3, bucket, docs, rep, max_concurrency, expired=expired)
     if state is not None:
         _check_state(state, docs, keys, rep)
     log.info(
@@ -367,6 +374,7 @@ async def verify_archive(
         ok=rep.ok,
         modified=len(rep.modified),
         missing=len(rep.missing),
+        expired=len(rep.expired),
     )
     return rep
 
@@ -377,6 +385,8 @@ async def _check_objects(
     docs: dict[str, tuple[dict[str, Any], str, str]],
     rep: ArchiveVerifyReport,
     max_concurrency: int,
+    *,
+    expired: set[str] | frozenset[str] = frozenset(),
 ) -> None:
     sem = asyncio.Semaphore(max_concurrency)
 
@@ -391,7 +401,7 @@ async def _check_objects(
                         h.update(chunk)
             except Exception as exc:
                 if is_not_found(exc):
-                    rep.missing.append(obj["key"])
+                    (rep.expired if obj["key"] in expired else rep.missing).append(obj["key"])
                     return
                 rep.unreadable.append(f"{obj['key']}: {error_code(exc)}")
                 return
@@ -405,6 +415,7 @@ async def _check_objects(
     await asyncio.gather(*(one(o) for o in objs))
     rep.modified.sort()
     rep.missing.sort()
+    rep.expired.sort()
 
 
 def _check_state(

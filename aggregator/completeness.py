@@ -17,12 +17,14 @@ import csv
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from aggregator import integrity_state as istate
 from aggregator.digest import DigestValidator, PublicKeyStore, log_key_time
@@ -331,42 +333,71 @@ def print_table(report: CompletenessReport, out: Any) -> None:
     )
 
 
-def completeness_metrics(report: CompletenessReport, registry: CollectorRegistry) -> None:
+def completeness_families(report: CompletenessReport) -> list[GaugeMetricFamily]:
     """Per account-region gauges over the report's window."""
-    exp = Gauge(
+    exp = GaugeMetricFamily(
         "ctagg_completeness_expected_files",
         "Log files CloudTrail digests list in the window",
-        ["account_id", "region"],
-        registry=registry,
+        labels=["account_id", "region"],
     )
-    miss = Gauge(
+    miss = GaugeMetricFamily(
         "ctagg_completeness_missing_files",
         "Log files digests list that were not ingested",
-        ["account_id", "region"],
-        registry=registry,
+        labels=["account_id", "region"],
     )
-    ratio = Gauge(
-        "ctagg_completeness_ratio",
-        "Ingested / expected log files in the window (1 = complete)",
-        registry=registry,
+    ratio = GaugeMetricFamily(
+        "ctagg_completeness_ratio", "Ingested / expected log files in the window (1 = complete)"
     )
-    for (a, r), (e, m) in report.per_account_region().items():
-        exp.labels(a, r).set(e)
-        miss.labels(a, r).set(m)
-    ratio.set(report.ratio)
+    for (a, r), (e, m) in sorted(report.per_account_region().items()):
+        exp.add_metric([a, r], e)
+        miss.add_metric([a, r], m)
+    ratio.add_metric([], report.ratio)
+    return [exp, miss, ratio]
 
 
-def digest_metrics(state: State, registry: CollectorRegistry) -> None:
+def digest_families(state: State) -> list[GaugeMetricFamily]:
     """``ctagg_digest_results{account_id,region,status}``: validated digests by outcome."""
-    g = Gauge(
+    g = GaugeMetricFamily(
         "ctagg_digest_results",
         "CloudTrail digests by validation outcome",
-        ["account_id", "region", "status"],
-        registry=registry,
+        labels=["account_id", "region", "status"],
     )
     counts: dict[tuple[str, str, str], int] = {}
     for row in istate.digest_results(state):
         k = (row["account_id"], row["region"], row["status"])
         counts[k] = counts.get(k, 0) + 1
-    for (a, r, s), n in counts.items():
-        g.labels(a, r, s).set(n)
+    for (a, r, s), n in sorted(counts.items()):
+        g.add_metric([a, r, s], n)
+    return [g]
+
+
+class CompletenessCollector(Collector):
+    """Serves the completeness and digest gauges from the last report and the state: register
+    it once (the daemon's registry), then set :attr:`report` after each run; nothing is
+    registered again, and series of accounts that leave the report leave the output."""
+
+    def __init__(
+        self, state: State | None = None, report: CompletenessReport | None = None
+    ) -> None:
+        self.state = state
+        self.report = report
+
+    def collect(self) -> Iterator[Metric]:
+        if self.report is not None:
+            yield from completeness_families(self.report)
+        if self.state is not None:
+            try:
+                fams = digest_families(self.state)
+            except Exception:  # closed at shutdown, or busy: serve the rest of the metrics
+                return
+            yield from fams
+
+
+def completeness_metrics(report: CompletenessReport, registry: CollectorRegistry) -> None:
+    """Per account-region gauges over the report's window, on ``registry``."""
+    registry.register(CompletenessCollector(report=report))
+
+
+def digest_metrics(state: State, registry: CollectorRegistry) -> None:
+    """``ctagg_digest_results{account_id,region,status}`` read from ``state`` at each collect."""
+    registry.register(CompletenessCollector(state=state))

@@ -421,6 +421,12 @@ class IntegritySettings(Strict):
         description="A log file a digest lists is 'missing' only once its digest is this old.",
     )
     retry_missing: bool = Field(default=True, description="Queue missing files for ingest.")
+    completeness_window_hours: int = Field(
+        default=48,
+        ge=1,
+        le=24 * 90,
+        description="The daemon's completeness job checks this many hours back.",
+    )
     lookup: LookupSettings = Field(default_factory=LookupSettings)
     archive_digest: ArchiveDigestSettings = Field(default_factory=ArchiveDigestSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)

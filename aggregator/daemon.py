@@ -22,6 +22,13 @@ from aggregator.log import get_logger
 from aggregator.metrics import Metrics
 from aggregator.retention import Retention
 from aggregator.scheduler import Scheduler, wait_or_stop
+from aggregator.service_jobs import (
+    CompletenessJob,
+    DetectionJobs,
+    archive_digest_job,
+    detect_floor,
+    job_interval,
+)
 from aggregator.state import ObjectOutcome, SourceRef, State
 
 log = get_logger("aggregator.daemon")
@@ -84,6 +91,7 @@ class Daemon:
         metrics: Metrics | None = None,
         health_port: int | None = None,
         extra_jobs: dict[str, Callable[[], Awaitable[Any]]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.settings = app.settings
@@ -111,6 +119,11 @@ class Daemon:
         self.scheduler.register("retention", self._retention, run_at_start=False)
         for name, fn in (extra_jobs or {}).items():
             self.scheduler.register(name, fn)
+        self.clock = clock
+        self.completeness: CompletenessJob | None = None
+        self._register_integrity()
+        self.detection: DetectionJobs | None = None
+        self._detect_stack = contextlib.AsyncExitStack()
         self.forwarder: Any = None
         self._forward_seen: dict[str, dict[str, int]] = {}
         self.server = HealthServer(
@@ -151,8 +164,68 @@ class Daemon:
             self.ingest_recent.mark(time.time())
         return report
 
+    def _register_integrity(self) -> None:
+        integrity, svc = self.settings.integrity, self.settings.service
+        if integrity.archive_digest.enabled:
+            app = self.app
+
+            async def archive_digest() -> Any:
+                return await archive_digest_job(
+                    self.settings, app.state, app.aws, app.broker, self.clock
+                )
+
+            self.scheduler.register(
+                "archive_digest",
+                archive_digest,
+                interval_secs=job_interval(svc, "archive_digest"),
+                start_delay_secs=1.0,
+            )
+        if integrity.validate_digests:
+            self.completeness = CompletenessJob(self.settings, self.app, self.metrics, self.clock)
+            self.scheduler.register(
+                "completeness",
+                self._completeness,
+                interval_secs=job_interval(svc, "completeness"),
+                start_delay_secs=1.0,
+            )
+
+    async def _completeness(self) -> Any:
+        if not self.discovery_done.ok:  # the job reads the inventory's sources
+            await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
+        if self.scheduler.stopping.is_set() or self.completeness is None:
+            return None
+        return await self.completeness.run()
+
+    async def _start_detection(self, stack: contextlib.AsyncExitStack) -> None:
+        svc = self.settings.service
+        det = DetectionJobs(
+            self.settings,
+            self.app.state,
+            self.app.aws,
+            self.metrics,
+            stopping=self.scheduler.stopping,
+            clock=self.clock,
+        )
+        await det.start(stack)
+        self.detection = det
+        for name, fn in (
+            ("detect", det.follow),
+            ("detect_hourly", det.hourly),
+            ("detect_deliver", det.deliver),
+        ):
+            self.scheduler.register(name, fn, interval_secs=job_interval(svc, name))
+
+    def ledger_floor(self) -> int | None:
+        """The lowest ledger id a forwarding connector or detection still needs; None when
+        neither runs (retention then decides from age alone)."""
+        floors = []
+        if self.forwarder is not None:
+            floors.append(forward_floor(self.forwarder))
+        if self.settings.detect.enabled:  # also while detection failed to start
+            floors.append(detect_floor(self.app.state))
+        return min(floors) if floors else None
+
     async def _retention(self) -> Any:
-        fwd = self.forwarder
         state = self.app.state
 
         async def dead_letters(cutoff: float, dry_run: bool) -> int:
@@ -164,8 +237,13 @@ class Daemon:
             self.app.broker,
             self.app.aws,
             metrics=self.metrics,
-            # central objects and ledger rows a connector has not delivered yet are kept
-            ledger_floor=(lambda: forward_floor(fwd)) if fwd is not None else None,
+            # central objects and ledger rows a connector has not delivered yet, or detection
+            # has not scanned yet, are kept
+            ledger_floor=(
+                self.ledger_floor
+                if self.forwarder is not None or self.settings.detect.enabled
+                else None
+            ),
             pruners={"dead_letters": dead_letters},
         )
         return await job.run()
@@ -205,6 +283,12 @@ class Daemon:
             )
             forward_stack = stack.pop_all()  # closed by hand: before the state, bounded
         self.forwarder = fwd
+        if self.settings.detect.enabled:
+            # its own stack: closed after the scheduler drained (no detection run in flight)
+            try:
+                await self._start_detection(self._detect_stack)
+            except Exception as start_err:  # ingest and forwarding run on; retention holds
+                log.error("daemon.detect_start_failed", error_type=type(start_err).__name__)
         if fwd is not None:  # collection pauses while a sink's backlog is full
             self.app.ingestor.should_pause = fwd.backpressure
             self.scheduler.register("forward", self._forward_metrics)
@@ -235,6 +319,10 @@ class Daemon:
                 exc = t.exception()
                 if exc is not None:
                     log.error("daemon.forward_stop_failed", error_type=type(exc).__name__)
+            try:
+                await asyncio.wait_for(self._detect_stack.aclose(), timeout=left)
+            except Exception as err:
+                log.error("daemon.detect_stop_failed", error_type=type(err).__name__)
             await self.app.close()
             log.info("daemon.stopped")
 

@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -158,13 +158,25 @@ async def _public_keys(settings: Settings, aws: Aws, sessions: Any, pool: Client
 
 
 async def refresh_sources(
-    settings: Settings, since: datetime, until: datetime, state: State, *, check_logs: bool
+    settings: Settings,
+    since: datetime,
+    until: datetime,
+    state: State,
+    *,
+    check_logs: bool,
+    sources: Sequence[Source] | None = None,
+    aws: Aws | None = None,
+    sessions: Any = None,
 ) -> Any:
+    """Validate new digests of ``sources`` (default: discover them now) for the days around
+    [since, until] and record the log files they list. The daemon passes its own inventory's
+    sources, AWS factory and credential broker."""
     from aggregator.completeness import refresh_expected
 
-    aws = Aws(settings.aws)
-    sessions = sessions_for(settings, aws)
-    inv = await discover_inventory(settings, aws, sessions)
+    aws = aws or Aws(settings.aws)
+    sessions = sessions or sessions_for(settings, aws)
+    if sources is None:
+        sources = (await discover_inventory(settings, aws, sessions)).sources
     async with ClientPool(aws) as pool:
         keys = await _public_keys(settings, aws, sessions, pool)
 
@@ -173,12 +185,34 @@ async def refresh_sources(
 
         return await refresh_expected(
             state,
-            inv.sources,
+            sources,
             s3_for,
             keys,
             days=_days(since - timedelta(hours=2), until + timedelta(hours=2)),
             check_logs=check_logs,
         )
+
+
+def completeness_pass(
+    settings: Settings,
+    state: State,
+    since: datetime,
+    until: datetime,
+    *,
+    retry: bool,
+    now: float | None = None,
+) -> Any:
+    """``compute`` over [since, until) and, when ``retry`` and ``integrity.retry_missing``,
+    queue the missing files for ingest. Returns (report, newly queued)."""
+    from aggregator import completeness as comp
+
+    report = comp.compute(
+        state, since, until, now=now, grace_secs=settings.integrity.completeness_grace_secs
+    )
+    queued = 0
+    if settings.integrity.retry_missing and retry:
+        queued = comp.queue_missing(state, report)
+    return report, queued
 
 
 def run_completeness_cmd(args: argparse.Namespace) -> int:
@@ -196,11 +230,7 @@ def run_completeness_cmd(args: argparse.Namespace) -> int:
             rep = _run(lambda: refresh_sources(settings, since, until, state, check_logs=False))
             for err in rep.errors:
                 print(f"warning: {err}", file=sys.stderr)
-        report = comp.compute(
-            state, since, until, grace_secs=settings.integrity.completeness_grace_secs
-        )
-        if settings.integrity.retry_missing and not args.no_retry:
-            comp.queue_missing(state, report)
+        report, _ = completeness_pass(settings, state, since, until, retry=not args.no_retry)
     finally:
         state.close()
     if args.json:
@@ -256,13 +286,14 @@ def run_validate_cmd(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- archive
 
 
-async def _archive_client_and_key(
-    settings: Settings, pool: ClientPool, *, for_signing: bool
+async def archive_client_and_key(
+    settings: Settings, pool: ClientPool, *, for_signing: bool, sessions: Any = None
 ) -> tuple[Any, Any]:
+    """The central bucket's S3 client and the archive digest key (signing or public)."""
     from aggregator import archive_digest as ad
 
     aws = pool.aws
-    sessions = sessions_for(settings, aws)
+    sessions = sessions or sessions_for(settings, aws)
     session = await sessions.session_for(settings.archive.writer_account_id)
     s3 = await pool.get(session, "s3")
     cfg = settings.integrity.archive_digest
@@ -284,6 +315,24 @@ async def _archive_client_and_key(
     )
 
 
+async def write_archive_digests(
+    settings: Settings,
+    state: State,
+    *,
+    aws: Aws | None = None,
+    sessions: Any = None,
+    clock: Callable[[], float] = time.time,
+) -> Any:
+    """Write the archive digests due now (``ctagg archive-digest`` and the daemon's job)."""
+    from aggregator.archive_digest import ArchiveDigester
+
+    async with ClientPool(aws or Aws(settings.aws)) as pool:
+        s3, key = await archive_client_and_key(settings, pool, for_signing=True, sessions=sessions)
+        return await ArchiveDigester(
+            state, s3, settings.archive, settings.integrity.archive_digest, key, clock=clock
+        ).run()
+
+
 def add_archive_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="YAML config file")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -291,25 +340,10 @@ def add_archive_args(p: argparse.ArgumentParser) -> None:
 
 def run_archive_digest_cmd(args: argparse.Namespace) -> int:
     """Write the archive digests due now (the service does this hourly)."""
-    from aggregator.archive_digest import ArchiveDigester
-
     settings = _load(args)
     state = State(settings.state.path)
-
-    async def go() -> Any:
-        async with ClientPool(Aws(settings.aws)) as pool:
-            s3, key = await _archive_client_and_key(settings, pool, for_signing=True)
-            return await ArchiveDigester(
-                state,
-                s3,
-                settings.archive,
-                settings.integrity.archive_digest,
-                key,
-                clock=time.time,
-            ).run()
-
     try:
-        rep = _run(go)
+        rep = _run(lambda: write_archive_digests(settings, state))
     finally:
         state.close()
     out = {"digests": rep.digests, "objects": rep.objects, "retained": rep.retained}
@@ -336,7 +370,7 @@ def run_verify_archive_cmd(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with ClientPool(Aws(settings.aws)) as pool:
-            s3, public_key = await _archive_client_and_key(settings, pool, for_signing=False)
+            s3, public_key = await archive_client_and_key(settings, pool, for_signing=False)
             return await verify_archive(
                 s3,
                 settings.archive,
@@ -356,7 +390,8 @@ def run_verify_archive_cmd(args: argparse.Namespace) -> int:
         print(
             f"{'OK' if rep.ok else 'FAILED'}: {rep.digests} digest(s), "
             f"{rep.objects_ok}/{rep.objects} object(s) verified, "
-            f"{rep.undigested_ledger_rows} ledger row(s) not digested yet"
+            f"{rep.undigested_ledger_rows} ledger row(s) not digested yet, "
+            f"{len(rep.expired)} expired by retention"
         )
         for label, items in (
             ("signature invalid", rep.signature_invalid),

@@ -224,6 +224,29 @@ class Metrics:
             registry=r,
         )
 
+        # ---- detection (the daemon's ledger follower)
+        self.detect_alerts = Counter(
+            "ctagg_detect_alerts_total",
+            "Alerts raised, by kind (rule, anomaly); each rule x event key alerts once.",
+            ["kind"],
+            registry=r,
+        )
+        self.detect_backlog = Gauge(
+            "ctagg_detect_backlog_objects",
+            "Central objects (ledger rows) written but not yet scanned by detection.",
+            registry=r,
+        )
+        self.detect_delivered = Counter(
+            "ctagg_detect_alerts_delivered_total",
+            "Alert deliveries acknowledged by an alert sink (one per alert and sink).",
+            registry=r,
+        )
+        self.detect_outbox = Gauge(
+            "ctagg_detect_outbox_alerts",
+            "Alert deliveries queued (not yet acknowledged), over all alert sinks.",
+            registry=r,
+        )
+
     # ------------------------------------------------------------------ recording helpers
 
     def object_archived(
@@ -254,6 +277,23 @@ class Metrics:
         self.forward_delivered.labels(connector).inc(delivered)
         self.forward_retried.labels(connector).inc(retried)
         self.forward_rejected.labels(connector).inc(rejected)
+
+    def detection(
+        self,
+        *,
+        rule_alerts: int = 0,
+        anomaly_alerts: int = 0,
+        delivered: int = 0,
+        backlog: int | None = None,
+        outbox: int | None = None,
+    ) -> None:
+        self.detect_alerts.labels("rule").inc(rule_alerts)
+        self.detect_alerts.labels("anomaly").inc(anomaly_alerts)
+        self.detect_delivered.inc(delivered)
+        if backlog is not None:
+            self.detect_backlog.set(backlog)
+        if outbox is not None:
+            self.detect_outbox.set(outbox)
 
     def set_inventory(
         self, accounts: int, sources: int, failures_by_stage: dict[str, int] | None = None

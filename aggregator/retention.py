@@ -485,19 +485,30 @@ async def run_once(
     settings: Settings, *, dry_run: bool, sessions: SessionProvider | None = None
 ) -> RetentionReport:
     from aggregator.credentials import CredentialBroker
+    from aggregator.detect.follow import detection_floor
 
     aws = Aws(settings.aws)
     state = State(settings.state.path)
     try:
         names = [c.name for c in settings.forward.connectors if c.enabled]
+        # detection's cursor, once the daemon's detection has scanned anything
+        detects = settings.detect.enabled and detection_floor(state, started_only=True) is not None
+
+        def floor() -> int | None:
+            floors = [state.forward_floor(names)] if names else []
+            if detects:
+                floors.append(int(detection_floor(state) or 1))
+            return min(floors) if floors else None
+
         # the writer account's role when archive.writer_account_id is set, else the base identity
         job = Retention(
             settings,
             state,
             sessions or CredentialBroker(settings, aws),
             aws,
-            # never delete what a configured connector has not delivered yet
-            ledger_floor=(lambda: state.forward_floor(names)) if names else None,
+            # never delete what a configured connector has not delivered (or detection has not
+            # scanned) yet
+            ledger_floor=floor if names or detects else None,
         )
         return await job.run(dry_run=dry_run)
     finally:

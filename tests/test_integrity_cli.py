@@ -171,3 +171,60 @@ async def test_validate_digests_and_completeness_commands(
     doc = json.loads(capsys.readouterr().out)
     assert doc["expected"] == 4
     assert doc["missing"] == 4
+
+
+async def test_verify_archive_reports_retention_deletions_as_expired(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Objects `ctagg retention` deleted (retention_log) are `expired`, not failures; an object
+    removed behind retention's back is still `missing`. ``ctagg retention`` also keeps what the
+    daemon's detection has not scanned yet."""
+    priv, _ = write_keypair(tmp_path)
+    cfg_path = tmp_path / "ctagg.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "state": {"path": str(tmp_path / "state.db")},
+                "archive": {"bucket": "central"},
+                "retention": {"archive_days": 30},
+                "integrity": {"archive_digest": {"enabled": True, "signing_key_path": str(priv)}},
+            }
+        )
+    )
+    settings = load_settings(cfg_path)
+    client("s3").create_bucket(Bucket="central")
+    state = State(settings.state.path)
+    await ingest(settings, state, n_objects=3)  # events of 2024-05-01: past 30 days
+    state.conn.execute("UPDATE ledger SET written_at = written_at - 7200")
+    first, second, third = (r["central_key"] for r in state.ledger_rows())
+    # the daemon's detection has scanned the first two objects only
+    from aggregator.detect.follow import CURSOR
+    from aggregator.detect.store import DetectStore
+
+    DetectStore(state).set_meta(CURSOR, str(state.ledger_rows()[1]["id"]))
+    state.close()
+    assert await_main(["archive-digest", str(cfg_path)]) == 0
+    client("s3").delete_object(Bucket="central", Key=first)  # not by retention
+    capsys.readouterr()
+
+    assert await_main(["retention", str(cfg_path), "--json"]) == 0
+    ret = json.loads(capsys.readouterr().out)
+    assert ret["pending_forward"] == 1  # the third: detection has not read it
+    left = [o["Key"] for o in client("s3").list_objects_v2(Bucket="central")["Contents"]]
+    assert third in left
+    assert second not in left
+    assert await_main(["verify-archive", str(cfg_path), "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["expired"] == [second]
+    assert rep["missing"] == [first]
+    assert rep["objects_ok"] == 1  # the third, kept
+
+    # with only retention's deletions, verification passes and says what expired
+    state = State(settings.state.path)
+    state.log_retention([("central", first, None, "deleted", "test: deleted by retention")])
+    state.close()
+    assert await_main(["verify-archive", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: 1 digest(s), 1/3 object(s) verified")
+    assert "2 expired by retention" in out
+    assert "missing" not in out

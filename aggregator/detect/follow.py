@@ -15,6 +15,7 @@ connector (OpenSearch, Splunk HEC, syslog), so alerts land where the events land
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -32,18 +33,39 @@ log = get_logger("aggregator.detect")
 CURSOR = "ledger_cursor"
 
 
+def detection_floor(state: State, *, started_only: bool = False) -> int | None:
+    """The lowest ledger id detection has not scanned yet (its persisted cursor + 1), read
+    without starting detection, so retention keeps those objects even while detection is down.
+    ``started_only``: None when detection never ran here (no cursor yet) instead of 1."""
+    from aggregator.detect.store import DetectStore
+
+    cursor = DetectStore(state).get_meta(CURSOR)
+    if cursor is None and started_only:
+        return None
+    return int(cursor or 0) + 1
+
+
 class ArchiveReader(Protocol):
     async def read_records(self, central_key: str) -> list[dict[str, Any]]: ...
 
 
 class DetectionFollower:
     def __init__(
-        self, service: DetectionService, state: State, archive: ArchiveReader, bucket: str
+        self,
+        service: DetectionService,
+        state: State,
+        archive: ArchiveReader,
+        bucket: str,
+        *,
+        offload: bool = False,
     ) -> None:
+        """``offload``: run the rules in a worker thread, so a large object never holds the
+        event loop (ingest and forwarding keep running; the daemon sets it)."""
         self.service = service
         self.state = state
         self.archive = archive
         self.bucket = bucket
+        self.offload = offload
 
     @property
     def position(self) -> int:
@@ -61,7 +83,12 @@ class DetectionFollower:
         for row in self.state.ledger_rows(after_id=self.position, limit=limit):
             key = row["central_key"]
             records = await self.archive.read_records(key)
-            alerts += len(self.service.process(records, ArchivePointer(self.bucket, key)))
+            pointer = ArchivePointer(self.bucket, key)
+            if self.offload:
+                raised = await asyncio.to_thread(self.service.process, records, pointer)
+            else:
+                raised = self.service.process(records, pointer)
+            alerts += len(raised)
             self.service.store.set_meta(CURSOR, str(row["id"]))
             objects += 1
         return objects, alerts
