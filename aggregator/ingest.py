@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 import aioboto3
+from aiobotocore.config import AioConfig
 
 from aggregator import archive as central
 from aggregator.aws import Aws, ClientPool, error_code, error_message
@@ -108,6 +110,7 @@ class _Job:
 # LookupEvents windows are recorded as objects of this pseudo bucket (upper case: no S3 bucket
 # can have this name), under ``lookup/<account>/<region>/``.
 LOOKUP_BUCKET = "LookupEvents"
+_LOOKUP_CONFIG = AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
 
 _DONE = object()
 
@@ -145,7 +148,9 @@ class Ingestor:
         # Keys fetched by name this cycle (retries); a listing must not queue them twice.
         self._retrying: set[tuple[str, str]] = set()
         self._cloudtrail_client = cloudtrail_client
-        self._pool: ClientPool | None = None
+        # LookupEvents clients of the running cycle, per (account, region); closed at its end.
+        self._lookup_stack: AsyncExitStack | None = None
+        self._lookup_clients: dict[tuple[str, str], Any] = {}
         # One collector for the process: its token buckets pace across cycles too.
         self.lookup = LookupCollector(
             settings.integrity.lookup, self._lookup_client, clock=clock, sleep=sleep
@@ -186,7 +191,7 @@ class Ingestor:
                 async with readers:
                     await self._lookup_pair(account_id, region, archive, report, failed)
 
-            self._pool = pool
+            self._lookup_stack = AsyncExitStack()
             requests = self.lookup.requests
             try:
                 await asyncio.gather(
@@ -197,7 +202,9 @@ class Ingestor:
                     ),
                 )
             finally:
-                self._pool = None
+                stack, self._lookup_stack = self._lookup_stack, None
+                self._lookup_clients.clear()
+                await stack.aclose()
                 report.lookup_requests = self.lookup.requests - requests
                 for _ in workers:
                     await queue.put(_DONE)
@@ -357,10 +364,20 @@ class Ingestor:
     async def _lookup_client(self, account_id: str, region: str) -> Any:
         if self._cloudtrail_client is not None:
             return await self._cloudtrail_client(account_id, region)
-        if self._pool is None:
+        if self._lookup_stack is None:
             raise RuntimeError("LookupEvents outside an ingest cycle")
-        session = await self.sessions.session_for(account_id)
-        return await self._pool.get(session, "cloudtrail", region)
+        client = self._lookup_clients.get((account_id, region))
+        if client is None:
+            # botocore must not retry throttling on its own: its retries would bypass the
+            # token bucket (2 requests/s); LookupCollector retries through the bucket.
+            session = await self.sessions.session_for(account_id)
+            kwargs = self.aws.client_kwargs(region)
+            kwargs["config"] = kwargs["config"].merge(_LOOKUP_CONFIG)
+            client = await self._lookup_stack.enter_async_context(
+                session.client("cloudtrail", **kwargs)
+            )
+            self._lookup_clients[(account_id, region)] = client
+        return client
 
     async def _lookup_pair(
         self,

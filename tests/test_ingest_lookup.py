@@ -484,3 +484,50 @@ async def test_stop_stops_new_windows(central: None, tmp_path: Path, stubs: Stub
     assert report.lookup_windows == 1
     assert archived_ids() == [f"lk-{A1}-1"]
     assert cursor(cfg) == W1[1]
+
+
+class CountingSessions(StsSessions):
+    """StsSessions whose sessions count the HTTP sends of LookupEvents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends: list[str] = []
+
+    async def session_for(self, account_id: str | None) -> aioboto3.Session:
+        fresh = account_id not in self._cache
+        session = await super().session_for(account_id)
+        if fresh:
+
+            def count(**kw: Any) -> None:
+                self.sends.append(str(account_id))
+
+            session.events.register("before-send.cloudtrail.LookupEvents", count)
+        return session
+
+
+async def test_default_client_is_the_accounts_and_does_not_retry_behind_the_bucket(
+    central: None, tmp_path: Path
+) -> None:
+    """Without a test factory the pair is read with its account's session, a cloudtrail client
+    in its region (moto answers 500: it has no lookup_events). botocore does not retry on its
+    own (that would bypass the 2 TPS bucket): one HTTP send. The failure stays with the pair."""
+    cfg = settings(tmp_path)
+    start_at(cfg, NOW - 1800)
+    src = make_source("org-trail", A3, org_id=ORG)
+    client("s3").put_object(
+        Bucket="org-trail",
+        Key=log_key(src.prefix, A3, R, "20240501T1100Z", "T3"),
+        Body=log_object([record("from-trail", A3)]),
+    )
+    sessions = CountingSessions()
+    state = State(cfg.state.path)
+    try:
+        ing = Ingestor(cfg, state, sessions, Aws(cfg.aws), clock=lambda: NOW)
+        report = await ing.run(inventory([A1, A3], [src]))
+    finally:
+        state.close()
+    assert A1 in sessions.calls
+    assert sessions.sends == [A1]
+    assert (report.lookup_requests, report.errors) == (1, 1)
+    assert archived_ids() == ["from-trail"]
+    assert cursor(cfg) == NOW - 1800
