@@ -131,8 +131,8 @@ class Ingestor:
         cloudtrail_client: ClientFor | None = None,
     ) -> None:
         """``cloudtrail_client(account_id, region)`` replaces the LookupEvents client (tests:
-        moto has no lookup_events); by default it is the account's session's client in that
-        region from the cycle's pool. ``sleep`` paces LookupEvents (a fake clock in tests)."""
+        moto has no lookup_events); by default it is a client of the account's session in that
+        region, opened once per cycle. ``sleep`` paces LookupEvents (a fake clock in tests)."""
         self.settings = settings
         self.state = state
         self.sessions = sessions
@@ -441,7 +441,7 @@ class Ingestor:
     ) -> None:
         key = window_source_key(window)
         start = datetime.fromtimestamp(window.start, UTC)
-        day_prefix = f"{src.prefix}{start:%Y/%m/%d}/"
+        day_prefix = f"{src.prefix}{start:%Y%m%d}"  # window keys start with it: compactable
         parts = central.KeyParts(src.account_id, src.region, f"{start:%Y%m%dT%H%MZ}", False)
         job = _Job(src, src.source_id, key, day_prefix, ObjectKind.LOG, 0, None, parts)
         limit = self.settings.collect.max_record_bytes

@@ -531,3 +531,32 @@ async def test_default_client_is_the_accounts_and_does_not_retry_behind_the_buck
     assert (report.lookup_requests, report.errors) == (1, 1)
     assert archived_ids() == ["from-trail"]
     assert cursor(cfg) == NOW - 1800
+
+
+async def test_old_lookup_days_are_compacted_like_trail_days(
+    central: None, tmp_path: Path, stubs: Stubs
+) -> None:
+    """Windows are recorded under per-day prefixes of their pair; days older than the re-list
+    window are closed after a clean pass, so state stays bounded."""
+    cfg = settings(tmp_path, window_secs=86400)
+    start_at(cfg, NOW - 3 * 86400)
+    stub = await stubs.add(A1)
+    for _ in range(3):  # starts 04-27 23:55, 04-28 23:55, 04-29 23:55
+        stub.add_response("lookup_events", page([]))
+
+    report = await run(cfg, inventory([A1]), stubs)
+    stubs.done()
+
+    assert report.lookup_windows == 3
+    state = State(cfg.state.path)
+    try:
+        source_id = f"LookupEvents/lookup/{A1}/{R}/"
+        assert state.closed_days(source_id) == {"2024-04-27", "2024-04-28", "2024-04-29"}
+        assert state.conn.execute(
+            "SELECT count(*) FROM objects WHERE bucket='LookupEvents'"
+        ).fetchone() == (0,)
+        names = state.handled_keys("LookupEvents", f"lookup/{A1}/{R}/20240428")
+    finally:
+        state.close()
+    # the compacted day still names its window
+    assert names == {f"lookup/{A1}/{R}/20240428T235500Z-20240430T000000Z"}
