@@ -407,7 +407,14 @@ class Ingestor:
                     )
                 return
         try:
-            for start, end in self.lookup.cells(lookup_cursor(self.state, account_id, region)):
+            cursor = lookup_cursor(self.state, account_id, region)
+            cells = self.lookup.cells(cursor)
+            if cursor is None and cells:
+                # Pin a first run's start (it moves with the clock): a rerun after a crash
+                # then reads the same windows, not ones shifted by the time that passed.
+                start_cell = cells[0][0] + self.settings.integrity.lookup.overlap_secs
+                set_lookup_cursor(self.state, account_id, region, start_cell)
+            for start, end in cells:
                 await self._wait_unpaused()
                 if self.stop.is_set():
                     return  # not committed: this window is read again next run

@@ -560,3 +560,34 @@ async def test_old_lookup_days_are_compacted_like_trail_days(
         state.close()
     # the compacted day still names its window
     assert names == {f"lookup/{A1}/{R}/20240428T235500Z-20240430T000000Z"}
+
+
+async def test_a_first_run_that_dies_reads_the_same_window_later(
+    central: None, tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No cursor yet: the start is pinned before reading, so a rerun days later still begins
+    with the window that was written but not committed (same key, no second copy)."""
+    cfg = settings(tmp_path, window_secs=86400, backfill_days=1)
+    first = (NOW - 12 * 3600 - 86400 - 300, NOW - 12 * 3600)  # 04-29 23:55 - 05-01 00:00
+    stub = await stubs.add(A1)
+    stub.add_response("lookup_events", page([ev(1), ev(2)]), params(first))
+
+    def crash(self: State, outcome: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(State, "commit_object", crash)
+    with pytest.raises(Crash):
+        await run(cfg, inventory([A1]), stubs)
+    monkeypatch.undo()
+    written = central_objects()
+    assert len(written) == 1
+
+    stubs.clock.t += 2 * 86400
+    stub.add_response("lookup_events", page([ev(1), ev(2)]), params(first))
+    stub.add_response("lookup_events", page([]))
+    stub.add_response("lookup_events", page([]))
+    report = await run(cfg, inventory([A1]), stubs)
+    stubs.done()
+    assert report.lookup_windows == 3
+    assert central_objects() == written
+    assert archived_ids() == [f"lk-{A1}-1", f"lk-{A1}-2"]
