@@ -12,6 +12,11 @@ central write. A crash in between repeats the object and rewrites the same centr
 Failure policy: a bad object is quarantined and the rest goes on; a transient error leaves the
 object unhandled (it is tried again next cycle, and its day prefix is not closed); an account
 whose role cannot be assumed is recorded once and skipped; nothing stops the other sources.
+
+Alongside, for the account × region pairs ``lookup.lookup_targets`` selects, CloudTrail
+``LookupEvents`` windows (``lookup.LookupCollector.cells``) take the same path: each window is a
+pseudo source object (bucket ``LookupEvents``, key ``lookup.window_source_key``) that goes
+through dedupe → central write → commit, and only then is the pair's cursor moved past it.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 import aioboto3
+from aiobotocore.config import AioConfig
 
 from aggregator import archive as central
 from aggregator.aws import Aws, ClientPool, error_code, error_message
@@ -42,8 +49,19 @@ from aggregator.collect import (
     walk_day_prefixes,
 )
 from aggregator.config import Settings
+from aggregator.dedupe import key_and_bytes
 from aggregator.discovery import Inventory, Source
+from aggregator.integrity_state import lookup_cursor, set_lookup_cursor
 from aggregator.log import get_logger
+from aggregator.lookup import (
+    ClientFor,
+    LookupCollector,
+    LookupWindow,
+    Sleep,
+    decode_window,
+    lookup_targets,
+    window_source_key,
+)
 from aggregator.state import CentralObject, ObjectOutcome, State
 
 log = get_logger("aggregator.ingest")
@@ -68,6 +86,8 @@ class CycleReport:
     central_objects: int = 0
     duration_secs: float = 0.0
     stopped: bool = False
+    lookup_windows: int = 0
+    lookup_requests: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,7 +103,14 @@ class _Job:
     kind: ObjectKind
     size: int
     etag: str | None
+    # Central key parts when the key is not a CloudTrail object name (LookupEvents windows).
+    parts: central.KeyParts | None = None
 
+
+# LookupEvents windows are recorded as objects of this pseudo bucket (upper case: no S3 bucket
+# can have this name), under ``lookup/<account>/<region>/``.
+LOOKUP_BUCKET = "LookupEvents"
+_LOOKUP_CONFIG = AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
 
 _DONE = object()
 
@@ -100,7 +127,12 @@ class Ingestor:
         *,
         clock: Callable[[], float] = time.time,
         should_pause: Callable[[], bool] | None = None,
+        sleep: Sleep = asyncio.sleep,
+        cloudtrail_client: ClientFor | None = None,
     ) -> None:
+        """``cloudtrail_client(account_id, region)`` replaces the LookupEvents client (tests:
+        moto has no lookup_events); by default it is a client of the account's session in that
+        region, opened once per cycle. ``sleep`` paces LookupEvents (a fake clock in tests)."""
         self.settings = settings
         self.state = state
         self.sessions = sessions
@@ -115,6 +147,14 @@ class Ingestor:
         self._errored_streams: set[str] = set()
         # Keys fetched by name this cycle (retries); a listing must not queue them twice.
         self._retrying: set[tuple[str, str]] = set()
+        self._cloudtrail_client = cloudtrail_client
+        # LookupEvents clients of the running cycle, per (account, region); closed at its end.
+        self._lookup_stack: AsyncExitStack | None = None
+        self._lookup_clients: dict[tuple[str, str], Any] = {}
+        # One collector for the process: its token buckets pace across cycles too.
+        self.lookup = LookupCollector(
+            settings.integrity.lookup, self._lookup_client, clock=clock, sleep=sleep
+        )
 
     # ------------------------------------------------------------------ cycle
 
@@ -141,14 +181,31 @@ class Ingestor:
                 for _ in range(cfg.max_concurrency)
             ]
             listers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
+            readers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
 
             async def list_one(src: Source) -> None:
                 async with listers:
                     await self._list_source(src, pool, queue, report, failed)
 
+            async def lookup_one(account_id: str, region: str) -> None:
+                async with readers:
+                    await self._lookup_pair(account_id, region, archive, report, failed)
+
+            self._lookup_stack = AsyncExitStack()
+            requests = self.lookup.requests
             try:
-                await asyncio.gather(*(list_one(s) for s in inventory.sources))
+                await asyncio.gather(
+                    *(list_one(s) for s in inventory.sources),
+                    *(
+                        lookup_one(a, r)
+                        for a, r in lookup_targets(inventory, self.settings.integrity.lookup)
+                    ),
+                )
             finally:
+                stack, self._lookup_stack = self._lookup_stack, None
+                self._lookup_clients.clear()
+                await stack.aclose()
+                report.lookup_requests = self.lookup.requests - requests
                 for _ in workers:
                     await queue.put(_DONE)
                 await asyncio.gather(*workers)
@@ -298,11 +355,130 @@ class Ingestor:
             self.state.close_prefixes(stream_id, before)
 
     async def _enqueue(self, queue: asyncio.Queue[Any], job: _Job) -> None:
+        await self._wait_unpaused()
+        if not self.stop.is_set():
+            await queue.put(job)
+
+    # ------------------------------------------------------------------ LookupEvents
+
+    async def _lookup_client(self, account_id: str, region: str) -> Any:
+        if self._cloudtrail_client is not None:
+            return await self._cloudtrail_client(account_id, region)
+        if self._lookup_stack is None:
+            raise RuntimeError("LookupEvents outside an ingest cycle")
+        client = self._lookup_clients.get((account_id, region))
+        if client is None:
+            # botocore must not retry throttling on its own: its retries would bypass the
+            # token bucket (2 requests/s); LookupCollector retries through the bucket.
+            session = await self.sessions.session_for(account_id)
+            kwargs = self.aws.client_kwargs(region)
+            kwargs["config"] = kwargs["config"].merge(_LOOKUP_CONFIG)
+            client = await self._lookup_stack.enter_async_context(
+                session.client("cloudtrail", **kwargs)
+            )
+            self._lookup_clients[(account_id, region)] = client
+        return client
+
+    async def _lookup_pair(
+        self,
+        account_id: str,
+        region: str,
+        archive: central.Archive,
+        report: CycleReport,
+        failed: set[str],
+    ) -> None:
+        """Read the due windows of one account-region, oldest first; archive each, then move
+        the cursor. An error stops this pair only (the window is read again next cycle)."""
+        if account_id in failed:
+            return
+        prefix = f"lookup/{account_id}/{region}/"
+        src = Source(f"{LOOKUP_BUCKET}/{prefix}", account_id, region, LOOKUP_BUCKET, prefix)
+        if self._cloudtrail_client is None:
+            try:
+                await self.sessions.session_for(account_id)
+            except Exception as exc:
+                failed.add(account_id)
+                if self.state.record_failure(account_id, "assume_role", error_message(exc)):
+                    log.warning(
+                        "credentials.assume_failed",
+                        account_id=account_id,
+                        error_type=getattr(exc, "code", None) or error_code(exc),
+                        reason=error_message(exc),
+                    )
+                return
+        try:
+            cursor = lookup_cursor(self.state, account_id, region)
+            cells = self.lookup.cells(cursor)
+            if cursor is None and cells:
+                # Pin a first run's start (it moves with the clock): a rerun after a crash
+                # then reads the same windows, not ones shifted by the time that passed.
+                start_cell = cells[0][0] + self.settings.integrity.lookup.overlap_secs
+                set_lookup_cursor(self.state, account_id, region, start_cell)
+            for start, end in cells:
+                await self._wait_unpaused()
+                if self.stop.is_set():
+                    return  # not committed: this window is read again next run
+                started = time.perf_counter()
+                window = await self.lookup.read_window(account_id, region, start, end)
+                if self.stop.is_set():
+                    return
+                await self._archive_window(src, window, archive, report, started)
+                set_lookup_cursor(self.state, account_id, region, window.end)
+                report.lookup_windows += 1
+            self.state.source_ok(src)
+            self._listed_streams.add(src.source_id)
+        except Exception as exc:
+            report.errors += 1
+            self.state.source_error(src, error_message(exc))
+            log.warning(
+                "ingest.lookup_failed",
+                account_id=account_id,
+                region=region,
+                error_type=error_code(exc),
+                reason=error_message(exc),
+            )
+
+    async def _archive_window(
+        self,
+        src: Source,
+        window: LookupWindow,
+        archive: central.Archive,
+        report: CycleReport,
+        started: float,
+    ) -> None:
+        key = window_source_key(window)
+        start = datetime.fromtimestamp(window.start, UTC)
+        day_prefix = f"{src.prefix}{start:%Y%m%d}"  # window keys start with it: compactable
+        parts = central.KeyParts(src.account_id, src.region, f"{start:%Y%m%dT%H%MZ}", False)
+        job = _Job(src, src.source_id, key, day_prefix, ObjectKind.LOG, 0, None, parts)
+        limit = self.settings.collect.max_record_bytes
+        dropped = ""
+        try:
+            decoded = decode_window(window, max_record_bytes=limit)
+        except BadObject:
+            # One oversized record must not hold the pair's cursor forever: the others are
+            # archived, the window is recorded as quarantined with the reason.
+            fits = [r for r in window.records if len(key_and_bytes(dict(r))[1]) <= limit]
+            dropped = f"{len(window.records) - len(fits)} record(s) > max_record_bytes"
+            window.records = fits
+            decoded = decode_window(window, max_record_bytes=limit)
+        await self._archive(job, decoded, archive, report, started)
+        if dropped:  # after the commit, which clears a quarantine row of the same key
+            report.quarantined += 1
+            self.state.quarantine(src, key, dropped)
+            log.warning(
+                "ingest.lookup_records_dropped",
+                account_id=src.account_id,
+                region=src.region,
+                key=key,
+                reason=dropped,
+            )
+        self.state.see_prefix(src.source_id, LOOKUP_BUCKET, day_prefix, f"{start:%Y-%m-%d}")
+
+    async def _wait_unpaused(self) -> None:
         # Polls a predicate owned by the forwarder (another room); no event to wait on.
         while self.should_pause is not None and self.should_pause() and not self.stop.is_set():  # noqa: ASYNC110
             await asyncio.sleep(1.0)  # backpressure: a sink's backlog is full
-        if not self.stop.is_set():
-            await queue.put(job)
 
     # ------------------------------------------------------------------ objects
 
@@ -402,11 +578,16 @@ class Ingestor:
             if keep:
                 parts = [decoded.parts[i] for i in keep]
                 times = [decoded.times[i] for i in keep if decoded.times[i]]
-                kp = central.parse_source_name(job.key) or central.KeyParts(
-                    src.account_id,
-                    src.region,
-                    central.ts_from_event_time(min(times) if times else None) or "19700101T0000Z",
-                    job.kind == ObjectKind.INSIGHT,
+                kp = (
+                    job.parts
+                    or central.parse_source_name(job.key)
+                    or central.KeyParts(
+                        src.account_id,
+                        src.region,
+                        central.ts_from_event_time(min(times) if times else None)
+                        or "19700101T0000Z",
+                        job.kind == ObjectKind.INSIGHT,
+                    )
                 )
                 key = central.central_key(self.settings.archive.prefix, kp, src.bucket, job.key)
                 body = central.encode_records(parts, self.settings.archive.compress_level)

@@ -6,13 +6,16 @@ API's limit).
   allows 2 per second per account per region), burst 1: never more than 2 in any 1 s window.
 * ``MaxResults`` 50, pages followed with ``NextToken``.
 * ``ThrottlingException`` (HTTP 400) is retried with exponential backoff (through the bucket).
-* Time is cut into windows; the cursor (``lookup_cursor``, migration 40) advances only when the
-  caller commits a window, after its records were archived; the next run starts
-  ``overlap_secs`` before the cursor, so late-indexed events are seen (dedupe drops repeats).
+* Time is cut into windows on a fixed grid (:meth:`LookupCollector.cells`); the cursor
+  (``lookup_cursor``, migration 40) advances only when the caller commits a window, after its
+  records were archived; every window starts ``overlap_secs`` before its grid cell, so
+  late-indexed events are seen (dedupe drops repeats). Windows depend only on the committed
+  cursor, so a crash before the commit reads (and writes) the same window again.
 * Each item's ``CloudTrailEvent`` is the CloudTrail record as JSON text: the same record a trail
   delivers, so its dedupe key is the same and the two copies collapse.
 
-The ingest job wires windows into the common dedupe/archive path (``LookupWindow.records``).
+The ingest job (``Ingestor._lookup_pair``) feeds each window through the common
+dedupe → central write → commit path, then commits the cursor.
 """
 
 from __future__ import annotations
@@ -125,17 +128,31 @@ class LookupCollector:
 
     # ------------------------------------------------------------------ planning
 
-    def plan(self, cursor: float | None, now: float | None = None) -> tuple[float, float]:
-        """(start, end) of what is due: from the cursor minus the overlap (or backfill_days on
-        first run), never before the API's 90 days, up to now minus lag."""
+    def cells(self, cursor: float | None, now: float | None = None) -> list[tuple[float, float]]:
+        """The (start, end) windows due, oldest first.
+
+        Windows sit on a fixed grid of ``window_secs`` (epoch-aligned): the cell ``[g, g + W)``
+        is read as ``[g - overlap_secs, g + W)`` (the overlap re-reads late-indexed events, dedupe
+        drops repeats) and committed by moving the cursor to ``g + W``. Only whole cells ending
+        before now - ``lag_secs`` are due, the first one is the cell holding the cursor (or
+        ``backfill_days`` back on a first run), and none starts more than 90 days back.
+
+        So a window is a function of the committed cursor alone: a run that dies before its
+        commit reads the same window again (same ``window_source_key``, same central key), and
+        a window once committed is never read again under the same key.
+        """
         now = self.clock() if now is None else now
-        end = now - self.settings.lag_secs
-        floor = now - MAX_AGE_SECS + 60
-        if cursor is None:
-            start = now - self.settings.backfill_days * 86400
-        else:
-            start = cursor - self.settings.overlap_secs
-        return max(start, floor), end
+        w = self.settings.window_secs
+        overlap = self.settings.overlap_secs
+        end = (now - self.settings.lag_secs) // w * w
+        oldest = -(-(now - MAX_AGE_SECS + 60 + overlap) // w) * w  # ceil to the grid
+        base = now - self.settings.backfill_days * 86400 if cursor is None else cursor
+        g = max(base // w * w, oldest)
+        out = []
+        while g + w <= end:
+            out.append((g - overlap, g + w))
+            g += w
+        return out
 
     # ------------------------------------------------------------------ reading
 
@@ -242,11 +259,11 @@ async def due_windows(
     collector: LookupCollector, account_id: str, region: str, cursor: float | None
 ) -> AsyncIterator[LookupWindow]:
     """The windows due for one account-region given its cursor
-    (``integrity_state.lookup_cursor``). Commit each window after archiving its records with
+    (``integrity_state.lookup_cursor``), each read when the caller asks for it. Commit each
+    window after archiving its records with
     ``integrity_state.set_lookup_cursor(state, account_id, region, window.end)``."""
-    start, end = collector.plan(cursor)
-    async for w in collector.windows(account_id, region, start, end):
-        yield w
+    for start, end in collector.cells(cursor):
+        yield await collector.read_window(account_id, region, start, end)
 
 
 def window_source_key(window: LookupWindow) -> str:

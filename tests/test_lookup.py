@@ -244,18 +244,39 @@ async def test_pacing_never_exceeds_two_per_second_per_account_region() -> None:
     assert max_in_any_second([t for _, t in calls]) > 2
 
 
-async def test_cursor_plan_overlap_and_90_day_floor(tmp_path: Path) -> None:
+async def test_cells_grid_overlap_lag_and_90_day_floor(tmp_path: Path) -> None:
     clock = FakeClock()
-    s = LookupSettings(overlap_secs=300, lag_secs=600, backfill_days=1)
+    s = LookupSettings(window_secs=900, overlap_secs=300, lag_secs=600, backfill_days=1)
 
     async def no_client(account: str, region: str) -> Any:
         raise AssertionError("not called")
 
     col = LookupCollector(s, no_client, clock=clock, sleep=clock.sleep)
-    assert col.plan(None) == (NOW - 86400, NOW - 600)
-    assert col.plan(NOW - 3600) == (NOW - 3900, NOW - 600)
-    start, _ = col.plan(NOW - 200 * 86400)
-    assert start >= NOW - 90 * 86400
+    # first run: a day back, whole 15-minute cells up to now - lag (11:50 -> 11:45)
+    first = col.cells(None)
+    assert len(first) == 95
+    assert first[0] == (NOW - 86400 - 300, NOW - 86400 + 900)
+    assert first[-1] == (NOW - 1800 - 300, NOW - 900)
+    # from a cursor: each cell read from 300 s before it; none ends after now - lag
+    assert col.cells(NOW - 3600) == [
+        (NOW - 3600 - 300, NOW - 2700),
+        (NOW - 2700 - 300, NOW - 1800),
+        (NOW - 1800 - 300, NOW - 900),
+    ]
+    assert col.cells(NOW - 900) == []
+    # a cursor off the grid starts at the cell that holds it
+    assert col.cells(NOW - 3000)[0] == (NOW - 3600 - 300, NOW - 2700)
+    # deterministic: later (same cursor) the same windows come first, more may follow
+    clock.t += 1000
+    assert col.cells(NOW - 3600)[:3] == [
+        (NOW - 3600 - 300, NOW - 2700),
+        (NOW - 2700 - 300, NOW - 1800),
+        (NOW - 1800 - 300, NOW - 900),
+    ]
+    clock.t = NOW
+    old = col.cells(NOW - 200 * 86400)
+    assert old[0][0] >= NOW - 90 * 86400
+    assert old[0][0] < NOW - 90 * 86400 + 900
     state = State(tmp_path / "s.db")
     assert lookup_cursor(state, "111111111111", "us-east-1") is None
     set_lookup_cursor(state, "111111111111", "us-east-1", NOW - 100)
@@ -267,15 +288,16 @@ async def test_cursor_plan_overlap_and_90_day_floor(tmp_path: Path) -> None:
 async def test_due_windows_resume_from_cursor(ct: Any) -> None:
     clock = FakeClock()
     stub = Stubber(ct)
-    stub.add_response(
-        "lookup_events",
-        {"Events": []},
-        {
-            "StartTime": datetime.fromtimestamp(NOW - 1500 - 300, UTC),
-            "EndTime": datetime.fromtimestamp(NOW - 600, UTC),
-            "MaxResults": 50,
-        },
-    )
+    for start, end in ((NOW - 3 * 3600 - 300, NOW - 2 * 3600), (NOW - 2 * 3600 - 300, NOW - 3600)):
+        stub.add_response(
+            "lookup_events",
+            {"Events": []},
+            {
+                "StartTime": datetime.fromtimestamp(start, UTC),
+                "EndTime": datetime.fromtimestamp(end, UTC),
+                "MaxResults": 50,
+            },
+        )
 
     async def client_for(account: str, region: str) -> Any:
         return ct
@@ -287,9 +309,13 @@ async def test_due_windows_resume_from_cursor(ct: Any) -> None:
         sleep=clock.sleep,
     )
     with stub:
-        wins = [w async for w in due_windows(col, "111111111111", "us-east-1", NOW - 1500)]
+        wins = [w async for w in due_windows(col, "111111111111", "us-east-1", NOW - 3 * 3600)]
         stub.assert_no_pending_responses()
-    assert [(w.start, w.end) for w in wins] == [(NOW - 1800, NOW - 600)]
+    # 11:00-12:00 is not due yet (it ends after now - lag)
+    assert [(w.start, w.end) for w in wins] == [
+        (NOW - 3 * 3600 - 300, NOW - 2 * 3600),
+        (NOW - 2 * 3600 - 300, NOW - 3600),
+    ]
 
 
 def test_targets_untrailed_always_and_configured() -> None:
