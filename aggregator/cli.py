@@ -378,7 +378,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     ("validate", "check a config file without touching the network", _config_arg, _run_validate),
-    ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
+    (
+        "discover",
+        "list the accounts, regions, trails and log prefixes that would be collected",
+        _discover_args,
+        _run_discover,
+    ),
     (
         "doctor",
         "check live access per account x region (assume, list, read, write central)",
@@ -386,12 +391,43 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _run_doctor,
     ),
     (
+        "once",
+        "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
+        _config_arg,
+        _run_once,
+    ),
+    ("run", "run as a daemon until SIGTERM", _args_run, _run_run),
+    (
+        "status",
+        "per account × region progress, lag and errors (reads state only)",
+        _args_json,
+        _run_status,
+    ),
+    (
+        "quarantine",
+        "list quarantined source objects with their reasons",
+        _args_json,
+        _run_quarantine,
+    ),
+    (
+        "retry-quarantined",
+        "try quarantined objects again in the next cycle",
+        _args_retry,
+        _run_retry,
+    ),
+    (
         "replay",
         "re-send archived events to one connector",
         forward.add_replay_args,
         forward.run_replay,
     ),
-    # integrity room (aggregator/integrity_cli.py)
+    (
+        "normalize",
+        "print CloudTrail events as ECS, OCSF or raw JSON lines",
+        _normalize_args,
+        _run_normalize,
+    ),
+    ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
     (
         "audit",
         "audit every account x region's CloudTrail setup (CIS)",
@@ -422,45 +458,8 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         _integrity_args("add_verify_args"),
         _integrity("run_verify_archive_cmd"),
     ),
-    ("detect", "run detection rules over CloudTrail files or stdin", _detect_args, _run_detect),
-    (
-        "discover",
-        "list the accounts, regions, trails and log prefixes that would be collected",
-        _discover_args,
-        _run_discover,
-    ),
-    (
-        "once",
-        "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
-        _config_arg,
-        _run_once,
-    ),
-    ("run", "run as a daemon until SIGTERM", _args_run, _run_run),
-    (
-        "status",
-        "per account × region progress, lag and errors (reads state only)",
-        _args_json,
-        _run_status,
-    ),
-    (
-        "quarantine",
-        "list quarantined source objects with their reasons",
-        _args_json,
-        _run_quarantine,
-    ),
-    (
-        "retry-quarantined",
-        "try quarantined objects again in the next cycle",
-        _args_retry,
-        _run_retry,
-    ),
+    ("retention", "expire the central archive and prune state", _retention_args, _run_retention),
     ("demo", "run the real pipeline against an embedded moto Organization", _args_demo, _run_demo),
-    (
-        "normalize",
-        "print CloudTrail events as ECS, OCSF or raw JSON lines",
-        _normalize_args,
-        _run_normalize,
-    ),
 ]
 
 

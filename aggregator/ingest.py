@@ -251,18 +251,8 @@ class Ingestor:
     ) -> None:
         if src.reader_account_id in failed:
             return
-        try:
-            session = await self.sessions.session_for(src.reader_account_id)
-        except Exception as exc:
-            account = src.reader_account_id or "base"
-            failed.add(account)
-            if self.state.record_failure(account, "assume_role", error_message(exc)):
-                log.warning(
-                    "credentials.assume_failed",
-                    account_id=account,
-                    error_type=getattr(exc, "code", None) or error_code(exc),
-                    reason=error_message(exc),
-                )
+        session = await self._session(src.reader_account_id, failed)
+        if session is None:
             return
         s3 = await pool.get(session, "s3")
         try:
@@ -290,6 +280,22 @@ class Ingestor:
                 error_type=error_code(exc),
                 reason=error_message(exc),
             )
+
+    async def _session(self, account_id: str | None, failed: set[str]) -> aioboto3.Session | None:
+        """The account's session, or None after recording (and logging once) why not."""
+        try:
+            return await self.sessions.session_for(account_id)
+        except Exception as exc:
+            account = account_id or "base"
+            failed.add(account)
+            if self.state.record_failure(account, "assume_role", error_message(exc)):
+                log.warning(
+                    "credentials.assume_failed",
+                    account_id=account,
+                    error_type=getattr(exc, "code", None) or error_code(exc),
+                    reason=error_message(exc),
+                )
+            return None
 
     def _days_to_list(
         self, open_days: dict[str, str], stream: str, walked: list[str] | None
@@ -393,19 +399,8 @@ class Ingestor:
             return
         prefix = f"lookup/{account_id}/{region}/"
         src = Source(f"{LOOKUP_BUCKET}/{prefix}", account_id, region, LOOKUP_BUCKET, prefix)
-        if self._cloudtrail_client is None:
-            try:
-                await self.sessions.session_for(account_id)
-            except Exception as exc:
-                failed.add(account_id)
-                if self.state.record_failure(account_id, "assume_role", error_message(exc)):
-                    log.warning(
-                        "credentials.assume_failed",
-                        account_id=account_id,
-                        error_type=getattr(exc, "code", None) or error_code(exc),
-                        reason=error_message(exc),
-                    )
-                return
+        if self._cloudtrail_client is None and await self._session(account_id, failed) is None:
+            return
         try:
             cursor = lookup_cursor(self.state, account_id, region)
             cells = self.lookup.cells(cursor)
