@@ -368,6 +368,11 @@ class LookupSettings(Strict):
         default=1, ge=1, le=90, description="First run starts this far back."
     )
     max_throttle_retries: int = Field(default=8, ge=0, le=30)
+    gap_fill: bool = Field(
+        default=True,
+        description="A file completeness expects that the trail bucket no longer has: read its "
+        "hour from LookupEvents (management events only, <= 90 days back).",
+    )
 
 
 class ArchiveDigestSettings(Strict):

@@ -33,7 +33,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from aggregator import archive as central
-from aggregator.aws import Aws, ClientPool, error_code, error_message
+from aggregator.aws import Aws, ClientPool, error_code, error_message, is_not_found
 from aggregator.collect import (
     BadObject,
     Decoded,
@@ -88,6 +88,7 @@ class CycleReport:
     stopped: bool = False
     lookup_windows: int = 0
     lookup_requests: int = 0
+    gaps_filled: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,6 +111,7 @@ class _Job:
 # LookupEvents windows are recorded as objects of this pseudo bucket (upper case: no S3 bucket
 # can have this name), under ``lookup/<account>/<region>/``.
 LOOKUP_BUCKET = "LookupEvents"
+LOOKUP_MAX_AGE_SECS = 90 * 86400  # LookupEvents keeps 90 days
 _LOOKUP_CONFIG = AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
 
 _DONE = object()
@@ -147,6 +149,8 @@ class Ingestor:
         self._errored_streams: set[str] = set()
         # Keys fetched by name this cycle (retries); a listing must not queue them twice.
         self._retrying: set[tuple[str, str]] = set()
+        # Files completeness expected that the source bucket no longer has (NoSuchKey).
+        self._gaps: list[tuple[Source, str]] = []
         self._cloudtrail_client = cloudtrail_client
         # LookupEvents clients of the running cycle, per (account, region); closed at its end.
         self._lookup_stack: AsyncExitStack | None = None
@@ -169,6 +173,7 @@ class Ingestor:
         self._listed_streams.clear()
         self._errored_streams.clear()
         self._retrying.clear()
+        self._gaps.clear()
         cfg = self.settings.collect
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.max_concurrency * 4)
         async with ClientPool(self.aws) as pool:
@@ -201,6 +206,8 @@ class Ingestor:
                         for a, r in lookup_targets(inventory, self.settings.integrity.lookup)
                     ),
                 )
+                await queue.join()  # every queued object handled: the gaps are known now
+                await self._fill_gaps(archive, report, failed)
             finally:
                 stack, self._lookup_stack = self._lookup_stack, None
                 self._lookup_clients.clear()
@@ -433,6 +440,62 @@ class Ingestor:
                 reason=error_message(exc),
             )
 
+    async def _fill_gaps(
+        self, archive: central.Archive, report: CycleReport, failed: set[str]
+    ) -> None:
+        """Files the digests say exist but the trail bucket no longer has: read their hour
+        (the hour before the file's timestamp, plus five minutes) from LookupEvents and mark
+        the key handled. LookupEvents has management events only and 90 days of history;
+        what it returns goes through dedupe, so events already archived are not repeated."""
+        cfg = self.settings.integrity.lookup
+        gaps, self._gaps = self._gaps, []
+        if cfg.mode == "off" or not cfg.gap_fill:
+            return
+        for src, key in gaps:
+            parts = central.parse_source_name(key)
+            if self.stop.is_set() or parts is None or src.account_id in failed:
+                continue
+            end = datetime.strptime(parts.ts, "%Y%m%dT%H%MZ").replace(tzinfo=UTC).timestamp()
+            start = end - 3600
+            if self.clock() - start > LOOKUP_MAX_AGE_SECS:
+                continue
+            if (
+                self._cloudtrail_client is None
+                and await self._session(src.account_id, failed) is None
+            ):
+                continue
+            prefix = f"lookup/{src.account_id}/{src.region}/"
+            lsrc = Source(
+                f"{LOOKUP_BUCKET}/{prefix}", src.account_id, src.region, LOOKUP_BUCKET, prefix
+            )
+            started = time.perf_counter()
+            try:
+                window = await self.lookup.read_window(src.account_id, src.region, start, end + 300)
+                await self._archive_window(lsrc, window, archive, report, started)
+            except Exception as exc:
+                report.errors += 1
+                log.warning(
+                    "ingest.gap_fill_failed",
+                    account_id=src.account_id,
+                    region=src.region,
+                    key=key,
+                    error_type=error_code(exc),
+                    reason=error_message(exc),
+                )
+                continue
+            self.state.commit_object(
+                ObjectOutcome(src, key, key.rsplit("/", 1)[0] + "/", "filled", None, 0)
+            )
+            report.gaps_filled += 1
+            log.info(
+                "ingest.gap_filled",
+                account_id=src.account_id,
+                region=src.region,
+                bucket=src.bucket,
+                key=key,
+                events=len(window.records),
+            )
+
     async def _archive_window(
         self,
         src: Source,
@@ -533,6 +596,16 @@ class Ingestor:
                 reason=str(exc),
             )
         except Exception as exc:
+            if is_not_found(exc) and self.state.is_queued_missing(src.bucket, job.key):
+                self._gaps.append((src, job.key))  # filled from LookupEvents after the queue
+                log.warning(
+                    "ingest.source_file_missing",
+                    account_id=src.account_id,
+                    region=src.region,
+                    bucket=src.bucket,
+                    key=job.key,
+                )
+                return
             report.errors += 1
             self._errored_streams.add(job.stream_id)
             self.state.source_error(src, f"{job.key}: {error_message(exc)}")

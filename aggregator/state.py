@@ -694,6 +694,14 @@ class State:
                 cur = c.execute("UPDATE quarantine SET status='retry' WHERE status='held'")
             return cur.rowcount
 
+    def is_queued_missing(self, bucket: str, key: str) -> bool:
+        """Is this key in completeness's retry queue (a file digests say must exist)?"""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT 1 FROM retry_queue WHERE bucket=? AND key=?", (bucket, key)
+            ).fetchone()
+        return row is not None
+
     def retry_keys(self, source_id: str) -> list[str]:
         """Keys to fetch by name in the next cycle: quarantined objects marked for retry and
         files completeness found missing (``retry_queue``), which may sit in closed prefixes

@@ -591,3 +591,67 @@ async def test_a_first_run_that_dies_reads_the_same_window_later(
     assert report.lookup_windows == 3
     assert central_objects() == written
     assert archived_ids() == [f"lk-{A1}-1", f"lk-{A1}-2"]
+
+
+async def test_file_gone_from_the_bucket_is_filled_from_lookup_events(
+    central: None, tmp_path: Path, stubs: Stubs
+) -> None:
+    """Completeness queued a file the digests list; the bucket no longer has it. The next
+    cycle reads that hour from LookupEvents: new events are archived, one already archived from
+    another file is not repeated, and the key counts as handled (the queue empties)."""
+    from aggregator.integrity_state import queue_retry, retry_items
+
+    cfg = settings(tmp_path)
+    src = make_source("org-trail", A1, org_id=ORG)
+    kept = ev(1, minute=10)
+    client("s3").put_object(
+        Bucket="org-trail",
+        Key=log_key(src.prefix, A1, R, "20240501T1015Z", "Kept"),
+        Body=log_object([kept]),
+    )
+    gone = log_key(src.prefix, A1, R, "20240501T1100Z", "Gone")
+    state = State(cfg.state.path)
+    queue_retry(state, [("org-trail", gone, src.source_id, "listed by digest, not ingested")])
+    state.close()
+    lost = [ev(2, minute=40), ev(3, minute=50)]
+    end = datetime(2024, 5, 1, 11, 0, tzinfo=UTC).timestamp()
+    stub = await stubs.add(A1)
+    stub.add_response("lookup_events", page([kept, *lost]), params((end - 3600, end + 300)))
+
+    report = await run(cfg, inventory([A1], [src]), stubs)
+
+    stubs.done()
+    assert report.gaps_filled == 1
+    assert report.errors == 0
+    assert archived_ids() == sorted(r["eventID"] for r in [kept, *lost])
+    state = State(cfg.state.path)
+    try:
+        assert retry_items(state) == []
+        assert gone in state.handled_keys("org-trail", gone.rsplit("/", 1)[0] + "/")
+    finally:
+        state.close()
+
+
+async def test_gap_fill_off_leaves_the_file_queued(
+    central: None, tmp_path: Path, stubs: Stubs
+) -> None:
+    """With gap_fill off nothing is read and the key stays queued (completeness keeps saying
+    it is missing)."""
+    from aggregator.integrity_state import queue_retry, retry_items
+
+    cfg = settings(tmp_path, gap_fill=False)
+    src = make_source("org-trail", A1, org_id=ORG)
+    gone = log_key(src.prefix, A1, R, "20240501T1100Z", "Gone")
+    state = State(cfg.state.path)
+    queue_retry(state, [("org-trail", gone, src.source_id, "missing")])
+    state.close()
+
+    report = await run(cfg, inventory([A1], [src]), stubs)
+
+    assert report.gaps_filled == 0
+    assert stubs.calls == []
+    state = State(cfg.state.path)
+    try:
+        assert [i.key for i in retry_items(state)] == [gone]
+    finally:
+        state.close()
