@@ -85,6 +85,32 @@ _KEYS: dict[str, tuple[int, str]] = {
     **{k: (_SPECIAL, k) for k in _SPECIAL_KEYS},
 }
 
+# Per record shape (its keys in order): the aws.cloudtrail steps, with the keys mapped
+# elsewhere left out; None when the shape has a key outside the tables (the general loop keeps
+# such keys, in record order, under ``unmapped``).
+_RESOURCES, _TLS, _REGION = 6, 7, 8
+_STEP_KIND = {"resources": _RESOURCES, "tlsDetails": _TLS, "awsRegion": _REGION}
+_PLAN_MAX = 2048
+_plans: dict[tuple[Any, ...], tuple[tuple[str, int, str], ...] | None] = {}
+
+
+def _plan(shape: tuple[Any, ...]) -> tuple[tuple[str, int, str], ...] | None:
+    steps: list[tuple[str, int, str]] = []
+    for key in shape:
+        spec = _KEYS.get(key) if type(key) is str else None
+        if spec is None:
+            return None
+        kind, name = spec
+        if kind == _SPECIAL:
+            if key == "userIdentity":
+                continue
+            kind = _STEP_KIND[key]
+        elif kind in (_OTHER, _CHECK_STR):
+            continue
+        steps.append((key, kind, name))
+    return tuple(steps)
+
+
 _REGION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _TRUE = frozenset({True, "true", "True", "TRUE"})
 _FALSE = frozenset({False, "false", "False", "FALSE"})
@@ -313,7 +339,68 @@ def to_ecs(
     flattened: dict[str, Any] = {}
     truncated = False
     unmapped: dict[str, Any] | None = None
-    for key, value in record.items():
+    shape = tuple(record)
+    try:
+        steps = _plans[shape]
+    except KeyError:
+        steps = _plan(shape)
+        if len(_plans) >= _PLAN_MAX:
+            _plans.clear()
+        _plans[shape] = steps
+    if (
+        steps is not None
+        and (source_name is None or type(source_name) is str)
+        and (event_name is None or type(event_name) is str)
+        and (src_ip is None or type(src_ip) is str)
+        and (ui is None or type(ui) is dict)
+    ):
+        # Every key is known and the keys mapped elsewhere hold their expected types: only
+        # the aws.cloudtrail steps of this shape, in record order (same result as the loop).
+        for key, kind, name in steps:
+            value = record[key]
+            if value is None:
+                continue
+            if kind == _SCALAR:
+                ct[name] = value if type(value) is str else as_str(value)
+            elif kind == _POLY:
+                if value != {}:
+                    text = json_text(value)
+                    ct[name] = text
+                    if (
+                        len(text) <= flattener.small
+                        and type(value) is dict
+                        and _flat_strings(value)
+                    ):
+                        flattened[name] = value
+                        continue
+                    flat, cut = flattener.flatten(value)
+                    if flat:
+                        flattened[name] = flat
+                    if cut:
+                        truncated = True
+            elif kind == _BOOL:
+                b = value if (value is True or value is False) else _bool(value)
+                if b is not None:
+                    ct[name] = b
+                else:
+                    if unmapped is None:
+                        unmapped = {}
+                    unmapped[key] = value
+            elif kind == _REGION:
+                if "region" not in cloud:
+                    ct["aws_region"] = as_str(value)
+            elif kind == _TLS:
+                ct["tls_details"] = stable(value)
+            elif type(value) is list:  # resources
+                ct["resources"] = [stable(r) for r in value if type(r) is dict]
+            else:
+                if unmapped is None:
+                    unmapped = {}
+                unmapped[key] = value
+        items: Any = ()
+    else:
+        items = record.items()
+    for key, value in items:
         spec = _KEYS.get(key)
         if spec is None:
             if unmapped is None:
