@@ -16,6 +16,7 @@ from aggregator.normalize._actions import ecs_category
 from aggregator.normalize._util import (
     Flattener,
     _ip_cache,
+    _time_cache,
     arn_tail,
     as_str,
     is_hostname,
@@ -117,6 +118,8 @@ _FALSE = frozenset({False, "false", "False", "FALSE"})
 
 
 _region_cache: dict[str, bool] = {}
+_services: dict[str, str] = {}  # eventSource → cloud.service.name
+_MISS: Any = object()
 
 
 def _region_ok(region: str) -> bool:
@@ -149,19 +152,25 @@ def _bool(value: Any) -> bool | None:
     return None
 
 
-_identity_cache: dict[bytes, dict[str, Any]] = {}
+_identity_cache: dict[bytes, tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
-def _stable_identity(ui: dict[str, Any]) -> dict[str, Any]:
-    """``stable(userIdentity)``, memoized on the identity's exact JSON: the same principal
-    and session recur across many events. The result is shared between outputs (read-only)."""
+def _identity_uncached(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``stable(userIdentity)``, the ECS ``user`` fields it gives)."""
+    return stable_dict(ui), _user(ui, ui.get("type"))
+
+
+def _identity(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`_identity_uncached`, memoized on the identity's exact JSON: the same principal
+    and session recur across many events. The results are shared between outputs (read-only;
+    the caller copies the ``user`` dict before adding to it)."""
     try:
         key = orjson.dumps(ui)
     except TypeError:  # not JSON-encodable as is (integers beyond 64 bits)
-        return stable_dict(ui)
+        return _identity_uncached(ui)
     hit = _identity_cache.get(key)
     if hit is None:
-        hit = stable_dict(ui)
+        hit = _identity_uncached(ui)
         if len(_identity_cache) >= 4096:
             _identity_cache.clear()
         _identity_cache[key] = hit
@@ -220,7 +229,10 @@ def to_ecs(
     }
     doc: dict[str, Any] = {"ecs": {"version": ECS_VERSION}, "event": event}
 
-    t = parse_time(get("eventTime"))
+    et = get("eventTime")
+    t = _time_cache.get(et, _MISS) if type(et) is str else _MISS
+    if t is _MISS:
+        t = parse_time(et)
     if t is not None:
         doc["@timestamp"] = t[1]
     else:
@@ -281,13 +293,19 @@ def to_ecs(
     # account stays in aws.cloudtrail.user_identity.account_id — never merged.
     cloud: dict[str, Any] = {"provider": "aws"}
     region = get("awsRegion")
-    if type(region) is str and _region_ok(region):
+    if type(region) is str and (_region_cache.get(region) or _region_ok(region)):
         cloud["region"] = region
     recipient = get("recipientAccountId")
     if recipient is not None:
         cloud["account"] = {"id": recipient if type(recipient) is str else as_str(recipient)}
     if isinstance(source_name, str) and source_name:
-        cloud["service"] = {"name": source_name.split(".", 1)[0]}
+        service = _services.get(source_name)
+        if service is None:
+            service = source_name.split(".", 1)[0]
+            if len(_services) >= 4096:
+                _services.clear()
+            _services[source_name] = service
+        cloud["service"] = {"name": service}
     doc["cloud"] = cloud
 
     src_ip = get("sourceIPAddress")
@@ -312,7 +330,8 @@ def to_ecs(
     related_users: list[str] = []
     ui = get("userIdentity")
     if isinstance(ui, dict):
-        user = _user(ui, ui.get("type"))
+        stable_ui, user_fields = _identity(ui)
+        user = dict(user_fields)
         if isinstance(source_name, str) and source_name == "iam.amazonaws.com":
             rp = get("requestParameters")
             if isinstance(rp, dict):
@@ -324,7 +343,7 @@ def to_ecs(
             doc["user"] = user
             if "name" in user:
                 related_users.insert(0, user["name"])
-        ct["user_identity"] = _stable_identity(ui)
+        ct["user_identity"] = stable_ui
     if related_users or ips:
         related: dict[str, Any] = {}
         if len(related_users) == 1:
