@@ -160,13 +160,14 @@ class Flattener:
             # every cap it is exactly what the capped walk below produces (same keys, same
             # order, same lists), so only an object near a cap is walked twice.
             fast: dict[str, Any] = {}
+            cuts: list[str] = []
             try:
-                used = _fast_dict(value, "", fast, 0, self.max_value_chars)
+                used = _fast_dict(value, "", fast, 0, self.max_value_chars, cuts=cuts)
             except _NeedsCaps:
                 pass
             else:
                 if used <= self.max_chars and len(fast) <= self.max_fields:
-                    return fast, False
+                    return fast, bool(cuts)
         out: dict[str, Any] = {}
         state: list[Any] = [self.max_chars, False]
         tv = type(value)
@@ -264,9 +265,12 @@ class _NeedsCaps(Exception):  # control flow, not an error
     """The optimistic flatten met a value, depth or nesting the capped walk must handle."""
 
 
-def _fast_dict(d: dict[Any, Any], prefix: str, out: dict[str, Any], depth: int, mvc: int) -> int:
-    """``Flattener._dict`` without caps: fills ``out``, returns the characters used (keys +
-    values); raises :class:`_NeedsCaps` for a value over ``mvc`` or nesting past MAX_DEPTH."""
+def _fast_dict(
+    d: dict[Any, Any], prefix: str, out: dict[str, Any], depth: int, mvc: int, *, cuts: list[str]
+) -> int:
+    """``Flattener._dict`` without the field and character caps: fills ``out``, returns the
+    characters used (keys + values). A value over ``mvc`` is cut as the capped walk cuts it
+    and its key noted in ``cuts``; nesting past MAX_DEPTH raises :class:`_NeedsCaps`."""
     if depth > MAX_DEPTH:
         raise _NeedsCaps
     used = 0
@@ -277,11 +281,11 @@ def _fast_dict(d: dict[Any, Any], prefix: str, out: dict[str, Any], depth: int, 
             text = v
         elif tv is dict:
             if v:
-                used += _fast_dict(v, key + ".", out, depth + 1, mvc)
+                used += _fast_dict(v, key + ".", out, depth + 1, mvc, cuts=cuts)
             continue
         elif tv is list:
             if v:
-                used += _fast_list(v, key, out, depth + 1, mvc)
+                used += _fast_list(v, key, out, depth + 1, mvc, cuts=cuts)
             continue
         elif v is None:
             continue
@@ -292,7 +296,8 @@ def _fast_dict(d: dict[Any, Any], prefix: str, out: dict[str, Any], depth: int, 
         else:
             text = as_str(v)
         if len(text) > mvc:
-            raise _NeedsCaps
+            text = text[:mvc]
+            cuts.append(key)
         if key in out:
             prev = out[key]
             if type(prev) is list:
@@ -305,7 +310,9 @@ def _fast_dict(d: dict[Any, Any], prefix: str, out: dict[str, Any], depth: int, 
     return used
 
 
-def _fast_list(items: list[Any], key: str, out: dict[str, Any], depth: int, mvc: int) -> int:
+def _fast_list(
+    items: list[Any], key: str, out: dict[str, Any], depth: int, mvc: int, *, cuts: list[str]
+) -> int:
     """``Flattener._list`` without caps (see :func:`_fast_dict`)."""
     if depth > MAX_DEPTH:
         raise _NeedsCaps
@@ -315,14 +322,15 @@ def _fast_list(items: list[Any], key: str, out: dict[str, Any], depth: int, mvc:
         tv = type(v)
         if tv is dict:
             if v:
-                used += _fast_dict(v, sub, out, depth + 1, mvc)
+                used += _fast_dict(v, sub, out, depth + 1, mvc, cuts=cuts)
         elif tv is list:
             if v:
-                used += _fast_list(v, key, out, depth + 1, mvc)
+                used += _fast_list(v, key, out, depth + 1, mvc, cuts=cuts)
         elif v is not None:
             text = v if tv is str else as_str(v)
             if len(text) > mvc:
-                raise _NeedsCaps
+                text = text[:mvc]
+                cuts.append(key)
             if key in out:
                 prev = out[key]
                 if type(prev) is list:
