@@ -120,6 +120,8 @@ _FALSE = frozenset({False, "false", "False", "FALSE"})
 _region_cache: dict[str, bool] = {}
 _services: dict[str, str] = {}  # eventSource → cloud.service.name
 _MISS: Any = object()
+_dumps = orjson.dumps
+_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
 
 def _region_ok(region: str) -> bool:
@@ -330,14 +332,13 @@ def to_ecs(
     related_users: list[str] = []
     ui = get("userIdentity")
     if isinstance(ui, dict):
-        stable_ui, user_fields = _identity(ui)
-        user = dict(user_fields)
+        stable_ui, user = _identity(ui)
         if isinstance(source_name, str) and source_name == "iam.amazonaws.com":
             rp = get("requestParameters")
             if isinstance(rp, dict):
                 target = rp.get("userName")
                 if isinstance(target, str) and target:
-                    user["target"] = {"name": target}
+                    user = {**user, "target": {"name": target}}
                     related_users.append(target)
         if user:
             doc["user"] = user
@@ -383,7 +384,10 @@ def to_ecs(
                 ct[name] = value if type(value) is str else as_str(value)
             elif kind == _POLY:
                 if value != {}:
-                    text = json_text(value)
+                    try:
+                        text = _dumps(value, default=str, option=_NON_STR_KEYS).decode()
+                    except TypeError:
+                        text = json_text(value)
                     ct[name] = text
                     if (
                         len(text) <= flattener.small
@@ -409,9 +413,9 @@ def to_ecs(
                 if "region" not in cloud:
                     ct["aws_region"] = as_str(value)
             elif kind == _TLS:
-                ct["tls_details"] = stable(value)
+                ct["tls_details"] = stable_dict(value) if type(value) is dict else stable(value)
             elif type(value) is list:  # resources
-                ct["resources"] = [stable(r) for r in value if type(r) is dict]
+                ct["resources"] = [stable_dict(r) for r in value if type(r) is dict]
             else:
                 if unmapped is None:
                     unmapped = {}
