@@ -157,8 +157,8 @@ class Flattener:
         """Return (flattened, truncated)."""
         if type(value) is dict:
             # Optimistic pass without per-leaf cap bookkeeping; when the result is within
-            # every cap it is exactly what the capped walk below produces (same keys, same
-            # order, same lists), so only an object near a cap is walked twice.
+            # every cap it is exactly what the capped walk produces (same keys, same order,
+            # same lists, same cuts), so only an object near a cap is walked twice.
             fast: dict[str, Any] = {}
             cuts: list[str] = []
             try:
@@ -168,6 +168,10 @@ class Flattener:
             else:
                 if used <= self.max_chars and len(fast) <= self.max_fields:
                     return fast, bool(cuts)
+        return self.flatten_capped(value)
+
+    def flatten_capped(self, value: Any) -> tuple[dict[str, Any], bool]:
+        """:meth:`flatten` by the capped walk alone (the definition the fast pass matches)."""
         out: dict[str, Any] = {}
         state: list[Any] = [self.max_chars, False]
         tv = type(value)
