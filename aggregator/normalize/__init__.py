@@ -8,7 +8,8 @@ Per record: redaction (by CloudTrail field path) → schema mapping → enrichme
 :class:`EventContext`) → oversize policy (above ``max_event_bytes`` the output is a size-capped
 projection carrying a pointer to the full record in the central archive; never dropped).
 
-Outputs may share unchanged sub-objects with the input record: treat both as read-only.
+Outputs may share unchanged sub-objects with the input record, and memoized ones with other
+outputs: treat both as read-only.
 """
 
 from __future__ import annotations
