@@ -8,7 +8,8 @@ Per record: redaction (by CloudTrail field path) → schema mapping → enrichme
 :class:`EventContext`) → oversize policy (above ``max_event_bytes`` the output is a size-capped
 projection carrying a pointer to the full record in the central archive; never dropped).
 
-Outputs may share unchanged sub-objects with the input record: treat both as read-only.
+Outputs may share unchanged sub-objects with the input record, and memoized ones with other
+outputs: treat both as read-only.
 """
 
 from __future__ import annotations
@@ -171,7 +172,10 @@ class Normalizer:
         Pass the same ``now`` object for a batch: its text forms are computed once per object.
         """
         out, rec, ctx = self._map(record, schema, now, context)
-        size = serialized_size(out)
+        try:
+            size = len(_dumps(out, default=str))
+        except TypeError:  # what orjson cannot encode (big integers, deep nesting)
+            size = serialized_size(out)
         if size > self.max_event_bytes:
             out = self._capped(out, rec, schema, size, ctx)
         return out
@@ -188,9 +192,12 @@ class Normalizer:
         size policy is checked on these bytes, so nothing is serialized twice."""
         out, rec, ctx = self._map(record, schema, now, context)
         try:
-            data = to_json(out)
-        except (RecursionError, ValueError):  # nested beyond what can be encoded
-            return to_json(self._capped(out, rec, schema, sys.maxsize, ctx))
+            data = _dumps(out, default=str)
+        except TypeError:  # what orjson cannot encode: the stdlib encoder, else a projection
+            try:
+                data = to_json(out)
+            except (RecursionError, ValueError):  # nested beyond what can be encoded
+                return to_json(self._capped(out, rec, schema, sys.maxsize, ctx))
         if len(data) > self.max_event_bytes:
             data = to_json(self._capped(out, rec, schema, len(data), ctx))
         return data

@@ -155,6 +155,23 @@ class Flattener:
 
     def flatten(self, value: Any) -> tuple[dict[str, Any], bool]:
         """Return (flattened, truncated)."""
+        if type(value) is dict:
+            # Optimistic pass without per-leaf cap bookkeeping; when the result is within
+            # every cap it is exactly what the capped walk produces (same keys, same order,
+            # same lists, same cuts), so only an object near a cap is walked twice.
+            fast: dict[str, Any] = {}
+            cuts: list[str] = []
+            try:
+                used = _fast_dict(value, "", fast, 0, self.max_value_chars, cuts=cuts)
+            except _NeedsCaps:
+                pass
+            else:
+                if used <= self.max_chars and len(fast) <= self.max_fields:
+                    return fast, bool(cuts)
+        return self.flatten_capped(value)
+
+    def flatten_capped(self, value: Any) -> tuple[dict[str, Any], bool]:
+        """:meth:`flatten` by the capped walk alone (the definition the fast pass matches)."""
         out: dict[str, Any] = {}
         state: list[Any] = [self.max_chars, False]
         tv = type(value)
@@ -246,6 +263,88 @@ class Flattener:
         else:
             out[key] = [prev, text]
         state[0] -= cost
+
+
+class _NeedsCaps(Exception):  # control flow, not an error
+    """The optimistic flatten met a value, depth or nesting the capped walk must handle."""
+
+
+def _fast_dict(
+    d: dict[Any, Any], prefix: str, out: dict[str, Any], depth: int, mvc: int, *, cuts: list[str]
+) -> int:
+    """``Flattener._dict`` without the field and character caps: fills ``out``, returns the
+    characters used (keys + values). A value over ``mvc`` is cut as the capped walk cuts it
+    and its key noted in ``cuts``; nesting past MAX_DEPTH raises :class:`_NeedsCaps`."""
+    if depth > MAX_DEPTH:
+        raise _NeedsCaps
+    used = 0
+    for k, v in d.items():
+        key = prefix + k if type(k) is str else prefix + str(k)
+        tv = type(v)
+        if tv is str:
+            text = v
+        elif tv is dict:
+            if v:
+                used += _fast_dict(v, key + ".", out, depth + 1, mvc, cuts=cuts)
+            continue
+        elif tv is list:
+            if v:
+                used += _fast_list(v, key, out, depth + 1, mvc, cuts=cuts)
+            continue
+        elif v is None:
+            continue
+        elif tv is bool:
+            text = "true" if v else "false"
+        elif tv is int:
+            text = str(v)
+        else:
+            text = as_str(v)
+        if len(text) > mvc:
+            text = text[:mvc]
+            cuts.append(key)
+        if key in out:
+            prev = out[key]
+            if type(prev) is list:
+                prev.append(text)
+            else:
+                out[key] = [prev, text]
+        else:
+            out[key] = text
+        used += len(text) + len(key)
+    return used
+
+
+def _fast_list(
+    items: list[Any], key: str, out: dict[str, Any], depth: int, mvc: int, *, cuts: list[str]
+) -> int:
+    """``Flattener._list`` without caps (see :func:`_fast_dict`)."""
+    if depth > MAX_DEPTH:
+        raise _NeedsCaps
+    used = 0
+    sub = key + "."
+    for v in items:
+        tv = type(v)
+        if tv is dict:
+            if v:
+                used += _fast_dict(v, sub, out, depth + 1, mvc, cuts=cuts)
+        elif tv is list:
+            if v:
+                used += _fast_list(v, key, out, depth + 1, mvc, cuts=cuts)
+        elif v is not None:
+            text = v if tv is str else as_str(v)
+            if len(text) > mvc:
+                text = text[:mvc]
+                cuts.append(key)
+            if key in out:
+                prev = out[key]
+                if type(prev) is list:
+                    prev.append(text)
+                else:
+                    out[key] = [prev, text]
+            else:
+                out[key] = text
+            used += len(text) + len(key)
+    return used
 
 
 _snake_cache: dict[str, str] = {}

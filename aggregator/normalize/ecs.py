@@ -16,6 +16,7 @@ from aggregator.normalize._actions import ecs_category
 from aggregator.normalize._util import (
     Flattener,
     _ip_cache,
+    _time_cache,
     arn_tail,
     as_str,
     is_hostname,
@@ -85,12 +86,42 @@ _KEYS: dict[str, tuple[int, str]] = {
     **{k: (_SPECIAL, k) for k in _SPECIAL_KEYS},
 }
 
+# Per record shape (its keys in order): the aws.cloudtrail steps, with the keys mapped
+# elsewhere left out; None when the shape has a key outside the tables (the general loop keeps
+# such keys, in record order, under ``unmapped``).
+_RESOURCES, _TLS, _REGION = 6, 7, 8
+_STEP_KIND = {"resources": _RESOURCES, "tlsDetails": _TLS, "awsRegion": _REGION}
+_PLAN_MAX = 2048
+_plans: dict[tuple[Any, ...], tuple[tuple[str, int, str], ...] | None] = {}
+
+
+def _plan(shape: tuple[Any, ...]) -> tuple[tuple[str, int, str], ...] | None:
+    steps: list[tuple[str, int, str]] = []
+    for key in shape:
+        spec = _KEYS.get(key) if type(key) is str else None
+        if spec is None:
+            return None
+        kind, name = spec
+        if kind == _SPECIAL:
+            if key == "userIdentity":
+                continue
+            kind = _STEP_KIND[key]
+        elif kind in (_OTHER, _CHECK_STR):
+            continue
+        steps.append((key, kind, name))
+    return tuple(steps)
+
+
 _REGION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _TRUE = frozenset({True, "true", "True", "TRUE"})
 _FALSE = frozenset({False, "false", "False", "FALSE"})
 
 
 _region_cache: dict[str, bool] = {}
+_services: dict[str, str] = {}  # eventSource → cloud.service.name
+_MISS: Any = object()
+_dumps = orjson.dumps
+_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
 
 def _region_ok(region: str) -> bool:
@@ -123,19 +154,25 @@ def _bool(value: Any) -> bool | None:
     return None
 
 
-_identity_cache: dict[bytes, dict[str, Any]] = {}
+_identity_cache: dict[bytes, tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
-def _stable_identity(ui: dict[str, Any]) -> dict[str, Any]:
-    """``stable(userIdentity)``, memoized on the identity's exact JSON: the same principal
-    and session recur across many events. The result is shared between outputs (read-only)."""
+def _identity_uncached(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``stable(userIdentity)``, the ECS ``user`` fields it gives)."""
+    return stable_dict(ui), _user(ui, ui.get("type"))
+
+
+def _identity(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`_identity_uncached`, memoized on the identity's exact JSON: the same principal
+    and session recur across many events. The results are shared between outputs (read-only;
+    the caller copies the ``user`` dict before adding to it)."""
     try:
         key = orjson.dumps(ui)
     except TypeError:  # not JSON-encodable as is (integers beyond 64 bits)
-        return stable_dict(ui)
+        return _identity_uncached(ui)
     hit = _identity_cache.get(key)
     if hit is None:
-        hit = stable_dict(ui)
+        hit = _identity_uncached(ui)
         if len(_identity_cache) >= 4096:
             _identity_cache.clear()
         _identity_cache[key] = hit
@@ -194,7 +231,10 @@ def to_ecs(
     }
     doc: dict[str, Any] = {"ecs": {"version": ECS_VERSION}, "event": event}
 
-    t = parse_time(get("eventTime"))
+    et = get("eventTime")
+    t = _time_cache.get(et, _MISS) if type(et) is str else _MISS
+    if t is _MISS:
+        t = parse_time(et)
     if t is not None:
         doc["@timestamp"] = t[1]
     else:
@@ -255,13 +295,19 @@ def to_ecs(
     # account stays in aws.cloudtrail.user_identity.account_id — never merged.
     cloud: dict[str, Any] = {"provider": "aws"}
     region = get("awsRegion")
-    if type(region) is str and _region_ok(region):
+    if type(region) is str and (_region_cache.get(region) or _region_ok(region)):
         cloud["region"] = region
     recipient = get("recipientAccountId")
     if recipient is not None:
         cloud["account"] = {"id": recipient if type(recipient) is str else as_str(recipient)}
     if isinstance(source_name, str) and source_name:
-        cloud["service"] = {"name": source_name.split(".", 1)[0]}
+        service = _services.get(source_name)
+        if service is None:
+            service = source_name.split(".", 1)[0]
+            if len(_services) >= 4096:
+                _services.clear()
+            _services[source_name] = service
+        cloud["service"] = {"name": service}
     doc["cloud"] = cloud
 
     src_ip = get("sourceIPAddress")
@@ -286,19 +332,19 @@ def to_ecs(
     related_users: list[str] = []
     ui = get("userIdentity")
     if isinstance(ui, dict):
-        user = _user(ui, ui.get("type"))
+        stable_ui, user = _identity(ui)
         if isinstance(source_name, str) and source_name == "iam.amazonaws.com":
             rp = get("requestParameters")
             if isinstance(rp, dict):
                 target = rp.get("userName")
                 if isinstance(target, str) and target:
-                    user["target"] = {"name": target}
+                    user = {**user, "target": {"name": target}}
                     related_users.append(target)
         if user:
             doc["user"] = user
             if "name" in user:
                 related_users.insert(0, user["name"])
-        ct["user_identity"] = _stable_identity(ui)
+        ct["user_identity"] = stable_ui
     if related_users or ips:
         related: dict[str, Any] = {}
         if len(related_users) == 1:
@@ -313,7 +359,71 @@ def to_ecs(
     flattened: dict[str, Any] = {}
     truncated = False
     unmapped: dict[str, Any] | None = None
-    for key, value in record.items():
+    shape = tuple(record)
+    try:
+        steps = _plans[shape]
+    except KeyError:
+        steps = _plan(shape)
+        if len(_plans) >= _PLAN_MAX:
+            _plans.clear()
+        _plans[shape] = steps
+    if (
+        steps is not None
+        and (source_name is None or type(source_name) is str)
+        and (event_name is None or type(event_name) is str)
+        and (src_ip is None or type(src_ip) is str)
+        and (ui is None or type(ui) is dict)
+    ):
+        # Every key is known and the keys mapped elsewhere hold their expected types: only
+        # the aws.cloudtrail steps of this shape, in record order (same result as the loop).
+        for key, kind, name in steps:
+            value = record[key]
+            if value is None:
+                continue
+            if kind == _SCALAR:
+                ct[name] = value if type(value) is str else as_str(value)
+            elif kind == _POLY:
+                if value != {}:
+                    try:
+                        text = _dumps(value, default=str, option=_NON_STR_KEYS).decode()
+                    except TypeError:
+                        text = json_text(value)
+                    ct[name] = text
+                    if (
+                        len(text) <= flattener.small
+                        and type(value) is dict
+                        and _flat_strings(value)
+                    ):
+                        flattened[name] = value
+                        continue
+                    flat, cut = flattener.flatten(value)
+                    if flat:
+                        flattened[name] = flat
+                    if cut:
+                        truncated = True
+            elif kind == _BOOL:
+                b = value if (value is True or value is False) else _bool(value)
+                if b is not None:
+                    ct[name] = b
+                else:
+                    if unmapped is None:
+                        unmapped = {}
+                    unmapped[key] = value
+            elif kind == _REGION:
+                if "region" not in cloud:
+                    ct["aws_region"] = as_str(value)
+            elif kind == _TLS:
+                ct["tls_details"] = stable_dict(value) if type(value) is dict else stable(value)
+            elif type(value) is list:  # resources
+                ct["resources"] = [stable_dict(r) for r in value if type(r) is dict]
+            else:
+                if unmapped is None:
+                    unmapped = {}
+                unmapped[key] = value
+        items: Any = ()
+    else:
+        items = record.items()
+    for key, value in items:
         spec = _KEYS.get(key)
         if spec is None:
             if unmapped is None:

@@ -51,7 +51,7 @@ class _Node:
 class Redactor:
     """Compiled redaction rules. ``apply(record)`` returns the record or a redacted copy."""
 
-    __slots__ = ("_key", "_mask", "_root", "rules")
+    __slots__ = ("_key", "_mask", "_quick", "_root", "rules")
 
     def __init__(
         self,
@@ -82,12 +82,35 @@ class Redactor:
                     node = node.children.setdefault(part, _Node())
             node.action = action
             self.rules.append((path, action))
+        # When every top-level rule key leads to plain sub-rules (no action or wildcard on
+        # the key itself), a record whose objects there share no key with the rules is
+        # returned as is after one set test per rule key, without walking.
+        root = self._root
+        quick = tuple((key, frozenset(child.children)) for key, child in root.children.items())
+        plain = root.wildcard is None and all(
+            child.action is None and child.wildcard is None for child in root.children.values()
+        )
+        self._quick: tuple[tuple[str, frozenset[str]], ...] | None = quick if plain else None
 
     @property
     def empty(self) -> bool:
         return not self.rules
 
     def apply(self, record: dict[str, Any]) -> dict[str, Any]:
+        quick = self._quick
+        if quick is not None and type(record) is dict:
+            for key, names in quick:
+                value = record.get(key)
+                if value is None:
+                    continue
+                if type(value) is dict:
+                    if value.keys().isdisjoint(names):
+                        continue
+                    break
+                if isinstance(value, dict | list):
+                    break
+            else:
+                return record
         out = self._walk(record, self._root, 0)
         return out if isinstance(out, dict) else record
 
