@@ -99,3 +99,17 @@ def test_keys_start_with_the_event_hour_and_prune_by_range(tmp_path: Path) -> No
     assert state.known_event_keys([old, new]) == {new}
     assert hour_floor_key(1714557600) == (2024050110).to_bytes(4, "big")
     state.close()
+
+
+def test_both_key_paths_agree_on_every_shared_record(testdata: Path) -> None:
+    """The ingest path (key_and_bytes, which also serializes) and the read-back path
+    (event_key, used for OpenSearch _id and alerts) give the same key for every record."""
+    from aggregator.dedupe import key_and_bytes
+    from aggregator.demo import load_records
+
+    records = load_records(testdata)
+    assert len(records) > 800
+    for rec in records:
+        before = dict(rec)
+        assert event_key(rec) == key_and_bytes(dict(rec))[0]
+        assert rec == before  # event_key leaves the record alone
