@@ -209,6 +209,27 @@ def _user(ui: dict[str, Any], utype: Any) -> dict[str, Any]:
     return user
 
 
+def _poly(
+    name: str,
+    value: Any,
+    text: str,
+    ct: dict[str, Any],
+    *,
+    flattened: dict[str, Any],
+    flattener: Flattener,
+) -> bool:
+    """A polymorphic field as JSON text plus its flattened copy (type-stable in OpenSearch);
+    True when the copy was cut by the caps."""
+    ct[name] = text
+    if len(text) <= flattener.small and type(value) is dict and _flat_strings(value):
+        flattened[name] = value  # already dotted keys → strings, within the caps
+        return False
+    flat, cut = flattener.flatten(value)
+    if flat:
+        flattened[name] = flat
+    return cut
+
+
 def to_ecs(
     record: dict[str, Any],
     *,
@@ -388,18 +409,7 @@ def to_ecs(
                         text = _dumps(value, default=str, option=_NON_STR_KEYS).decode()
                     except TypeError:
                         text = json_text(value)
-                    ct[name] = text
-                    if (
-                        len(text) <= flattener.small
-                        and type(value) is dict
-                        and _flat_strings(value)
-                    ):
-                        flattened[name] = value
-                        continue
-                    flat, cut = flattener.flatten(value)
-                    if flat:
-                        flattened[name] = flat
-                    if cut:
+                    if _poly(name, value, text, ct, flattened=flattened, flattener=flattener):
                         truncated = True
             elif kind == _BOOL:
                 b = value if (value is True or value is False) else _bool(value)
@@ -438,17 +448,10 @@ def to_ecs(
         elif kind == _OTHER:
             continue
         elif kind == _POLY:
-            if value != {}:
-                text = json_text(value)
-                ct[name] = text
-                if len(text) <= flattener.small and type(value) is dict and _flat_strings(value):
-                    flattened[name] = value  # already dotted keys → strings, within the caps
-                    continue
-                flat, cut = flattener.flatten(value)
-                if flat:
-                    flattened[name] = flat
-                if cut:
-                    truncated = True
+            if value != {} and _poly(
+                name, value, json_text(value), ct, flattened=flattened, flattener=flattener
+            ):
+                truncated = True
         elif kind == _BOOL:
             b = value if (value is True or value is False) else _bool(value)
             if b is not None:
