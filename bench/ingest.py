@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,21 +77,29 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def build_objects(n: int, per: int) -> list[tuple[str, bytes]]:
+def build_objects(n: int, per: int, *, scatter_times: bool = False) -> list[tuple[str, bytes]]:
+    """n log files of one account and region; file i is stamped minute i of the day and, as
+    CloudTrail writes them, holds events of the five minutes before it. ``scatter_times``
+    keeps the sample records' own times instead (years apart: a worst case for the window)."""
     testdata = find_testdata(ROOT)
     if testdata is None:
         raise SystemExit("shared/testdata not found")
     base = [r for r in load_records(testdata) if len(orjson.dumps(r)) < 8000]
     out = []
+    day = datetime(2024, 5, 1, tzinfo=UTC)
     for i in range(n):
+        stamp = day + timedelta(minutes=i)
         recs = []
         for j in range(per):
             r = dict(base[(i * per + j) % len(base)])
             r["eventID"] = f"bench-{i:05d}-{j:05d}"
             r["recipientAccountId"] = ACCOUNT
             r["awsRegion"] = "us-east-1"
+            if not scatter_times:
+                at = stamp - timedelta(seconds=300 * (per - j) / per)
+                r["eventTime"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
             recs.append(r)
-        ts = f"20240501T{(i // 60) % 24:02d}{i % 60:02d}Z"
+        ts = stamp.strftime("%Y%m%dT%H%MZ")
         key = (
             f"AWSLogs/{ACCOUNT}/CloudTrail/us-east-1/2024/05/01/"
             f"{ACCOUNT}_CloudTrail_us-east-1_{ts}_B{i:05d}.json.gz"
@@ -111,6 +120,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=400)
     ap.add_argument("--records", type=int, default=1000)
+    ap.add_argument(
+        "--scatter-times",
+        action="store_true",
+        help="keep the samples' own eventTimes (years apart) instead of the file's 5 minutes",
+    )
     args = ap.parse_args()
 
     proc, url = start_moto()
@@ -127,9 +141,12 @@ def main() -> int:
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         s3.create_bucket(Bucket=CENTRAL)
-        objects = build_objects(args.objects, args.records)
+        objects = build_objects(args.objects, args.records, scatter_times=args.scatter_times)
         for key, body in objects:
             s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        # moto builds its EC2 backend on first use (about 1 s here); discovery's
+        # describe_regions would otherwise time moto's start-up, not ctagg.
+        boto3.client("ec2", region_name="us-east-1").describe_regions()
         events = args.objects * args.records
         raw_mb = sum(len(b) for _, b in objects) / 1e6
 

@@ -113,3 +113,32 @@ def test_both_key_paths_agree_on_every_shared_record(testdata: Path) -> None:
         before = dict(rec)
         assert event_key(rec) == key_and_bytes(dict(rec))[0]
         assert rec == before  # event_key leaves the record alone
+
+
+def test_one_files_keys_share_a_prefix_so_they_land_together() -> None:
+    """Keys lead with hour, account/region tag and minute: one log file's events (one account
+    and region, a few minutes) sort next to each other in the window; other accounts, regions
+    and minutes sort apart. The prefix comes from the record, so both trails' copies agree."""
+    from aggregator.dedupe import PREFIX_BYTES, key_prefix
+
+    base = {"recipientAccountId": "1" * 12, "awsRegion": "us-east-1"}
+    a = event_key(dict(base, eventID="a", eventTime="2024-05-01T10:07:01Z"))
+    b = event_key(dict(base, eventID="b", eventTime="2024-05-01T10:07:59Z"))
+    assert a[:PREFIX_BYTES] == b[:PREFIX_BYTES]
+    assert a != b
+    assert a[:4] == (2024050110).to_bytes(4, "big")
+    assert a[6] == 7
+    other_region = event_key(
+        dict(base, eventID="a", awsRegion="eu-west-1", eventTime="2024-05-01T10:07:01Z")
+    )
+    other_minute = event_key(dict(base, eventID="a", eventTime="2024-05-01T10:08:01Z"))
+    assert a[:6] != other_region[:6]
+    assert a[:6] == other_minute[:6]
+    assert a[6] != other_minute[6]
+    # malformed or hostile times: hour 0, minute 0, no exception
+    for bad in ("2024-05-01T10:5\u00b2:00Z", "\u00b2024-05-01T10:00:00Z", 7, None, ""):
+        prefix = key_prefix(dict(base, eventTime=bad))
+        assert len(prefix) == PREFIX_BYTES
+        assert prefix[6] == 0
+        if not (isinstance(bad, str) and bad.startswith("2024")):
+            assert prefix[:4] == b"\0\0\0\0"
