@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from aggregator.dedupe import key_and_bytes
-from aggregator.envelopes import maybe_gunzip
+from aggregator.dedupe import join_record, joined_size, split_record
+from aggregator.envelopes import gunzip_checked
 
 DAY = re.compile(r"(\d{4})/(\d{2})/(\d{2})/$")
 STREAM_KINDS = ("CloudTrail", "CloudTrail-Insight", "CloudTrail-Digest")
@@ -112,11 +112,35 @@ class BadObject(Exception):
 
 @dataclass
 class Decoded:
-    """One decoded log object: per record its dedupe key, serialized bytes and eventTime."""
+    """One decoded log object, per record: its dedupe key, its serialized halves
+    (``dedupe.split_record``: sorted content without delivery metadata, and the metadata) and
+    its eventTime. ``verbatim``: the source bytes are clean gzip, so when every record is kept
+    the archive stores them as delivered (nothing re-encoded, and the central copy still
+    matches CloudTrail's digest of the file)."""
 
-    keys: list[bytes]
-    parts: list[bytes]
-    times: list[str]
+    keys: list[bytes] = field(default_factory=list)
+    contents: list[bytes] = field(default_factory=list)
+    heads: list[bytes] = field(default_factory=list)
+    times: list[str] = field(default_factory=list)
+    verbatim: bool = False
+
+    def add(self, record: dict[str, Any], max_record_bytes: int, where: str) -> None:
+        """Key and serialize one record (its delivery metadata is popped) and append it."""
+        key, content, head = split_record(record)
+        if len(content) > max_record_bytes or (
+            head and joined_size(content, head) > max_record_bytes
+        ):
+            size = joined_size(content, head)
+            raise BadObject(f"{where} is {size} bytes > max_record_bytes")
+        self.keys.append(key)
+        self.contents.append(content)
+        self.heads.append(head)
+        t = record.get("eventTime")
+        self.times.append(t if type(t) is str else "")
+
+    def record_bytes(self, i: int) -> bytes:
+        """Record ``i`` as archived (``dedupe.join_record``)."""
+        return join_record(self.contents[i], self.heads[i])
 
 
 def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> Decoded:
@@ -126,7 +150,7 @@ def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> 
     list, a record that is not an object, a record over ``max_record_bytes``.
     """
     try:
-        raw = maybe_gunzip(data, max_object_bytes)
+        raw, clean = gunzip_checked(data, max_object_bytes)
     except ValueError as exc:
         raise BadObject(f"too large: {exc}") from None
     except Exception as exc:  # zlib.error, EOFError, BadGzipFile
@@ -138,17 +162,9 @@ def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> 
     del raw
     if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
         raise BadObject("missing 'Records' list")
-    records = doc["Records"]
-    out = Decoded([], [], [])
-    keys, parts, times = out.keys, out.parts, out.times
-    for i, rec in enumerate(records):
+    out = Decoded(verbatim=clean)
+    for i, rec in enumerate(doc["Records"]):
         if not isinstance(rec, dict):
             raise BadObject(f"Records[{i}] is not an object")
-        key, part = key_and_bytes(rec)
-        if len(part) > max_record_bytes:
-            raise BadObject(f"Records[{i}] is {len(part)} bytes > max_record_bytes")
-        keys.append(key)
-        parts.append(part)
-        t = rec.get("eventTime")
-        times.append(t if isinstance(t, str) else "")
+        out.add(rec, max_record_bytes, f"Records[{i}]")
     return out

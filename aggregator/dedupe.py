@@ -59,20 +59,37 @@ _PREFIXES: dict[tuple[str | None, str | None, str | None], bytes] = {}
 _MEMO_LIMIT = 100_000
 
 
-def key_and_bytes(record: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The event key and the record serialized, from one serialization (the ingest hot path).
-
-    The record is serialized with sorted keys, delivery metadata first: the same values as
-    delivered, in a canonical order. The metadata items are removed from ``record`` (callers
-    that still need the record whole pass a copy).
-    """
+def split_record(record: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """The event key, the record without delivery metadata serialized with sorted keys (what
+    the key digests), and the metadata serialized (``b""`` when there is none): one
+    serialization for both key and bytes (the ingest hot path). The metadata items are removed
+    from ``record`` (callers that still need the record whole pass a copy).
+    :func:`join_record` puts the two halves together."""
     meta = {k: record.pop(k) for k in DELIVERY_METADATA if k in record}
     content = orjson.dumps(record, option=_SORTED)
     key = key_prefix(record) + sha256(content).digest()[: KEY_BYTES - PREFIX_BYTES]
-    if not meta:
-        return key, content
-    head = orjson.dumps(meta)
-    return key, head if content == b"{}" else head[:-1] + b"," + content[1:]
+    return key, content, orjson.dumps(meta) if meta else b""
+
+
+def join_record(content: bytes, head: bytes) -> bytes:
+    """One record's JSON from :func:`split_record`'s halves: sorted keys, delivery metadata
+    first — the same values as delivered, in a canonical order."""
+    if not head:
+        return content
+    return head if content == b"{}" else head[:-1] + b"," + content[1:]
+
+
+def joined_size(content: bytes, head: bytes) -> int:
+    """``len(join_record(content, head))`` without joining."""
+    if not head:
+        return len(content)
+    return len(head) if content == b"{}" else len(head) + len(content) - 1
+
+
+def key_and_bytes(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The event key and the record serialized (:func:`split_record`, joined)."""
+    key, content, head = split_record(record)
+    return key, join_record(content, head)
 
 
 def key_prefix(record: dict[str, Any]) -> bytes:

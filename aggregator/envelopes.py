@@ -73,11 +73,18 @@ def is_record(doc: dict[str, Any]) -> bool:
 def maybe_gunzip(data: bytes, max_bytes: int = 1 << 30) -> bytes:
     """Decompress gzip data (ISA-L, all members), bounded so a gzip bomb is an error, not an
     OOM. Data without the gzip magic is returned as is."""
+    return gunzip_checked(data, max_bytes)[0]
+
+
+def gunzip_checked(data: bytes, max_bytes: int = 1 << 30) -> tuple[bytes, bool]:
+    """:func:`maybe_gunzip`, and whether ``data`` is clean gzip: every byte belongs to a gzip
+    member (no zero padding after the last one; such data is accepted, but not passed on)."""
     if not data.startswith(GZIP_MAGIC):
-        return data
+        return data, False
     parts: list[bytes] = []
     total = 0
     rest = data
+    clean = True
     while rest:
         d = isal_zlib.decompressobj(wbits=31)
         chunk = d.decompress(rest, max_bytes - total + 1)
@@ -91,8 +98,9 @@ def maybe_gunzip(data: bytes, max_bytes: int = 1 << 30) -> bytes:
         if rest and not rest.startswith(GZIP_MAGIC):
             if rest.strip(b"\x00"):
                 raise gzip.BadGzipFile("trailing garbage after gzip data")
+            clean = False
             break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), clean
 
 
 def is_notification(doc: dict[str, Any]) -> bool:

@@ -4,7 +4,11 @@ Per source stream (log, Insights and digest prefixes of one account × region) a
 the day prefixes that can still change and queues keys not handled yet; a bounded pool of
 workers handles one object at a time:
 
-    fetch → decode (thread) → dedupe claim → encode (thread) → central write → commit
+    fetch → decode → dedupe claim → encode → central write → commit
+
+Decoding and encoding run inline on the event loop (the work holds the GIL; a thread only adds
+switches). When every record of a clean gzip object is new, "encode" is nothing: the central
+object is the source object, byte for byte.
 
 The commit (event keys, ledger row, checkpoint) happens in one SQLite transaction after the
 central write. A crash in between repeats the object and rewrites the same central key.
@@ -582,8 +586,7 @@ class Ingestor:
             decoded = decode_log(
                 data, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
             )
-            del data
-            await self._archive(job, decoded, archive, report, started)
+            await self._archive(job, decoded, archive, report, started, source=data)
         except BadObject as exc:
             report.quarantined += 1
             self.state.quarantine(src, job.key, str(exc))
@@ -626,7 +629,11 @@ class Ingestor:
         archive: central.Archive,
         report: CycleReport,
         started: float,
+        *,
+        source: bytes | None = None,
     ) -> None:
+        """Dedupe, write the central object, commit. ``source``: the object's bytes as fetched,
+        archived as they are when every record is new and they are clean gzip."""
         src = job.source
         known = self.state.known_event_keys(decoded.keys)
         # Claim synchronously (no await between check and claim) so concurrent objects holding
@@ -644,7 +651,6 @@ class Ingestor:
         try:
             ce: CentralObject | None = None
             if keep:
-                parts = [decoded.parts[i] for i in keep]
                 times = [decoded.times[i] for i in keep if decoded.times[i]]
                 kp = (
                     job.parts
@@ -658,7 +664,13 @@ class Ingestor:
                     )
                 )
                 key = central.central_key(self.settings.archive.prefix, kp, src.bucket, job.key)
-                body = central.encode_records(parts, self.settings.archive.compress_level)
+                if source is not None and decoded.verbatim and len(keep) == len(decoded.keys):
+                    body = source
+                else:
+                    body = central.encode_records(
+                        [decoded.record_bytes(i) for i in keep],
+                        self.settings.archive.compress_level,
+                    )
                 sha = await archive.put(key, body)
                 ce = CentralObject(
                     key,

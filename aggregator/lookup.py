@@ -31,9 +31,8 @@ from typing import Any
 import orjson
 
 from aggregator.aws import error_code, is_throttling
-from aggregator.collect import BadObject, Decoded
+from aggregator.collect import Decoded
 from aggregator.config import LookupSettings
-from aggregator.dedupe import key_and_bytes
 from aggregator.discovery import Inventory
 from aggregator.log import get_logger
 
@@ -279,14 +278,7 @@ def decode_window(window: LookupWindow, *, max_record_bytes: int) -> Decoded:
     """The window's records in the shape ``collect.decode_log`` gives ingest (dedupe key,
     serialized record, eventTime per record), so they take the same dedupe/archive path.
     Records come newest first from the API; they are put in event-time order."""
-    out = Decoded([], [], [])
-    records = sorted(window.records, key=lambda r: str(r.get("eventTime") or ""))
-    for i, rec in enumerate(records):
-        key, part = key_and_bytes(dict(rec))
-        if len(part) > max_record_bytes:
-            raise BadObject(f"record {i} is {len(part)} bytes > max_record_bytes")
-        out.keys.append(key)
-        out.parts.append(part)
-        t = rec.get("eventTime")
-        out.times.append(t if isinstance(t, str) else "")
+    out = Decoded()
+    for i, rec in enumerate(sorted(window.records, key=lambda r: str(r.get("eventTime") or ""))):
+        out.add(dict(rec), max_record_bytes, f"record {i}")
     return out

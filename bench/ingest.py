@@ -11,6 +11,10 @@ shared/testdata (each given a unique eventID). Reported:
 * end to end: discovery (static), listing, GetObject, decode, dedupe against SQLite, encode,
   PutObject to the central bucket, commit — events/s over wall time, plus CPU seconds and peak RSS
 * the ingest cycle alone (the same run without process start-up and discovery)
+
+Both the decode limit and the end-to-end run are the best of three (``--repeat``); each
+end-to-end run starts from an empty state. moto's EC2 backend is warmed first: its
+one-second start-up is moto's, not ctagg's.
 """
 
 from __future__ import annotations
@@ -116,10 +120,44 @@ def decode_rate(objects: list[tuple[str, bytes]], gunzip: Any) -> float:
     return n / (time.perf_counter() - t)
 
 
+def run_once(url: str, events: int) -> tuple[float, float, float]:
+    """One `ctagg once` (App.run_once: discovery + ingest cycle) on a fresh state:
+    (wall seconds, CPU seconds, ingest-cycle seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = parse_settings(
+            {
+                "state": {"path": f"{tmp}/state.db"},
+                "aws": {"endpoint_url": url},
+                "discovery": {
+                    "accounts": {"source": "static", "static": [{"id": ACCOUNT}]},
+                    "regions": {"include": ["us-east-1"]},
+                    "trails": {"discover": False, "static_sources": [{"bucket": BUCKET}]},
+                },
+                "collect": {"max_concurrency": 8},
+                "archive": {"bucket": CENTRAL},
+            },
+            {},
+        )
+
+        async def once() -> Any:
+            app = App(settings)
+            try:
+                return await app.run_once()
+            finally:
+                await app.close()
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        report = asyncio.run(once())
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    assert report.events_archived == events, report
+    return wall, cpu, report.duration_secs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=400)
     ap.add_argument("--records", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3, help="end-to-end runs (the best counts)")
     ap.add_argument(
         "--scatter-times",
         action="store_true",
@@ -154,35 +192,10 @@ def main() -> int:
         decode_std = max(decode_rate(objects, gzip.decompress) for _ in range(3))
         del objects
 
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = parse_settings(
-                {
-                    "state": {"path": f"{tmp}/state.db"},
-                    "aws": {"endpoint_url": url},
-                    "discovery": {
-                        "accounts": {"source": "static", "static": [{"id": ACCOUNT}]},
-                        "regions": {"include": ["us-east-1"]},
-                        "trails": {"discover": False, "static_sources": [{"bucket": BUCKET}]},
-                    },
-                    "collect": {"max_concurrency": 8},
-                    "archive": {"bucket": CENTRAL},
-                },
-                {},
-            )
-
-            async def once() -> Any:
-                app = App(settings)
-                try:
-                    return await app.run_once()
-                finally:
-                    await app.close()
-
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            report = asyncio.run(once())
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        assert report.events_archived == events, report
+        runs = [run_once(url, events) for _ in range(args.repeat)]
+        wall, cpu, cycle_secs = min(runs)  # the best run, as for the decode limit
         e2e = events / wall
-        cycle = events / report.duration_secs
+        cycle = events / cycle_secs
         result = {
             "objects": args.objects,
             "records_per_object": args.records,
@@ -193,6 +206,7 @@ def main() -> int:
             "end_to_end_vs_decode_limit": round(e2e / decode_isal, 2),
             "ingest_cycle_eps": round(cycle),
             "ingest_cycle_vs_decode_limit": round(cycle / decode_isal, 2),
+            "end_to_end_eps_runs": [round(events / r[0]) for r in runs],
             "wall_secs": round(wall, 2),
             "cpu_secs": round(cpu, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -208,6 +222,7 @@ def main() -> int:
             f"({cycle / decode_isal:.0%}; the rest is start-up and discovery)"
         )
         print(f"{'':40} {wall:.2f} s wall, {cpu:.2f} s CPU, peak RSS {result['peak_rss_mb']} MB")
+        print(f"{'':40} best of {args.repeat} runs: {result['end_to_end_eps_runs']} events/s")
         print(json.dumps(result))
         return 0
     finally:

@@ -75,3 +75,13 @@ def test_every_shared_record_file_parses(testdata: Path) -> None:
             for item in iter_items(path.read_bytes(), str(path)):
                 total += isinstance(item, Parsed) and item.kind is not Kind.DIGEST
     assert total > 300
+
+
+def test_gunzip_checked_tells_clean_gzip_from_padded() -> None:
+    from aggregator.envelopes import gunzip_checked
+
+    one = gzip.compress(b'{"a":1}')
+    assert gunzip_checked(one) == (b'{"a":1}', True)
+    assert gunzip_checked(one + gzip.compress(b"2")) == (b'{"a":1}2', True)
+    assert gunzip_checked(one + b"\0" * 8) == (b'{"a":1}', False)
+    assert gunzip_checked(b'{"a":1}') == (b'{"a":1}', False)  # not gzip: nothing to pass on

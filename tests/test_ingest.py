@@ -110,6 +110,45 @@ async def test_org_trail_and_account_trail_overlap_archive_each_event_once(
     assert report.events_archived == 11
 
 
+async def test_whole_new_objects_are_archived_as_delivered_partial_ones_re_encoded(
+    buckets: None, tmp_path: Path
+) -> None:
+    """Every record new and clean gzip: the central object is the source object byte for byte.
+    Some records already archived: only the new ones are written, re-encoded (sorted keys,
+    delivery metadata first). Zero-padded gzip is accepted but always re-encoded."""
+    cfg = settings(tmp_path)
+    recs = [record(f"v{i}", A1, time=f"2024-05-01T10:{i:02d}:00Z") for i in range(5)]
+    org_src = make_source("org-trail", A1, org_id=ORG)
+    acct_src = make_source("a1-trail", A1, reader=A1)
+    whole = log_object(recs)
+    put("org-trail", log_key(org_src.prefix, A1, "us-east-1", "20240501T1005Z", "W"), whole)
+    await run(cfg, inventory(org_src))
+    assert list(central_objects().values()) == [whole]
+
+    extra = record("v-new", A1, time="2024-05-01T10:06:00Z", eventCategory="Management")
+    put(
+        "a1-trail",
+        log_key(acct_src.prefix, A1, "us-east-1", "20240501T1010Z", "P"),
+        log_object([*recs[2:], extra]),
+        A1,
+    )
+    padded = log_object([record("pad", A1, time="2024-05-01T10:07:00Z")]) + b"\0" * 16
+    put("org-trail", log_key(org_src.prefix, A1, "us-east-1", "20240501T1010Z", "Z"), padded)
+    report = await run(cfg, inventory(org_src, acct_src))
+
+    assert report.duplicates == 3
+    bodies = [b for b in central_objects().values() if b != whole]
+    assert len(bodies) == 2
+    texts = sorted(gzip.decompress(b) for b in bodies)
+    assert [json.loads(t)["Records"][0]["eventID"] for t in texts] == ["pad", "v-new"]
+    assert padded not in bodies  # re-encoded, padding gone
+    partial = json.loads(texts[1])["Records"]
+    assert len(partial) == 1
+    assert list(partial[0])[:2] == ["eventVersion", "eventCategory"]
+    rest = list(partial[0])[2:]
+    assert rest == sorted(rest)
+
+
 async def test_keys_follow_cloudtrail_layout_and_are_deterministic(
     buckets: None, tmp_path: Path
 ) -> None:
