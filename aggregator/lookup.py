@@ -278,7 +278,9 @@ def decode_window(window: LookupWindow, *, max_record_bytes: int) -> Decoded:
     """The window's records in the shape ``collect.decode_log`` gives ingest (dedupe key,
     serialized record, eventTime per record), so they take the same dedupe/archive path.
     Records come newest first from the API; they are put in event-time order."""
+    records = sorted(window.records, key=lambda r: str(r.get("eventTime") or ""))
     out = Decoded()
-    for i, rec in enumerate(sorted(window.records, key=lambda r: str(r.get("eventTime") or ""))):
-        out.add(dict(rec), max_record_bytes, f"record {i}")
+    out.take(
+        [dict(r) if isinstance(r, dict) else r for r in records], max_record_bytes, "record {}"
+    )
     return out
