@@ -7,6 +7,7 @@ time (never a whole day in memory).
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -110,17 +111,40 @@ class BadObject(Exception):
     """The object's content cannot be used; it is quarantined with this reason."""
 
 
+class _Packed:
+    """Short byte strings kept in one buffer, not one object each. Small objects made while an
+    object's JSON is being freed land in the allocator's pages of that JSON and keep them all
+    alive as long as the Decoded lives (measured: 29 MB more peak RSS for the delivery
+    metadata of the objects in flight)."""
+
+    __slots__ = ("buf", "ends")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.ends = array("Q")
+
+    def append(self, item: bytes) -> None:
+        self.buf += item
+        self.ends.append(len(self.buf))
+
+    def __getitem__(self, i: int) -> bytes:
+        return bytes(self.buf[self.ends[i - 1] if i else 0 : self.ends[i]])
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+
 @dataclass
 class Decoded:
     """One decoded log object, per record: its dedupe key, its serialized halves
-    (``dedupe.split_record``: sorted content without delivery metadata, and the metadata) and
-    its eventTime. ``verbatim``: the source bytes are clean gzip, so when every record is kept
-    the archive stores them as delivered (nothing re-encoded, and the central copy still
-    matches CloudTrail's digest of the file)."""
+    (``dedupe.split_record``: ``contents``, sorted without delivery metadata; ``heads``, the
+    metadata) and its eventTime. ``verbatim``: the source bytes are clean gzip, so when every
+    record is kept the archive stores them as delivered (nothing re-encoded, and the central
+    copy still matches CloudTrail's digest of the file)."""
 
     keys: list[bytes] = field(default_factory=list)
     contents: list[bytes] = field(default_factory=list)
-    heads: list[bytes] = field(default_factory=list)
+    heads: _Packed = field(default_factory=_Packed)
     times: list[str] = field(default_factory=list)
     verbatim: bool = False
 
@@ -130,7 +154,8 @@ class Decoded:
         is still in the CPU cache, not in one cold sweep over the whole object afterwards
         (measured: 5% of decoding). Raises BadObject (``where`` names the record) for a record
         that is not an object or is over ``max_record_bytes``."""
-        keys, contents, heads, times = self.keys, self.contents, self.heads, self.times
+        keys, contents, times = self.keys, self.contents, self.times
+        head_buf, head_ends = self.heads.buf, self.heads.ends  # _Packed.append, inlined
         for i in range(len(records)):
             record = records[i]
             records[i] = None
@@ -143,7 +168,8 @@ class Decoded:
                     raise BadObject(f"{where.format(i)} is {size} bytes > max_record_bytes")
             keys.append(key)
             contents.append(content)
-            heads.append(head)
+            head_buf += head
+            head_ends.append(len(head_buf))
             t = record.get("eventTime")
             times.append(t if type(t) is str else "")
 

@@ -371,7 +371,7 @@ def test_decode_window_matches_log_file_decoding(testdata: Path) -> None:
     )
     assert got.keys == from_file.keys
     assert got.contents == from_file.contents
-    assert got.heads == from_file.heads
+    assert list(got.heads) == list(from_file.heads)
     assert not got.verbatim  # no source object: always re-encoded
     assert from_file.verbatim
     assert got.times == [r["eventTime"] for r in ordered]
