@@ -1,8 +1,9 @@
 """The central archive: CloudTrail key layout, deterministic keys and bytes, write and read.
 
 A central key is derived only from its source object (bucket + key), and its bytes only from
-the records written into it (gzip with mtime 0, no file name), so a crash between "write" and
-"commit" rewrites the same bytes to the same key: never a second copy.
+the source object: its own bytes when every record in it is new (ingest passes them through),
+else the records kept, re-encoded (gzip with mtime 0, no file name). A crash between "write"
+and "commit" rewrites the same bytes to the same key: never a second copy.
 
 Layout (the standard CloudTrail one, so Athena, the Splunk add-on or Filebeat read the archive
 as if it were a trail bucket)::
