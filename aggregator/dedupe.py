@@ -7,7 +7,7 @@ and differ only in additionalEventData; Panther's test cases keep an eventID whi
 userIdentity or errorMessage. A key that collapsed those would silently drop real events, the
 one thing an archive must never do.
 
-So the key is made of three parts, all taken from the record itself:
+So the key is made of four parts, all taken from the record itself:
 
 * the event's hour (4 bytes, see :func:`event_hour`),
 * a 2-byte tag of ``recipientAccountId`` and ``awsRegion`` (the logging account and region),
