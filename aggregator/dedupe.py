@@ -115,9 +115,6 @@ def key_prefix(record: dict[str, Any]) -> bytes:
     t, a, r = get("eventTime"), get("recipientAccountId"), get("awsRegion")
     if type(t) is str and type(a) is str and type(r) is str:
         memo: tuple[str | None, str | None, str | None] = (t[:16], a, r)
-        got = _PREFIXES.get(memo)
-        if got is not None:
-            return got
     else:
         memo = (
             t[:16] if type(t) is str else None,
