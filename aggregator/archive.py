@@ -18,14 +18,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from isal import igzip
 
-from aggregator.config import ArchiveSettings
+from aggregator.config import ArchiveSettings, Settings
 from aggregator.envelopes import maybe_gunzip
+
+if TYPE_CHECKING:
+    from aggregator.aws import Aws
 
 # <acct>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<random>.json.gz (also CloudTrail-Insight)
 SOURCE_NAME = re.compile(
@@ -120,3 +125,31 @@ class Archive:
 
     async def read_records(self, key: str) -> list[dict[str, Any]]:
         return decode_records(await self.get(key))
+
+
+class SessionSource(Protocol):
+    """What hands out sessions per account (credentials.CredentialBroker)."""
+
+    async def session_for(self, account_id: str | None) -> Any: ...
+
+
+async def archive_session(settings: Settings, sessions: SessionSource) -> Any:
+    """The identity that reads and writes the central bucket: the role in
+    ``archive.writer_account_id`` when set, else the base identity. Every reader and writer of
+    the archive (ingest, forwarding, replay, detection, retention, integrity, doctor) uses it,
+    so a bucket whose policy trusts only that role works for all of them."""
+    return await sessions.session_for(settings.archive.writer_account_id)
+
+
+@asynccontextmanager
+async def opened(
+    settings: Settings, aws: Aws, sessions: SessionSource | None = None
+) -> AsyncIterator[Archive]:
+    """The central archive through an S3 client of :func:`archive_session`'s identity
+    (``sessions``: a CredentialBroker of its own when not given)."""
+    if sessions is None:
+        from aggregator.credentials import CredentialBroker
+
+        sessions = CredentialBroker(settings, aws)
+    async with aws.client(await archive_session(settings, sessions), "s3") as s3:
+        yield Archive(settings.archive, s3)

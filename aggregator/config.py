@@ -239,7 +239,11 @@ class ArchiveSettings(Strict):
     prefix: str = Field(default="", description="Optional prefix before AWSLogs/.")
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; null = SSE-S3.")
     writer_account_id: AccountId | None = Field(
-        default=None, description="Whose role writes the bucket; default: the base identity."
+        default=None,
+        description=(
+            "The account whose role (credentials.role_arn_template) reads and writes the central "
+            "bucket for every job; default: the base identity."
+        ),
     )
     compress_level: int = Field(default=1, ge=1, le=9)
 

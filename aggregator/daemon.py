@@ -205,6 +205,7 @@ class Daemon:
             self.metrics,
             stopping=self.scheduler.stopping,
             clock=self.clock,
+            sessions=self.app.broker,
         )
         await det.start(stack)
         self.detection = det
@@ -279,6 +280,7 @@ class Daemon:
                     # discovery's account names, OU paths and tags enrich forwarded events
                     accounts=getattr(app, "account", None),
                     organization_id=lambda: getattr(app.inventory, "organization_id", None),
+                    sessions=app.broker,
                 )
             )
             forward_stack = stack.pop_all()  # closed by hand: before the state, bounded

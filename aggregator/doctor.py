@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import aioboto3
 
+from aggregator.archive import archive_session
 from aggregator.aws import Aws, ClientPool, error_code, error_message, is_access_denied
 from aggregator.config import Settings
 from aggregator.discovery import Inventory, Source
@@ -186,7 +187,7 @@ class Doctor:
             params["SSEKMSKeyId"] = cfg.kms_key_id
         target = f"s3://{cfg.bucket}/{params['Key']}"
         try:
-            session = await self.sessions.session_for(cfg.writer_account_id)
+            session = await archive_session(self.settings, self.sessions)
             s3 = await pool.get(session, "s3")
         except Exception as exc:
             return Check("write_central", False, f"writer identity: {error_message(exc)[:300]}")

@@ -45,6 +45,7 @@ from aggregator.state import State
 from connectors import build
 
 if TYPE_CHECKING:
+    from aggregator.archive import SessionSource
     from aggregator.discovery import Account
 from connectors.base import (
     Connector,
@@ -811,17 +812,15 @@ def add_replay_args(p: argparse.ArgumentParser) -> None:
 async def replay_with_settings(
     settings: Settings, name: str, since: datetime, until: datetime
 ) -> ReplayReport:
-    # The archive is read with the base identity (the service's own role, which reads the
-    # central bucket); the app wiring may pass a writer-role session instead.
-    from aggregator.archive import Archive
+    # The archive is read with its own identity (archive.archive_session: the writer
+    # account's role when archive.writer_account_id is set), as ingest writes it.
+    from aggregator import archive
     from aggregator.aws import Aws
 
-    aws = Aws(settings.aws)
     state = State(settings.state.path)
     try:
-        async with aws.client(aws.base_session(), "s3") as s3:
-            archive = Archive(settings.archive, s3)
-            fwd = Forwarder(settings.forward, state, archive, bucket=settings.archive.bucket)
+        async with archive.opened(settings, Aws(settings.aws)) as central:
+            fwd = Forwarder(settings.forward, state, central, bucket=settings.archive.bucket)
             return await fwd.replay(name, since, until)
     finally:
         state.close()
@@ -860,23 +859,24 @@ async def running(
     *,
     accounts: AccountLookup | None = None,
     organization_id: Callable[[], str | None] | None = None,
+    sessions: SessionSource | None = None,
 ) -> AsyncIterator[Forwarder | None]:
-    """The forwarder of a long-running service: reads the central archive with the base
-    identity, starts one lane per enabled connector, stops them on exit. Yields None when no
-    connector is configured. The ingest job should poll ``forwarder.backpressure``.
-    ``accounts`` gives the normalizer discovery's account names, OU paths and tags."""
+    """The forwarder of a long-running service: reads the central archive with the archive's
+    identity (``archive.archive_session``, from ``sessions``: the app's credential broker),
+    starts one lane per enabled connector, stops them on exit. Yields None when no connector is
+    configured. The ingest job should poll ``forwarder.backpressure``. ``accounts`` gives the
+    normalizer discovery's account names, OU paths and tags."""
     if not any(c.enabled for c in settings.forward.connectors):
         yield None
         return
-    from aggregator.archive import Archive
+    from aggregator import archive
     from aggregator.aws import Aws
 
-    aws = Aws(settings.aws)
-    async with aws.client(aws.base_session(), "s3") as s3:
+    async with archive.opened(settings, Aws(settings.aws), sessions) as central:
         fwd = Forwarder(
             settings.forward,
             state,
-            Archive(settings.archive, s3),
+            central,
             bucket=settings.archive.bucket,
             normalize=default_normalizer(
                 settings.archive.bucket,

@@ -181,9 +181,7 @@ class Ingestor:
         cfg = self.settings.collect
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.max_concurrency * 4)
         async with ClientPool(self.aws) as pool:
-            writer_session = await self.sessions.session_for(
-                self.settings.archive.writer_account_id
-            )
+            writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
             workers = [
                 asyncio.create_task(self._worker(queue, pool, archive, report))

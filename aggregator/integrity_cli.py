@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from aggregator.archive import archive_session
 from aggregator.aws import Aws, ClientPool
 from aggregator.config import Settings
 from aggregator.discovery import Inventory, Source
@@ -294,7 +295,7 @@ async def archive_client_and_key(
 
     aws = pool.aws
     sessions = sessions or sessions_for(settings, aws)
-    session = await sessions.session_for(settings.archive.writer_account_id)
+    session = await archive_session(settings, sessions)
     s3 = await pool.get(session, "s3")
     cfg = settings.integrity.archive_digest
     if for_signing:

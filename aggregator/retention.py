@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import aioboto3
 
+from aggregator.archive import archive_session
 from aggregator.aws import Aws, ClientPool, error_code, error_message
 from aggregator.config import Settings
 from aggregator.log import get_logger
@@ -164,7 +165,7 @@ class Retention:
         report.mode = cfg.archive_mode
         today = utc_today(self.clock())
         report.cutoff_day = (today - timedelta(days=days)).isoformat()
-        session = await self.sessions.session_for(self.settings.archive.writer_account_id)
+        session = await archive_session(self.settings, self.sessions)
         async with ClientPool(self.aws) as pool:
             s3 = await pool.get(session, "s3")
             if cfg.archive_mode == "lifecycle":

@@ -73,10 +73,14 @@ class DetectionJobs:
         stopping: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         batch: int = 32,
+        sessions: Any = None,
     ) -> None:
+        """``sessions``: the app's credential broker, for the archive's identity
+        (``archive.archive_session``); a broker of its own when None."""
         self.settings = settings
         self.state = state
         self.aws = aws
+        self.sessions = sessions
         self.metrics = metrics
         self.stopping = stopping or asyncio.Event()
         self.clock = clock
@@ -98,7 +102,7 @@ class DetectionJobs:
         return sinks
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
-        from aggregator.archive import Archive
+        from aggregator import archive
         from aggregator.detect.follow import DetectionFollower
         from aggregator.detect.service import DetectionService
 
@@ -110,11 +114,13 @@ class DetectionJobs:
         stack.push_async_callback(self.close)
         for sink in sinks:
             await self._open(sink)
-        s3 = await stack.enter_async_context(self.aws.client(self.aws.base_session(), "s3"))
+        central = await stack.enter_async_context(
+            archive.opened(self.settings, self.aws, self.sessions)
+        )
         self.follower = DetectionFollower(
             self.service,
             self.state,
-            Archive(self.settings.archive, s3),
+            central,
             self.settings.archive.bucket,
             offload=True,
         )

@@ -6,6 +6,7 @@ shipped policy document (hub role or member role)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -328,3 +329,64 @@ async def test_app_discovery_ingest_and_doctor_calls_are_allowed(
     assert any(r.account_id == member and r.bucket == TRAIL for r in report.rows)
     found = violations(recorder)
     assert found == [], "\n".join(found)
+
+
+async def test_every_archive_reader_uses_the_writer_identity(
+    tmp_path: Path, org: Inventory, recorder: Recorder
+) -> None:
+    """With archive.writer_account_id set, the central bucket is touched only with that
+    account's role: ingest writes it, and the service forwarder, `ctagg replay` (its own
+    credential broker) and the detection follower read it with the same role, never with the
+    base identity (a bucket whose policy trusts only the writer role works for all of them)."""
+    from aggregator import forward
+    from aggregator.daemon import Metrics
+    from aggregator.service_jobs import DetectionJobs
+    from tests.fakes.splunk_hec import FakeSplunkHec
+
+    writer = f"arn:aws:iam::{LOG_ARCHIVE}:role/{MEMBER_ROLE}"
+    hec = FakeSplunkHec({"t0k3n"})
+    await hec.start()
+    try:
+        cfg = settings(
+            tmp_path,
+            archive={"bucket": CENTRAL, "writer_account_id": LOG_ARCHIVE},
+            forward={
+                "poll_interval_secs": 0.05,
+                "connectors": [
+                    {"name": "hec", "type": "splunk_hec", "url": hec.url, "token": "t0k3n"}
+                ],
+            },
+        )
+        sessions = RecordingSessions(recorder)
+        aws = Aws(cfg.aws)
+        state = MeteredState(cfg.state.path)
+        assert (await Ingestor(cfg, state, sessions, aws).run(org)).events_archived == 9
+        async with forward.running(cfg, state, sessions=sessions) as fwd:
+            assert fwd is not None
+            for _ in range(400):
+                if fwd.backlog("hec") == 0 and len(hec.indexed) == 9:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(hec.indexed) == 9
+        since = datetime.now(UTC) - timedelta(days=1)
+        replayed = await forward.replay_with_settings(cfg, "hec", since, since + timedelta(days=2))
+        assert replayed.events == 9
+        det = DetectionJobs(cfg, state, aws, Metrics(), sessions=sessions)
+        async with contextlib.AsyncExitStack() as stack:
+            await det.start(stack)
+            assert (await det.follower.catch_up())[0] == 3
+        state.close()
+    finally:
+        await hec.stop()
+
+    central = [c for c in recorder.calls if c.params.get("Bucket") == CENTRAL]
+    ops = {(c.operation, recorder.identity(c.access_key)) for c in central}
+    assert ("PutObject", writer) in ops
+    assert ("GetObject", writer) in ops
+    reads = [c for c in central if c.operation == "GetObject"]
+    assert len(reads) >= 3 * 3  # forwarder, replay and detection each read the 3 objects
+    assert {recorder.identity(c.access_key) for c in central} == {writer}
+    # replay's own broker assumed the writer role through aiobotocore (ingest's test sessions
+    # assume with boto3, so this AssumeRole is replay's)
+    assumed = [c for c in recorder.calls if c.operation == "AssumeRole"]
+    assert [c.params["RoleArn"] for c in assumed] == [writer]
