@@ -470,6 +470,12 @@ class DetectSettings(Strict):
     alert_window_days: int = Field(
         default=30, ge=1, le=3650, description="How long raised alerts are remembered (dedupe)."
     )
+    start_from: Literal["oldest", "newest"] = Field(
+        default="oldest",
+        description="Where detection starts on a state without a detection cursor yet: the "
+        "oldest central object (scan all archived history) or after the newest (only objects "
+        "archived from now on). No effect once detection has a cursor.",
+    )
     sns_topic_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}$"
     )

@@ -492,7 +492,7 @@ async def run_once(
     state = State(settings.state.path)
     try:
         names = [c.name for c in settings.forward.connectors if c.enabled]
-        # detection's cursor, once the daemon's detection has scanned anything
+        # detection's cursor, once the daemon's detection has started (it persists the cursor)
         detects = settings.detect.enabled and detection_floor(state, started_only=True) is not None
 
         def floor() -> int | None:

@@ -124,6 +124,7 @@ class DetectionJobs:
             self.settings.archive.bucket,
             offload=True,
         )
+        self.follower.initialise(self.settings.detect.start_from)  # only when no cursor yet
         self.metrics.detection(backlog=self.follower.backlog())
         log.info("detect.started", sinks=sorted(self.service.sinks))
 

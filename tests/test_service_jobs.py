@@ -6,6 +6,7 @@ queues a withheld file the next cycle fetches; retention keeps what detection ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +31,8 @@ from aggregator.detect.store import DetectStore
 from aggregator.discovery import Account, Inventory, Source
 from aggregator.ingest import Ingestor
 from aggregator.integrity_state import retry_items
-from aggregator.service_jobs import DEFAULT_INTERVALS, detect_floor, job_interval
+from aggregator.metrics import Metrics
+from aggregator.service_jobs import DEFAULT_INTERVALS, DetectionJobs, detect_floor, job_interval
 from tests.fakes.opensearch import FakeOpenSearch
 
 A1 = "111111111111"
@@ -271,6 +273,42 @@ def test_job_intervals_default_and_override(tmp_path: Path) -> None:
     cfg = daemon_settings(tmp_path, service={"job_intervals_secs": {"detect": 5}})
     assert job_interval(cfg.service, "detect") == 5
     assert job_interval(cfg.service, "completeness") == DEFAULT_INTERVALS["completeness"] == 3600
+
+
+async def test_detection_start_from_newest_skips_archived_history(
+    moto: str, tmp_path: Path
+) -> None:
+    """``detect.start_from: newest`` on a service that already archived objects: the first start
+    persists the cursor at the newest ledger id (retention's floor is past the history) and
+    scans nothing old; a restart leaves the cursor where it is and scans what came meanwhile."""
+    from test_archive_digest import ingest, ingest_more
+
+    cfg = daemon_settings(
+        tmp_path, detect={"start_from": "newest"}, integrity={"validate_digests": False}
+    )
+    client("s3").create_bucket(Bucket="central")
+    app = PipelineApp(cfg, Inventory([], {}, [], [], []), discovery_delay=0)
+    try:
+        await ingest(cfg, app.state, n_objects=3)
+        newest = app.state.ledger_max_id()
+        async with contextlib.AsyncExitStack() as stack:
+            det = DetectionJobs(cfg, app.state, app.aws, Metrics())
+            await det.start(stack)
+            assert DetectStore(app.state).get_meta(CURSOR) == str(newest)
+            assert detect_floor(app.state) == newest + 1
+            assert await det.follow() == (0, 0)
+
+        await ingest_more(cfg, app.state)  # while detection is down
+        assert app.state.ledger_max_id() == newest + 1
+        async with contextlib.AsyncExitStack() as stack:
+            det = DetectionJobs(cfg, app.state, app.aws, Metrics())
+            await det.start(stack)
+            assert DetectStore(app.state).get_meta(CURSOR) == str(newest)  # not moved
+            assert (await det.follow())[0] == 1
+
+        assert detect_floor(app.state) == newest + 2
+    finally:
+        await app.close()
 
 
 # ---------------------------------------------------------------------------- retention

@@ -36,7 +36,7 @@ CURSOR = "ledger_cursor"
 def detection_floor(state: State, *, started_only: bool = False) -> int | None:
     """The lowest ledger id detection has not scanned yet (its persisted cursor + 1), read
     without starting detection, so retention keeps those objects even while detection is down.
-    ``started_only``: None when detection never ran here (no cursor yet) instead of 1."""
+    ``started_only``: None when detection never started here (no cursor yet) instead of 1."""
     from aggregator.detect.store import DetectStore
 
     cursor = DetectStore(state).get_meta(CURSOR)
@@ -66,6 +66,15 @@ class DetectionFollower:
         self.archive = archive
         self.bucket = bucket
         self.offload = offload
+
+    def initialise(self, start_from: str = "oldest") -> int | None:
+        """Persist the cursor on a fresh detection state: 0 with ``oldest`` (scan all archived
+        history), the highest ledger id with ``newest`` (scan only objects archived from now
+        on). A cursor that exists already is never moved; returns the position set, or None."""
+        position = self.service.store.start_cursor(CURSOR, newest=start_from == "newest")
+        if position is not None:
+            log.info("detect.cursor_initialised", start_from=start_from, position=position)
+        return position
 
     @property
     def position(self) -> int:

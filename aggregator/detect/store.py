@@ -3,7 +3,8 @@
 * ``detect_alerts``  (rule_id, event_key) pairs that already raised an alert
 * ``detect_outbox``  alerts not yet delivered, per sink (at-least-once delivery)
 * ``detect_counts``  hourly counts per (account, metric) for rate anomalies
-* ``detect_meta``    small named values (the last hour evaluated for anomalies)
+* ``detect_meta``    small named values (the last hour evaluated for anomalies, the ledger
+  cursor of the follower)
 
 An alert is remembered and queued for every sink in one transaction, so a crash can neither
 lose an alert nor raise it twice.
@@ -144,6 +145,19 @@ class DetectStore:
         with self.state.transaction() as c:
             row = c.execute("SELECT value FROM detect_meta WHERE name=?", (name,)).fetchone()
         return None if row is None else str(row[0])
+
+    def start_cursor(self, name: str, newest: bool) -> int | None:
+        """Persist the meta value ``name`` as a ledger position when it is not set yet: 0, or
+        with ``newest`` the highest ledger id now (read in the same transaction). Returns the
+        position set, or None when the value already existed (it is left as it is)."""
+        with self.state.transaction() as c:
+            if c.execute("SELECT 1 FROM detect_meta WHERE name=?", (name,)).fetchone():
+                return None
+            start = 0
+            if newest:
+                start = int(c.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0])
+            c.execute("INSERT INTO detect_meta VALUES (?,?)", (name, str(start)))
+        return start
 
     def set_meta(self, name: str, value: str) -> None:
         with self.state.transaction() as c:

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from aggregator.config import parse_settings
-from aggregator.detect.follow import ConnectorAlertSink, DetectionFollower
+from aggregator.detect.follow import ConnectorAlertSink, DetectionFollower, detection_floor
 from aggregator.detect.service import DetectionService
 from aggregator.envelopes import Parsed, iter_records
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
@@ -20,8 +22,10 @@ STOP_LOGGING = "stratus-red-team/detonation-logs/aws.defense-evasion.cloudtrail-
 class MemoryArchive:
     def __init__(self) -> None:
         self.objects: dict[str, list[dict[str, Any]]] = {}
+        self.read: list[str] = []  # central keys in the order the follower read them
 
     async def read_records(self, central_key: str) -> list[dict[str, Any]]:
+        self.read.append(central_key)
         return json.loads(json.dumps(self.objects[central_key]))
 
 
@@ -87,4 +91,113 @@ async def test_follower_raises_each_alert_once_and_delivers_through_opensearch(
     finally:
         await service.close()
         await server.stop()
+        state.close()
+
+
+# ---------------------------------------------------------------- where a new cursor starts
+
+
+def new_service(state: State) -> DetectionService:
+    return DetectionService(
+        parse_settings({"archive": {"bucket": "central"}}, {}).detect, state, []
+    )
+
+
+async def test_start_from_newest_scans_only_objects_archived_afterwards(
+    tmp_path: Path, testdata: Path
+) -> None:
+    """On a state with archived history and no detection cursor, ``newest`` persists the cursor
+    at the newest ledger id: the old objects (StopLogging ones) are never read and raise nothing,
+    an object archived afterwards is scanned, and retention's floor is past the history."""
+    state = State(tmp_path / "s.db")
+    archive = MemoryArchive()
+    service = new_service(state)
+    try:
+        archive_object(state, archive, "old1.json.gz", records(testdata, STOP_LOGGING))
+        archive_object(state, archive, "old2.json.gz", records(testdata, STOP_LOGGING))
+        newest = state.ledger_max_id()
+        assert detection_floor(state, started_only=True) is None  # detection never started
+        follower = DetectionFollower(service, state, archive, "central")
+
+        with capture_logs() as logs:
+            position = follower.initialise("newest")
+
+        assert position == newest == 2
+        assert follower.position == newest
+        assert follower.backlog() == 0
+        assert detection_floor(state) == newest + 1
+        assert detection_floor(state, started_only=True) == newest + 1
+        assert [e for e in logs if e["event"] == "detect.cursor_initialised"] == [
+            {
+                "event": "detect.cursor_initialised",
+                "log_level": "info",
+                "start_from": "newest",
+                "position": newest,
+            }
+        ]
+        assert await follower.catch_up() == (0, 0)
+        assert archive.read == []
+
+        archive_object(state, archive, "new.json.gz", records(testdata, STOP_LOGGING))
+        objects, alerts = await follower.catch_up()
+
+        assert objects == 1
+        assert alerts >= 1  # the same events, never scanned before, alert now
+        assert archive.read == ["new.json.gz"]
+        assert detection_floor(state) == state.ledger_max_id() + 1
+    finally:
+        await service.close()
+        state.close()
+
+
+async def test_start_from_oldest_scans_all_archived_history(tmp_path: Path, testdata: Path) -> None:
+    """``oldest`` (the default) persists the cursor before the first ledger row: every archived
+    object is scanned, and retention keeps them all until it is."""
+    state = State(tmp_path / "s.db")
+    archive = MemoryArchive()
+    service = new_service(state)
+    try:
+        archive_object(state, archive, "old1.json.gz", records(testdata, STOP_LOGGING))
+        archive_object(state, archive, "old2.json.gz", records(testdata, STOP_LOGGING))
+        follower = DetectionFollower(service, state, archive, "central")
+
+        assert follower.initialise() == 0
+        assert detection_floor(state, started_only=True) == 1  # started, nothing scanned
+        assert follower.backlog() == 2
+        objects, alerts = await follower.catch_up()
+
+        assert objects == 2
+        assert alerts >= 1
+        assert archive.read == ["old1.json.gz", "old2.json.gz"]
+        assert detection_floor(state) == 3
+    finally:
+        await service.close()
+        state.close()
+
+
+async def test_an_existing_cursor_is_never_moved_by_a_restart(
+    tmp_path: Path, testdata: Path
+) -> None:
+    """Once detection has a cursor, ``start_from`` has no effect: a restart with ``newest`` does
+    not skip the objects archived while detection was down, nor does ``oldest`` rescan history."""
+    state = State(tmp_path / "s.db")
+    archive = MemoryArchive()
+    service = new_service(state)
+    try:
+        archive_object(state, archive, "old.json.gz", records(testdata, STOP_LOGGING))
+        assert DetectionFollower(service, state, archive, "central").initialise("newest") == 1
+        archive_object(state, archive, "while-down.json.gz", records(testdata, STOP_LOGGING))
+
+        with capture_logs() as logs:
+            again = DetectionFollower(service, state, archive, "central")
+            moved = [again.initialise("newest"), again.initialise("oldest")]
+
+        assert moved == [None, None]
+        assert not [e for e in logs if e["event"] == "detect.cursor_initialised"]
+        assert again.position == 1
+        assert detection_floor(state) == 2
+        assert (await again.catch_up())[0] == 1
+        assert archive.read == ["while-down.json.gz"]
+    finally:
+        await service.close()
         state.close()

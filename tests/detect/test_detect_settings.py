@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert s.detect.rule_dirs == []
     assert s.detect.anomaly.sensitivity == "medium"
     assert s.detect.webhook_url is None
+    assert s.detect.start_from == "oldest"  # scan all archived history
 
 
 def test_full_section_with_secret_webhook() -> None:
@@ -46,6 +47,7 @@ def test_errors_name_their_paths() -> None:
             "anomaly": {"sensitivity": "extreme", "min_count": 0},
             "sns_topic_arn": "security-alerts",
             "webhook_url": "ftp://x",
+            "start_from": "latest",
             "rules": [],
         },
     )
@@ -57,6 +59,7 @@ def test_errors_name_their_paths() -> None:
         "detect.anomaly.min_count",
         "detect.sns_topic_arn",
         "detect.webhook_url",
+        "detect.start_from",
         "detect.rules: unknown key",
     ):
         assert path in text, path
