@@ -6,6 +6,7 @@ Every AWS client in the process is made here, so timeouts, retries and the endpo
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from contextlib import AsyncExitStack
 from typing import Any, ClassVar
@@ -152,15 +153,22 @@ class ClientPool:
         self.aws = aws
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[int, str, str], Any] = {}
+        self._opening: dict[tuple[int, str, str], asyncio.Lock] = {}
 
     async def get(self, session: aioboto3.Session, service: str, region: str | None = None) -> Any:
+        """The pool's client for (session, service, region), made on first use. Tasks asking
+        for the same one at the same moment wait for the first to make it (one client each)."""
         key = (id(session), service, region or self.aws.settings.region)
         client = self._clients.get(key)
-        if client is None:
-            client = await self._stack.enter_async_context(
-                self.aws.client(session, service, region)
-            )
-            self._clients[key] = client
+        if client is not None:
+            return client
+        async with self._opening.setdefault(key, asyncio.Lock()):
+            client = self._clients.get(key)
+            if client is None:
+                client = await self._stack.enter_async_context(
+                    self.aws.client(session, service, region)
+                )
+                self._clients[key] = client
         return client
 
     async def close(self) -> None:
