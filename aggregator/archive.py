@@ -18,19 +18,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 from isal import igzip
 
+from aggregator.aws import Aws, ClientPool
 from aggregator.config import ArchiveSettings, Settings
 from aggregator.envelopes import maybe_gunzip
-
-if TYPE_CHECKING:
-    from aggregator.aws import Aws
 
 # <acct>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<random>.json.gz (also CloudTrail-Insight)
 SOURCE_NAME = re.compile(
@@ -94,11 +92,27 @@ def decode_records(data: bytes) -> list[dict[str, Any]]:
 
 
 class Archive:
-    """Writes and reads central objects through an S3 client (from aggregator.aws)."""
+    """Writes and reads central objects through an S3 client (from aggregator.aws): ``s3``, or
+    the one ``connect`` makes on first use (and again after a failure)."""
 
-    def __init__(self, settings: ArchiveSettings, s3: Any) -> None:
+    def __init__(
+        self,
+        settings: ArchiveSettings,
+        s3: Any = None,
+        *,
+        connect: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        if (s3 is None) == (connect is None):
+            raise ValueError("Archive needs an S3 client or a way to connect, not both")
         self.settings = settings
-        self.s3 = s3
+        self._s3 = s3
+        self._connect = connect
+
+    async def client(self) -> Any:
+        if self._s3 is None:
+            assert self._connect is not None
+            self._s3 = await self._connect()
+        return self._s3
 
     async def put(self, key: str, body: bytes) -> str:
         """Write one central object; returns its hex SHA-256."""
@@ -107,7 +121,8 @@ class Archive:
         if self.settings.kms_key_id:
             extra["ServerSideEncryption"] = "aws:kms"
             extra["SSEKMSKeyId"] = self.settings.kms_key_id
-        await self.s3.put_object(
+        s3 = await self.client()
+        await s3.put_object(
             Bucket=self.settings.bucket,
             Key=key,
             Body=body,
@@ -118,7 +133,7 @@ class Archive:
         return sha
 
     async def get(self, key: str) -> bytes:
-        resp = await self.s3.get_object(Bucket=self.settings.bucket, Key=key)
+        resp = await (await self.client()).get_object(Bucket=self.settings.bucket, Key=key)
         async with resp["Body"] as stream:
             data: bytes = await stream.read()
         return data
@@ -146,10 +161,17 @@ async def opened(
     settings: Settings, aws: Aws, sessions: SessionSource | None = None
 ) -> AsyncIterator[Archive]:
     """The central archive through an S3 client of :func:`archive_session`'s identity
-    (``sessions``: a CredentialBroker of its own when not given)."""
+    (``sessions``: a CredentialBroker of its own when not given). The client is made on first
+    use: a writer role that cannot be assumed yet (STS unreachable, a trust policy still being
+    fixed) fails reads, which the forwarder and detection retry, not the service's start."""
     if sessions is None:
         from aggregator.credentials import CredentialBroker
 
         sessions = CredentialBroker(settings, aws)
-    async with aws.client(await archive_session(settings, sessions), "s3") as s3:
-        yield Archive(settings.archive, s3)
+    source = sessions
+    async with ClientPool(aws) as pool:
+
+        async def connect() -> Any:
+            return await pool.get(await archive_session(settings, source), "s3")
+
+        yield Archive(settings.archive, connect=connect)

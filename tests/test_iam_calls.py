@@ -390,3 +390,52 @@ async def test_every_archive_reader_uses_the_writer_identity(
     # assume with boto3, so this AssumeRole is replay's)
     assumed = [c for c in recorder.calls if c.operation == "AssumeRole"]
     assert [c.params["RoleArn"] for c in assumed] == [writer]
+
+
+async def test_forwarding_starts_while_the_writer_role_is_refused(
+    tmp_path: Path, org: Inventory, recorder: Recorder
+) -> None:
+    """The archive's client is made on first use: while the writer role cannot be assumed the
+    forwarder still starts, its reads fail and are retried (reported in the lane's status);
+    once the role works, every archived event is delivered."""
+    from aggregator import forward
+    from tests.fakes.splunk_hec import FakeSplunkHec
+
+    hec = FakeSplunkHec({"t0k3n"})
+    await hec.start()
+    try:
+        cfg = settings(
+            tmp_path,
+            archive={"bucket": CENTRAL, "writer_account_id": LOG_ARCHIVE},
+            forward={
+                "poll_interval_secs": 0.05,
+                "backoff_initial_secs": 0.05,
+                "backoff_max_secs": 0.2,
+                "connectors": [
+                    {"name": "hec", "type": "splunk_hec", "url": hec.url, "token": "t0k3n"}
+                ],
+            },
+        )
+        aws = Aws(cfg.aws)
+        state = MeteredState(cfg.state.path)
+        await Ingestor(cfg, state, RecordingSessions(recorder), aws).run(org)
+        refused = StsSessions(deny=[LOG_ARCHIVE])
+        async with forward.running(cfg, state, sessions=refused) as fwd:
+            assert fwd is not None
+            lane = fwd.lanes["hec"]
+            for _ in range(200):
+                if refused.calls.count(LOG_ARCHIVE) >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert refused.calls.count(LOG_ARCHIVE) >= 2  # retried, not given up
+            assert lane.status.last_error == "archive read: PermissionError"
+            assert hec.indexed == []
+            refused.deny.clear()  # the trust policy is fixed
+            for _ in range(400):
+                if fwd.backlog("hec") == 0 and len(hec.indexed) == 9:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(hec.indexed) == 9
+        state.close()
+    finally:
+        await hec.stop()
