@@ -103,12 +103,13 @@ class Archive:
         connect: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         if (s3 is None) == (connect is None):
-            raise ValueError("Archive needs an S3 client or a way to connect, not both")
+            raise ValueError("Archive takes exactly one of an S3 client and connect")
         self.settings = settings
         self._s3 = s3
         self._connect = connect
 
     async def client(self) -> Any:
+        """The S3 client (connecting on first use)."""
         if self._s3 is None:
             assert self._connect is not None
             self._s3 = await self._connect()

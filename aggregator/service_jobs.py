@@ -21,12 +21,15 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggregator.config import ServiceSettings, Settings
 from aggregator.log import get_logger
 from aggregator.metrics import Metrics
 from aggregator.state import State
+
+if TYPE_CHECKING:
+    from aggregator.archive import SessionSource
 
 log = get_logger("aggregator.daemon")
 
@@ -73,7 +76,7 @@ class DetectionJobs:
         stopping: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         batch: int = 32,
-        sessions: Any = None,
+        sessions: SessionSource | None = None,
     ) -> None:
         """``sessions``: the app's credential broker, for the archive's identity
         (``archive.archive_session``); a broker of its own when None."""

@@ -331,6 +331,19 @@ async def test_app_discovery_ingest_and_doctor_calls_are_allowed(
     assert found == [], "\n".join(found)
 
 
+def writer_settings(tmp_path: Path, hec_url: str, **forward: Any) -> Settings:
+    """The central bucket written and read with LOG_ARCHIVE's role; one HEC connector."""
+    return settings(
+        tmp_path,
+        archive={"bucket": CENTRAL, "writer_account_id": LOG_ARCHIVE},
+        forward={
+            "poll_interval_secs": 0.05,
+            "connectors": [{"name": "hec", "type": "splunk_hec", "url": hec_url, "token": "t0k3n"}],
+            **forward,
+        },
+    )
+
+
 async def test_every_archive_reader_uses_the_writer_identity(
     tmp_path: Path, org: Inventory, recorder: Recorder
 ) -> None:
@@ -347,16 +360,7 @@ async def test_every_archive_reader_uses_the_writer_identity(
     hec = FakeSplunkHec({"t0k3n"})
     await hec.start()
     try:
-        cfg = settings(
-            tmp_path,
-            archive={"bucket": CENTRAL, "writer_account_id": LOG_ARCHIVE},
-            forward={
-                "poll_interval_secs": 0.05,
-                "connectors": [
-                    {"name": "hec", "type": "splunk_hec", "url": hec.url, "token": "t0k3n"}
-                ],
-            },
-        )
+        cfg = writer_settings(tmp_path, hec.url)
         sessions = RecordingSessions(recorder)
         aws = Aws(cfg.aws)
         state = MeteredState(cfg.state.path)
@@ -404,18 +408,7 @@ async def test_forwarding_starts_while_the_writer_role_is_refused(
     hec = FakeSplunkHec({"t0k3n"})
     await hec.start()
     try:
-        cfg = settings(
-            tmp_path,
-            archive={"bucket": CENTRAL, "writer_account_id": LOG_ARCHIVE},
-            forward={
-                "poll_interval_secs": 0.05,
-                "backoff_initial_secs": 0.05,
-                "backoff_max_secs": 0.2,
-                "connectors": [
-                    {"name": "hec", "type": "splunk_hec", "url": hec.url, "token": "t0k3n"}
-                ],
-            },
-        )
+        cfg = writer_settings(tmp_path, hec.url, backoff_initial_secs=0.05, backoff_max_secs=0.2)
         aws = Aws(cfg.aws)
         state = MeteredState(cfg.state.path)
         await Ingestor(cfg, state, RecordingSessions(recorder), aws).run(org)
