@@ -15,18 +15,19 @@ as if it were a trail bucket)::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from isal import igzip
 
-from aggregator.aws import Aws, ClientPool
+from aggregator.aws import Aws, ClientPool, SessionProvider
 from aggregator.config import ArchiveSettings, Settings
 from aggregator.envelopes import maybe_gunzip
 
@@ -93,7 +94,8 @@ def decode_records(data: bytes) -> list[dict[str, Any]]:
 
 class Archive:
     """Writes and reads central objects through an S3 client (from aggregator.aws): ``s3``, or
-    the one ``connect`` makes on first use (and again after a failure)."""
+    the one ``connect`` makes on first use. A connect that fails is tried again on the next
+    use; a client once made is kept."""
 
     def __init__(
         self,
@@ -107,12 +109,16 @@ class Archive:
         self.settings = settings
         self._s3 = s3
         self._connect = connect
+        self._connecting = asyncio.Lock()
 
     async def client(self) -> Any:
-        """The S3 client (connecting on first use)."""
-        if self._s3 is None:
-            assert self._connect is not None
-            self._s3 = await self._connect()
+        """The S3 client (connecting on first use; concurrent first uses share one connect)."""
+        if self._s3 is not None:
+            return self._s3
+        async with self._connecting:
+            if self._s3 is None:
+                assert self._connect is not None
+                self._s3 = await self._connect()
         return self._s3
 
     async def put(self, key: str, body: bytes) -> str:
@@ -143,15 +149,10 @@ class Archive:
         return decode_records(await self.get(key))
 
 
-class SessionSource(Protocol):
-    """What hands out sessions per account (credentials.CredentialBroker)."""
-
-    async def session_for(self, account_id: str | None) -> Any: ...
-
-
-async def archive_session(settings: Settings, sessions: SessionSource) -> Any:
-    """The identity that reads and writes the central bucket: the role in
-    ``archive.writer_account_id`` when set, else the base identity. Every reader and writer of
+async def archive_session(settings: Settings, sessions: SessionProvider) -> Any:
+    """The identity that reads and writes the central bucket: the session ``sessions`` gives
+    for ``archive.writer_account_id`` (its role, or the base identity for a hub account or the
+    base identity's own), the base identity when unset. Every reader and writer of
     the archive (ingest, forwarding, replay, detection, retention, integrity, doctor) uses it,
     so a bucket whose policy trusts only that role works for all of them."""
     return await sessions.session_for(settings.archive.writer_account_id)
@@ -159,7 +160,7 @@ async def archive_session(settings: Settings, sessions: SessionSource) -> Any:
 
 @asynccontextmanager
 async def opened(
-    settings: Settings, aws: Aws, sessions: SessionSource | None = None
+    settings: Settings, aws: Aws, sessions: SessionProvider | None = None
 ) -> AsyncIterator[Archive]:
     """The central archive through an S3 client of :func:`archive_session`'s identity
     (``sessions``: a CredentialBroker of its own when not given). The client is made on first

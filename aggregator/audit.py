@@ -31,11 +31,11 @@ import io
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from aggregator.aws import error_code, error_message, is_not_found
+from aggregator.aws import SessionProvider, error_code, error_message, is_not_found
 from aggregator.config import AuditSettings
 from aggregator.discovery import Inventory, Trail
 from aggregator.log import get_logger
@@ -63,10 +63,6 @@ CHECKS: dict[str, tuple[str, str]] = {
     "bucket_versioning": ("", "trail bucket versioning enabled"),
     "bucket_object_lock": ("", "trail bucket Object Lock enabled"),
 }
-
-
-class SessionProvider(Protocol):
-    async def session_for(self, account_id: str | None) -> Any: ...
 
 
 ClientFor = Callable[[str | None, str, str], Awaitable[Any]]  # (account, service, region)

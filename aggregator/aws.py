@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from contextlib import AsyncExitStack
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import aioboto3
 import aiohttp
@@ -142,8 +142,16 @@ class Aws:
         return session.client(service, **self.client_kwargs(region))
 
 
+class SessionProvider(Protocol):
+    """Hands out a session per account: the base identity for None, else the account's role
+    (credentials.CredentialBroker; tests pass simpler ones)."""
+
+    async def session_for(self, account_id: str | None) -> aioboto3.Session: ...
+
+
 class ClientPool:
-    """Clients kept open for the length of a cycle, one per (session, service, region).
+    """Clients kept open as long as their owner (a cycle; the service's archive reader), one per
+    (session, service, region).
 
     Making an aiobotocore client costs milliseconds (endpoint and model loading); a cycle
     touching hundreds of sources must not pay that per object.

@@ -241,8 +241,8 @@ class ArchiveSettings(Strict):
     writer_account_id: AccountId | None = Field(
         default=None,
         description=(
-            "The account whose role (credentials.role_arn_template) reads and writes the central "
-            "bucket for every job; default: the base identity."
+            "The account whose role (the one ctagg assumes to read that account) reads and "
+            "writes the central bucket for every job; default: the base identity."
         ),
     )
     compress_level: int = Field(default=1, ge=1, le=9)

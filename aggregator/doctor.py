@@ -16,12 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
-
-import aioboto3
+from typing import Any
 
 from aggregator.archive import archive_session
-from aggregator.aws import Aws, ClientPool, error_code, error_message, is_access_denied
+from aggregator.aws import (
+    Aws,
+    ClientPool,
+    SessionProvider,
+    error_code,
+    error_message,
+    is_access_denied,
+)
 from aggregator.config import Settings
 from aggregator.discovery import Inventory, Source
 from aggregator.iam import missing_permission
@@ -31,10 +36,6 @@ log = get_logger("aggregator.doctor")
 
 PROBE_KEY = "_ctagg/doctor-probe"
 OK = "ok"
-
-
-class SessionProvider(Protocol):
-    async def session_for(self, account_id: str | None) -> aioboto3.Session: ...
 
 
 @dataclass

@@ -45,7 +45,7 @@ from aggregator.state import State
 from connectors import build
 
 if TYPE_CHECKING:
-    from aggregator.archive import SessionSource
+    from aggregator.aws import SessionProvider
     from aggregator.discovery import Account
 from connectors.base import (
     Connector,
@@ -820,6 +820,10 @@ async def replay_with_settings(
     state = State(settings.state.path)
     try:
         async with archive.opened(settings, Aws(settings.aws)) as central:
+            try:  # a one-shot command: a refused archive identity ends it, not retried
+                await central.client()
+            except Exception as exc:
+                raise Fatal(f"cannot open the central archive: {exc}") from exc
             fwd = Forwarder(settings.forward, state, central, bucket=settings.archive.bucket)
             return await fwd.replay(name, since, until)
     finally:
@@ -859,7 +863,7 @@ async def running(
     *,
     accounts: AccountLookup | None = None,
     organization_id: Callable[[], str | None] | None = None,
-    sessions: SessionSource | None = None,
+    sessions: SessionProvider | None = None,
 ) -> AsyncIterator[Forwarder | None]:
     """The forwarder of a long-running service: reads the central archive with the archive's
     identity (``archive.archive_session``, from ``sessions``: the app's credential broker),

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
 
 from aggregator import archive as central
-from aggregator.aws import Aws, ClientPool, error_code, error_message, is_not_found
+from aggregator.aws import Aws, ClientPool, SessionProvider, error_code, error_message, is_not_found
 from aggregator.collect import (
     BadObject,
     Decoded,
@@ -69,10 +69,6 @@ from aggregator.lookup import (
 from aggregator.state import CentralObject, ObjectOutcome, State
 
 log = get_logger("aggregator.ingest")
-
-
-class SessionProvider(Protocol):
-    async def session_for(self, account_id: str | None) -> aioboto3.Session: ...
 
 
 @dataclass

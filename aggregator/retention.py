@@ -33,12 +33,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import aioboto3
 
 from aggregator.archive import archive_session
-from aggregator.aws import Aws, ClientPool, error_code, error_message
+from aggregator.aws import Aws, ClientPool, SessionProvider, error_code, error_message
 from aggregator.config import Settings
 from aggregator.log import get_logger
 from aggregator.metrics import Metrics
@@ -57,10 +57,6 @@ _CENTRAL_KEY = re.compile(
 
 # A pruner other rooms register: (cutoff epoch, dry_run) -> rows/items removed (or that would be).
 Pruner = Callable[[float, bool], Awaitable[int]]
-
-
-class SessionProvider(Protocol):
-    async def session_for(self, account_id: str | None) -> aioboto3.Session: ...
 
 
 @dataclass

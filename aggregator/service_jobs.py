@@ -29,7 +29,7 @@ from aggregator.metrics import Metrics
 from aggregator.state import State
 
 if TYPE_CHECKING:
-    from aggregator.archive import SessionSource
+    from aggregator.aws import SessionProvider
 
 log = get_logger("aggregator.daemon")
 
@@ -54,7 +54,8 @@ def job_interval(svc: ServiceSettings, name: str) -> float:
 
 
 def detect_floor(state: State) -> int:
-    """The lowest ledger id detection has not scanned yet: 1 before its first scan."""
+    """The lowest ledger id detection has not scanned yet (its cursor + 1; 1 before detection
+    ever started)."""
     from aggregator.detect.follow import detection_floor
 
     return int(detection_floor(state) or 1)
@@ -76,7 +77,7 @@ class DetectionJobs:
         stopping: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         batch: int = 32,
-        sessions: SessionSource | None = None,
+        sessions: SessionProvider | None = None,
     ) -> None:
         """``sessions``: the app's credential broker, for the archive's identity
         (``archive.archive_session``); a broker of its own when None."""

@@ -128,16 +128,19 @@ def decode_rate(objects: list[tuple[str, bytes]], gunzip: Any) -> float:
     return n / (time.perf_counter() - t)
 
 
-def key_ceiling_rate(objects: list[tuple[str, bytes]]) -> float:
+def decode_as_ctagg(body: bytes) -> Any:
     """``decode_log`` (the pipeline's own decode and keying) with ctagg's default limits."""
     cfg = CollectSettings()
+    return decode_log(
+        body, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
+    )
+
+
+def key_ceiling_rate(objects: list[tuple[str, bytes]]) -> float:
     n = 0
     t = time.perf_counter()
     for _, body in objects:
-        got = decode_log(
-            body, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
-        )
-        n += len(got.keys)
+        n += len(decode_as_ctagg(body).keys)
     return n / (time.perf_counter() - t)
 
 
@@ -183,13 +186,10 @@ def run_io_bound(
     commit. Not a real run: the bound a faster decoder or keyer could approach at best."""
     from aggregator import ingest
 
-    cfg = CollectSettings()
     # rebuilt here, so gzip headers (mtime) differ from the served objects': keyed by the gzip
     # trailer (CRC-32 and size of the content), which does not
     ready = {
-        body[-8:]: decode_log(
-            body, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
-        )
+        body[-8:]: decode_as_ctagg(body)
         for _, body in build_objects(n, per, scatter_times=scatter_times)
     }
 
@@ -275,6 +275,7 @@ def main() -> int:
         wall, cpu, cycle_secs, rss = min(runs)  # the best run, as for the decode limit
         e2e = events / wall
         cycle = events / cycle_secs
+        bound = events / min(bounds)[0] if bounds else None
         result = {
             "objects": args.objects,
             "records_per_object": args.records,
@@ -285,10 +286,8 @@ def main() -> int:
             "end_to_end_vs_decode_limit": round(e2e / decode_isal, 2),
             "key_ceiling_eps": round(ceiling),
             "key_ceiling_vs_decode_limit": round(ceiling / decode_isal, 2),
-            "io_bound_eps": round(events / min(bounds)[0]) if bounds else None,
-            "io_bound_vs_decode_limit": (
-                round(events / min(bounds)[0] / decode_isal, 2) if bounds else None
-            ),
+            "io_bound_eps": round(bound) if bound else None,
+            "io_bound_vs_decode_limit": round(bound / decode_isal, 2) if bound else None,
             "ingest_cycle_eps": round(cycle),
             "ingest_cycle_vs_decode_limit": round(cycle / decode_isal, 2),
             "end_to_end_eps_runs": [round(events / r[0]) for r in runs],
@@ -311,8 +310,7 @@ def main() -> int:
             f"{'  of which the ingest cycle':40} {cycle:12,.0f} events/s "
             f"({cycle / decode_isal:.0%}; the rest is start-up and discovery)"
         )
-        if bounds:
-            bound = events / min(bounds)[0]
+        if bound:
             print(
                 f"{'  without decode and key (--io-bound)':40} {bound:12,.0f} events/s "
                 f"({bound / decode_isal:.0%}: the bound of any faster decoder or keyer)"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
 import orjson
 import pytest
 
 from aggregator.archive import (
+    Archive,
     KeyParts,
     central_key,
     decode_records,
@@ -16,6 +18,7 @@ from aggregator.archive import (
     parse_source_name,
 )
 from aggregator.collect import BadObject, ObjectKind, classify, decode_log, stream_prefixes
+from aggregator.config import ArchiveSettings
 
 
 def test_parse_real_source_name() -> None:
@@ -90,3 +93,39 @@ def test_decode_real_trailscraper_object(testdata) -> None:  # type: ignore[no-u
     decoded = decode_log(path.read_bytes(), max_object_bytes=1 << 20, max_record_bytes=1 << 20)
     assert len(decoded.keys) == 2
     assert len(set(decoded.keys)) == 2
+
+
+def test_archive_takes_a_client_or_a_connect_not_both() -> None:
+    settings = ArchiveSettings(bucket="central")
+
+    async def connect() -> object:
+        return object()
+
+    for args, kw in (((), {}), ((object(),), {"connect": connect})):
+        with pytest.raises(ValueError, match="exactly one"):
+            Archive(settings, *args, **kw)
+
+
+async def test_archive_connects_once_for_concurrent_first_reads_and_again_after_a_failure() -> None:
+    """Eight first uses at once share one connect; a connect that failed is tried again on the
+    next use, and the client made then is kept."""
+    calls: list[int] = []
+    fail = [True]
+
+    async def connect() -> object:
+        calls.append(1)
+        await asyncio.sleep(0.01)  # making a client waits (credentials, STS)
+        if fail[0]:
+            raise PermissionError("AccessDenied")
+        return object()
+
+    archive = Archive(ArchiveSettings(bucket="central"), connect=connect)
+    got = await asyncio.gather(*(archive.client() for _ in range(8)), return_exceptions=True)
+    assert len(calls) == 1 + 7  # each waiting use retries once the first failed
+    assert all(isinstance(g, PermissionError) for g in got)
+    fail[0] = False
+    calls.clear()
+    clients = await asyncio.gather(*(archive.client() for _ in range(8)))
+    assert len(calls) == 1
+    assert len({id(c) for c in clients}) == 1
+    assert await archive.client() is clients[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import boto3
 import orjson
@@ -61,6 +62,39 @@ def test_replay_command_resends_from_the_central_archive(
         assert server.all_ids() == want
         assert cli.main(["replay", str(cfg), "--connector", "nope", "--since", since,
                          "--until", until]) == 2  # fmt: skip
+
+
+def test_replay_ends_with_a_clear_error_when_the_archive_role_is_refused(
+    moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ctagg replay` is a one-shot command: when archive.writer_account_id's role cannot be
+    assumed it stops at once with exit code 1 and the reason (the service forwarder retries
+    instead), and it never asks for the base identity in its place."""
+    from aggregator.credentials import CredentialBroker
+
+    asked: list[str | None] = []
+
+    async def refused(self: CredentialBroker, account_id: str | None) -> Any:
+        asked.append(account_id)
+        raise PermissionError(f"AccessDenied: cannot assume a role in {account_id}")
+
+    monkeypatch.setattr(CredentialBroker, "session_for", refused)
+    State(tmp_path / "state.db").close()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"state: {{path: {tmp_path / 'state.db'}}}\n"
+        "archive: {bucket: central, writer_account_id: '222222222222'}\n"
+        "forward:\n  connectors:\n"
+        "    - {name: os, type: opensearch, hosts: ['http://127.0.0.1:9']}\n"
+    )
+    code = cli.main(
+        ["replay", str(cfg), "--connector", "os", "--since", "2024-01-01", "--until", "2024-01-02"]
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "replay stopped: cannot open the central archive" in out
+    assert "AccessDenied" in out
+    assert asked == ["222222222222"]
 
 
 def test_forward_config_errors_are_named_with_their_path() -> None:

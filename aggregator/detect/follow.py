@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -67,7 +67,7 @@ class DetectionFollower:
         self.bucket = bucket
         self.offload = offload
 
-    def initialise(self, start_from: str = "oldest") -> int | None:
+    def initialise(self, start_from: Literal["oldest", "newest"] = "oldest") -> int | None:
         """Persist the cursor on a fresh detection state: 0 with ``oldest`` (scan all archived
         history), the highest ledger id with ``newest`` (scan only objects archived from now
         on). A cursor that exists already is never moved; returns the position set, or None."""
