@@ -417,3 +417,49 @@ async def test_cli_path_keeps_what_configured_connectors_have_not_delivered(
     assert set(report.deleted) == everything - set(plain_bucket["expired"])
     report = await run_once(cfg("fast"), dry_run=True)
     assert set(report.deleted) == everything
+
+
+async def test_cli_path_keeps_what_detection_has_not_scanned_once_it_started(
+    tmp_path: Path, plain_bucket: dict[str, list[str]]
+) -> None:
+    """`ctagg retention` with detect.enabled: before the daemon's detection ever started
+    (no cursor) age alone decides; once it started with `oldest` (cursor 0 saved, nothing
+    scanned) every ledger object is kept; with `newest` (cursor at the newest id) none is."""
+    from aggregator.detect.follow import CURSOR
+    from aggregator.detect.store import DetectStore
+    from aggregator.retention import run_once
+
+    cfg = parse_settings(
+        {
+            "state": {"path": str(tmp_path / "state.db")},
+            "archive": {"bucket": BUCKET},
+            "retention": {"archive_days": 30},
+        }
+    )
+    assert cfg.detect.enabled
+    state = State(tmp_path / "state.db")
+    src = SourceRef("s", A1, "us-east-1", "trail", "AWSLogs/")
+    for i, key in enumerate(plain_bucket["expired"]):
+        state.commit_object(
+            ObjectOutcome(
+                src, f"src{i}", "p/", "log", None, 1,
+                central=CentralObject(key, 2, "00", 1, None, None),
+            )
+        )  # fmt: skip
+    everything = set(plain_bucket["expired"] + plain_bucket["kept"])
+    state.close()
+    report = await run_once(cfg, dry_run=True)
+    assert set(report.deleted) == everything  # detection never started here
+
+    state = State(tmp_path / "state.db")
+    assert DetectStore(state).start_cursor(CURSOR, newest=False) == 0
+    state.close()
+    report = await run_once(cfg, dry_run=True)
+    assert set(report.deleted) == everything - set(plain_bucket["expired"])
+
+    state = State(tmp_path / "state.db")
+    state.conn.execute("DELETE FROM detect_meta WHERE name=?", (CURSOR,))
+    assert DetectStore(state).start_cursor(CURSOR, newest=True) == len(plain_bucket["expired"])
+    state.close()
+    report = await run_once(cfg, dry_run=True)
+    assert set(report.deleted) == everything
