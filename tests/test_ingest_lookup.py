@@ -16,6 +16,7 @@ import aioboto3
 import pytest
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 from botocore.stub import Stubber
+from test_lookup import item
 
 from aggregator import ingest as ingest_mod
 from aggregator.aws import Aws
@@ -43,15 +44,6 @@ class FakeClock:
 
     async def sleep(self, d: float) -> None:
         self.t += d
-
-
-def item(rec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "EventId": rec["eventID"],
-        "EventName": rec["eventName"],
-        "EventTime": datetime.fromisoformat(rec["eventTime"].replace("Z", "+00:00")),
-        "CloudTrailEvent": json.dumps(rec),
-    }
 
 
 def page(recs: list[dict[str, Any]], token: str | None = None) -> dict[str, Any]:
@@ -299,6 +291,22 @@ class Crash(BaseException):
     """Stands in for the process dying (not an Exception: nothing may catch it)."""
 
 
+async def run_dying_before_commit(
+    cfg: Settings, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, bytes]:
+    """A cycle over A1 that dies after its central write, before the commit; the central
+    objects it left."""
+
+    def crash(self: State, outcome: Any) -> None:
+        raise Crash
+
+    monkeypatch.setattr(State, "commit_object", crash)
+    with pytest.raises(Crash):
+        await run(cfg, inventory([A1]), stubs)
+    monkeypatch.undo()
+    return central_objects()
+
+
 async def test_cursor_moves_only_after_the_commit(
     central: None, tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,14 +319,7 @@ async def test_cursor_moves_only_after_the_commit(
     stub = await stubs.add(A1)
     stub.add_response("lookup_events", page(first), params(W1))
 
-    def crash(self: State, outcome: Any) -> None:
-        raise Crash
-
-    monkeypatch.setattr(State, "commit_object", crash)
-    with pytest.raises(Crash):
-        await run(cfg, inventory([A1]), stubs)
-    monkeypatch.undo()
-    written = central_objects()
+    written = await run_dying_before_commit(cfg, stubs, monkeypatch)
     assert len(written) == 1
     assert cursor(cfg) == NOW - 3600
     assert ledger_rows(cfg) == []
@@ -572,14 +573,7 @@ async def test_a_first_run_that_dies_reads_the_same_window_later(
     stub = await stubs.add(A1)
     stub.add_response("lookup_events", page([ev(1), ev(2)]), params(first))
 
-    def crash(self: State, outcome: Any) -> None:
-        raise Crash
-
-    monkeypatch.setattr(State, "commit_object", crash)
-    with pytest.raises(Crash):
-        await run(cfg, inventory([A1]), stubs)
-    monkeypatch.undo()
-    written = central_objects()
+    written = await run_dying_before_commit(cfg, stubs, monkeypatch)
     assert len(written) == 1
 
     stubs.clock.t += 2 * 86400
