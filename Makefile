@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install demo test lint typecheck fmt bench lock schema clean image
+.PHONY: install sysdeps demo test lint typecheck fmt bench lock schema clean image
 
 $(BIN)/python:
 	@if [ -z "$(UV)" ]; then $(PY) -m pip install --quiet --disable-pip-version-check 'uv==0.13.8'; fi
@@ -23,7 +23,29 @@ lock:  ## re-resolve requirements.lock (dev), requirements-runtime.lock (image) 
 demo: install  ## run the real pipeline against an embedded moto server and print a summary
 	$(BIN)/ctagg demo
 
-test: install lint  ## lint, type-check and run the whole test suite
+# System programs the tests run for real (a real rsyslog for the syslog connector, openssl for
+# its TLS certificates). Installed with apt when running as root; otherwise the command to run
+# is printed and the target fails, so a missing receiver is never a surprise later.
+SYSTEM_PROGRAMS := rsyslogd:rsyslog openssl:openssl
+SYSTEM_EXTRAS := rsyslog-gnutls rsyslog-openssl
+
+sysdeps:  ## install the system programs the tests need (apt, as root)
+	@missing=""; for pair in $(SYSTEM_PROGRAMS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  pkgs="$$missing $(SYSTEM_EXTRAS)"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$pkgs"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
+	  else \
+	    echo "missing system packages:$$pkgs"; \
+	    echo "run: sudo apt-get install -y --no-install-recommends$$pkgs"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: install sysdeps lint  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest -q
 
 lint: install
