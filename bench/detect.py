@@ -19,7 +19,7 @@ from typing import Any
 
 from aggregator.detect.engine import Detector
 from aggregator.detect.rules import RuleSet, load_rules
-from aggregator.envelopes import Parsed, iter_records
+from aggregator.ingest.envelopes import Parsed, iter_records
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = next(

@@ -47,9 +47,9 @@ def main() -> None:
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from aggregator import log
-    from aggregator.aws import Aws
-    from aggregator.credentials import CredentialBroker
-    from aggregator.discovery import discover
+    from aggregator.aws.clients import Aws
+    from aggregator.aws.credentials import CredentialBroker
+    from aggregator.aws.discovery import discover
     from tests.orgseed import MGMT, make_settings, make_trail, seed_org
 
     log.configure("WARNING")

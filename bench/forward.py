@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aggregator.config import ForwardSettings  # noqa: E402
-from aggregator.forward import Forwarder  # noqa: E402
+from aggregator.forward.forwarder import Forwarder  # noqa: E402
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State  # noqa: E402
 from tests.fakes.events import stratus_records  # noqa: E402
 
@@ -201,7 +201,7 @@ def main() -> None:
     global SCHEMA
     SCHEMA = args.schema
     if args.gc == "tuned":
-        from aggregator.forward import tune_gc
+        from aggregator.forward.forwarder import tune_gc
 
         tune_gc()
     print(f"gc thresholds: {__import__('gc').get_threshold()}")

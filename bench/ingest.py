@@ -47,12 +47,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.app import App  # noqa: E402
-from aggregator.collect import decode_log  # noqa: E402
 from aggregator.config import CollectSettings, parse_settings  # noqa: E402
-from aggregator.demo import find_testdata, load_records  # noqa: E402
-from aggregator.envelopes import maybe_gunzip  # noqa: E402
-from aggregator.runtime import tune_gc  # noqa: E402
+from aggregator.ingest.collect import decode_log  # noqa: E402
+from aggregator.ingest.envelopes import maybe_gunzip  # noqa: E402
+from aggregator.service.app import App  # noqa: E402
+from aggregator.service.demo import find_testdata, load_records  # noqa: E402
+from aggregator.service.runtime import tune_gc  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default identity: read with the base session
 BUCKET = "bench-trail"
@@ -184,7 +184,7 @@ def run_io_bound(
     """:func:`run_once` with ``decode_log`` answered from memory (computed before the clock
     starts): everything but decoding and keying — listing, GET, dedupe against SQLite, PUT,
     commit. Not a real run: the bound a faster decoder or keyer could approach at best."""
-    from aggregator import ingest
+    from aggregator.ingest import cycle as ingest
 
     # rebuilt here, so gzip headers (mtime) differ from the served objects': keyed by the gzip
     # trailer (CRC-32 and size of the content), which does not

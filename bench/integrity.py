@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-from aggregator.completeness import compute, hour_of  # noqa: E402
-from aggregator.digest import (  # noqa: E402
+from aggregator.integrity.completeness import compute, hour_of  # noqa: E402
+from aggregator.integrity.digest import (  # noqa: E402
     LogFileRef,
     build_digest,
     check_log_bytes,
@@ -39,8 +39,8 @@ from aggregator.digest import (  # noqa: E402
     uncompressed_sha256,
     verify_signature,
 )
-from aggregator.integrity_state import record_expected  # noqa: E402
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State  # noqa: E402
+from aggregator.state.integrity import record_expected  # noqa: E402
 
 ACCOUNT, REGION = "111111111111", "us-east-1"
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aggregator.metrics import Metrics
+from aggregator.service.metrics import Metrics
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 
 REGIONS = [

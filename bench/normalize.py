@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aggregator.normalize.ecs as ecs_mod  # noqa: E402
-from aggregator.envelopes import Kind  # noqa: E402
+from aggregator.ingest.envelopes import Kind  # noqa: E402
 from aggregator.normalize import Normalizer, serialized_size  # noqa: E402
 from aggregator.normalize.ecs import to_ecs  # noqa: E402
 from aggregator.normalize.ocsf import to_ocsf  # noqa: E402

@@ -19,9 +19,9 @@ from pathlib import Path
 import boto3
 from moto.server import ThreadedMotoServer
 
-from aggregator.aws import Aws
+from aggregator.archive.retention import BaseSessions, Retention
+from aggregator.aws.clients import Aws
 from aggregator.config import parse_settings
-from aggregator.retention import BaseSessions, Retention
 from aggregator.state import State
 
 A = "111111111111"

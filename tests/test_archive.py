@@ -8,7 +8,7 @@ import gzip
 import orjson
 import pytest
 
-from aggregator.archive import (
+from aggregator.archive.store import (
     Archive,
     KeyParts,
     central_key,
@@ -17,8 +17,8 @@ from aggregator.archive import (
     object_id,
     parse_source_name,
 )
-from aggregator.collect import BadObject, ObjectKind, classify, decode_log, stream_prefixes
 from aggregator.config import ArchiveSettings
+from aggregator.ingest.collect import BadObject, ObjectKind, classify, decode_log, stream_prefixes
 
 
 def test_parse_real_source_name() -> None:

@@ -20,20 +20,20 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from aggregator.archive_digest import (
+from aggregator.archive.digests import (
     ArchiveDigester,
     kms_signing_key,
     load_public_key_file,
     local_signing_key,
     verify_archive,
 )
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, Inventory
 from aggregator.config import Settings, parse_settings
-from aggregator.digest import signing_string
-from aggregator.discovery import Account, Inventory
-from aggregator.ingest import Ingestor
-from aggregator.integrity_state import archive_digest_head
+from aggregator.ingest.cycle import Ingestor
+from aggregator.integrity.digest import signing_string
 from aggregator.state import State
+from aggregator.state.integrity import archive_digest_head
 
 A1 = "111111111111"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()

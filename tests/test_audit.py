@@ -15,7 +15,10 @@ from awsfixtures import StsSessions, client
 from botocore.stub import Stubber
 from prometheus_client import CollectorRegistry
 
-from aggregator.audit import (
+from aggregator.aws.clients import Aws, ClientPool
+from aggregator.aws.discovery import Account, Inventory, Trail
+from aggregator.config import AuditSettings, AwsSettings
+from aggregator.integrity.audit import (
     AuditReport,
     Finding,
     audit_metrics,
@@ -26,9 +29,6 @@ from aggregator.audit import (
     print_table,
     run_audit,
 )
-from aggregator.aws import Aws, ClientPool
-from aggregator.config import AuditSettings, AwsSettings
-from aggregator.discovery import Account, Inventory, Trail
 
 GOOD, BAD, PUB = "111111111111", "222222222222", "333333333333"
 R1, R2 = "us-east-1", "eu-west-1"

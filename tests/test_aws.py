@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aggregator.aws import Aws, ClientPool
+from aggregator.aws.clients import Aws, ClientPool
 from aggregator.config import AwsSettings
 
 

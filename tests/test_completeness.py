@@ -16,8 +16,11 @@ from awsfixtures import StsSessions, client
 from prometheus_client import CollectorRegistry
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-from aggregator.aws import Aws
-from aggregator.completeness import (
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, Inventory, Source
+from aggregator.config import Settings, parse_settings
+from aggregator.ingest.cycle import Ingestor
+from aggregator.integrity.completeness import (
     completeness_metrics,
     compute,
     digest_metrics,
@@ -28,12 +31,9 @@ from aggregator.completeness import (
     report_csv,
     report_json,
 )
-from aggregator.config import Settings, parse_settings
-from aggregator.digest import PublicKeyStore
-from aggregator.discovery import Account, Inventory, Source
-from aggregator.ingest import Ingestor
-from aggregator.integrity_state import record_expected, retry_items
+from aggregator.integrity.digest import PublicKeyStore
 from aggregator.state import CentralObject, ObjectOutcome, State
+from aggregator.state.integrity import record_expected, retry_items
 
 KEY = new_key()
 NOW = datetime(2024, 5, 1, 16, 0, tzinfo=UTC).timestamp()
@@ -169,7 +169,7 @@ def test_compute_on_state_rows_incl_compacted_prefix_and_grace(tmp_path: Path) -
 
 def test_retry_queue_api_for_ingest(tmp_path: Path) -> None:
     """What ingest uses: items per source, an attempt counter, and removal when handled."""
-    from aggregator.integrity_state import queue_retry, retry_attempted, retry_done
+    from aggregator.state.integrity import queue_retry, retry_attempted, retry_done
 
     state = State(tmp_path / "s.db")
     assert queue_retry(state, [("b", "k1", "b/src", "why"), ("b", "k2", "b/other", "why")]) == 2

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from aggregator.cli import main
-from aggregator.config import ConfigError, json_schema, load_settings, parse_settings
+from aggregator.config import ConfigError, load_settings, parse_settings
+from aggregator.config.schema import json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from aggregator.aws import Aws
-from aggregator.credentials import AssumeRoleFailed, CredentialBroker
+from aggregator.aws.clients import Aws
+from aggregator.aws.credentials import AssumeRoleFailed, CredentialBroker
 from tests.orgseed import MGMT, hub_user, iam_enforced, make_settings, put_role
 
 MEMBER = "222222222222"
@@ -200,7 +200,7 @@ async def test_clients_share_model_loader_and_tls_context(moto: str) -> None:
     same verifying TLS context (building them per client costs tens of ms of CPU each)."""
     import ssl
 
-    from aggregator.credentials import shared_loader
+    from aggregator.aws.credentials import shared_loader
 
     settings = make_settings(moto)
     broker, _ = _broker(settings)

@@ -14,11 +14,11 @@ import pytest
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, AccountFailure, Inventory
 from aggregator.config import Settings, parse_settings
-from aggregator.daemon import Daemon, MeteredState, forward_floor
-from aggregator.discovery import Account, AccountFailure, Inventory
-from aggregator.ingest import Ingestor
+from aggregator.ingest.cycle import Ingestor
+from aggregator.service.daemon import Daemon, MeteredState, forward_floor
 
 A1, A2 = "111111111111", "222222222222"
 TODAY = time.strftime("%Y%m%d", time.gmtime())

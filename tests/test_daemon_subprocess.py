@@ -37,14 +37,14 @@ WEBHOOK_TOKEN = "planted-webhook-token-5d8e0a"
 # cycle lasts long enough to be interrupted in the middle.
 RUNNER = """
 import asyncio, sys
-import aggregator.ingest as ingest
+import aggregator.ingest.cycle as ingest
 _fetch = ingest.fetch
 async def slow_fetch(*a, **kw):
     await asyncio.sleep(0.25)
     return await _fetch(*a, **kw)
 ingest.fetch = slow_fetch
 # note (for the test) that the planted ExternalId really is used on AssumeRole
-import os, aggregator.credentials as creds
+import os, aggregator.aws.credentials as creds
 _ext = creds.CredentialBroker.external_id
 def external_id(self, account_id):
     value = _ext(self, account_id)

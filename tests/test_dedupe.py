@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aggregator.dedupe import event_epoch, event_key, record_key_text
+from aggregator.ingest.dedupe import event_epoch, event_key, record_key_text
 
 
 def test_same_event_from_two_trails_has_one_key() -> None:
@@ -84,7 +84,7 @@ def test_event_epoch() -> None:
 
 def test_keys_start_with_the_event_hour_and_prune_by_range(tmp_path: Path) -> None:
     """The window is ordered by event time; pruning drops whole hours by key range."""
-    from aggregator.dedupe import event_hour, hour_floor_key
+    from aggregator.ingest.dedupe import event_hour, hour_floor_key
     from aggregator.state import ObjectOutcome, SourceRef, State
 
     assert event_hour("2024-05-01T10:59:59Z") == (2024050110).to_bytes(4, "big")
@@ -104,8 +104,8 @@ def test_keys_start_with_the_event_hour_and_prune_by_range(tmp_path: Path) -> No
 def test_both_key_paths_agree_on_every_shared_record(testdata: Path) -> None:
     """The ingest path (key_and_bytes, which also serializes) and the read-back path
     (event_key, used for OpenSearch _id and alerts) give the same key for every record."""
-    from aggregator.dedupe import key_and_bytes
-    from aggregator.demo import load_records
+    from aggregator.ingest.dedupe import key_and_bytes
+    from aggregator.service.demo import load_records
 
     records = load_records(testdata)
     assert len(records) > 800
@@ -119,7 +119,7 @@ def test_one_files_keys_share_a_prefix_so_they_land_together() -> None:
     """Keys lead with hour, account/region tag and minute: one log file's events (one account
     and region, a few minutes) sort next to each other in the window; other accounts, regions
     and minutes sort apart. The prefix comes from the record, so both trails' copies agree."""
-    from aggregator.dedupe import PREFIX_BYTES, key_prefix
+    from aggregator.ingest.dedupe import PREFIX_BYTES, key_prefix
 
     base = {"recipientAccountId": "1" * 12, "awsRegion": "us-east-1"}
     a = event_key(dict(base, eventID="a", eventTime="2024-05-01T10:07:01Z"))

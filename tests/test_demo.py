@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from aggregator.cli import main
-from aggregator.demo import render_summary
+from aggregator.service.demo import render_summary
 from aggregator.state import State
 
 KEYS = {

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-from aggregator.digest import (
+from aggregator.integrity.digest import (
     DigestFormatError,
     DigestStatus,
     DigestValidator,

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from aggregator.aws import Aws
-from aggregator.config import AccountDiscovery, Settings
-from aggregator.credentials import CredentialBroker
-from aggregator.discovery import (
+from aggregator.aws.clients import Aws
+from aggregator.aws.credentials import CredentialBroker
+from aggregator.aws.discovery import (
     Account,
     Inventory,
     Trail,
@@ -20,6 +19,7 @@ from aggregator.discovery import (
     own_trails,
     select_regions,
 )
+from aggregator.config import AccountDiscovery, Settings
 from tests.orgseed import (
     MGMT,
     client,

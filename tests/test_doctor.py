@@ -12,10 +12,10 @@ import pytest
 from awsfixtures import REGION, StsSessions, client, log_key, log_object, make_source, record
 from rich.console import Console
 
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, AccountFailure, Inventory
 from aggregator.config import Settings, parse_settings
-from aggregator.discovery import Account, AccountFailure, Inventory
-from aggregator.doctor import PROBE_KEY, Doctor, render_table, render_text
+from aggregator.integrity.doctor import PROBE_KEY, Doctor, render_table, render_text
 
 A1, A2, A4 = "111111111111", "222222222222", "444444444444"
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aggregator.envelopes import Kind, Parsed, Problem, iter_items, iter_records
+from aggregator.ingest.envelopes import Kind, Parsed, Problem, iter_items, iter_records
 
 
 def _login(testdata: Path) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from aggregator import cli
-from aggregator.archive import encode_records
+from aggregator.archive.store import encode_records
 from aggregator.config import ConfigError, parse_settings
-from aggregator.dedupe import record_key_text
+from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 from tests.fakes._server import InThread
 from tests.fakes.events import stratus_records
@@ -70,7 +70,7 @@ def test_replay_ends_with_a_clear_error_when_the_archive_role_is_refused(
     """`ctagg replay` is a one-shot command: when archive.writer_account_id's role cannot be
     assumed it stops at once with exit code 1 and the reason (the service forwarder retries
     instead), and it never asks for the base identity in its place."""
-    from aggregator.credentials import CredentialBroker
+    from aggregator.aws.credentials import CredentialBroker
 
     asked: list[str | None] = []
 
@@ -134,7 +134,7 @@ async def test_service_forwarder_reads_the_real_archive(
 ) -> None:
     """forward.running (what `ctagg run` uses): central objects from S3 reach OpenSearch, the
     backlog drains, and backpressure reflects it; no connectors -> no forwarder."""
-    from aggregator import forward
+    from aggregator.forward import forwarder as forward
     from tests.fakes.opensearch import FakeOpenSearch as Fake
 
     s3 = boto3.client("s3", region_name="us-east-1")

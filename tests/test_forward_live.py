@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from aggregator.config import ForwardSettings
-from aggregator.dedupe import record_key_text
-from aggregator.forward import Forwarder
+from aggregator.forward.forwarder import Forwarder
+from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 from tests.fakes.events import stratus_records
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from aggregator.health import Condition, Health, HealthServer, Probe, Recency, build_app
-from aggregator.metrics import Metrics
+from aggregator.service.health import Condition, Health, HealthServer, Probe, Recency, build_app
+from aggregator.service.metrics import Metrics
 from aggregator.state import State
 
 

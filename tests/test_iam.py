@@ -18,7 +18,7 @@ import pytest
 import yaml
 from botocore import xform_name
 
-from aggregator.iam import (
+from aggregator.aws.iam import (
     Request,
     evaluate,
     glob_match,
@@ -273,7 +273,7 @@ def scan_aws_calls(files: list[Path], root: Path = ROOT) -> set[tuple[str, str, 
 
 # Code that never talks to real AWS, with the reason.
 NOT_AWS = {
-    "aggregator/demo.py": "builds the embedded moto Organization of `ctagg demo`",
+    "aggregator/service/demo.py": "builds the embedded moto Organization of `ctagg demo`",
 }
 
 

@@ -17,14 +17,14 @@ import aiobotocore.client
 import pytest
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 
-from aggregator.aws import Aws
+from aggregator.archive.retention import Retention
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, Inventory
+from aggregator.aws.iam import evaluate, load_policy, requests_for
 from aggregator.config import Settings, parse_settings
-from aggregator.daemon import MeteredState
-from aggregator.discovery import Account, Inventory
-from aggregator.doctor import Doctor
-from aggregator.iam import evaluate, load_policy, requests_for
-from aggregator.ingest import Ingestor
-from aggregator.retention import Retention
+from aggregator.ingest.cycle import Ingestor
+from aggregator.integrity.doctor import Doctor
+from aggregator.service.daemon import MeteredState
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBER_ROLE = "OrganizationAccountAccessRole"  # the role awsfixtures.StsSessions assumes
@@ -140,7 +140,7 @@ def settings(tmp_path: Path, **extra: Any) -> Settings:
 
 async def forward_everything(tmp_path: Path, state: Any) -> None:
     """Run the service forwarder until a local Splunk HEC has every archived event."""
-    from aggregator import forward
+    from aggregator.forward import forwarder as forward
     from tests.fakes.splunk_hec import FakeSplunkHec
 
     hec = FakeSplunkHec({"t0k3n"})
@@ -273,8 +273,8 @@ async def test_app_discovery_ingest_and_doctor_calls_are_allowed(
     """The real App (Organizations discovery through the CredentialBroker with AssumeRole +
     ExternalId into each member role, then an ingest cycle reading the member's own trail
     bucket) and `ctagg doctor` make only calls their identity's policy allows."""
-    from aggregator.app import App
-    from aggregator.doctor import run_live
+    from aggregator.integrity.doctor import run_live
+    from aggregator.service.app import App
 
     orgs = client("organizations")
     orgs.create_organization(FeatureSet="ALL")
@@ -351,9 +351,9 @@ async def test_every_archive_reader_uses_the_writer_identity(
     account's role: ingest writes it, and the service forwarder, `ctagg replay` (its own
     credential broker) and the detection follower read it with the same role, never with the
     base identity (a bucket whose policy trusts only the writer role works for all of them)."""
-    from aggregator import forward
-    from aggregator.daemon import Metrics
-    from aggregator.service_jobs import DetectionJobs
+    from aggregator.forward import forwarder as forward
+    from aggregator.service.daemon import Metrics
+    from aggregator.service.jobs import DetectionJobs
     from tests.fakes.splunk_hec import FakeSplunkHec
 
     writer = f"arn:aws:iam::{LOG_ARCHIVE}:role/{MEMBER_ROLE}"
@@ -402,7 +402,7 @@ async def test_forwarding_starts_while_the_writer_role_is_refused(
     """The archive's client is made on first use: while the writer role cannot be assumed the
     forwarder still starts, its reads fail and are retried (reported in the lane's status);
     once the role works, every archived event is delivered."""
-    from aggregator import forward
+    from aggregator.forward import forwarder as forward
     from tests.fakes.splunk_hec import FakeSplunkHec
 
     hec = FakeSplunkHec({"t0k3n"})

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, AccountFailure, Inventory, Source
 from aggregator.config import Settings, parse_settings
-from aggregator.discovery import Account, AccountFailure, Inventory, Source
-from aggregator.ingest import Ingestor
+from aggregator.ingest.cycle import Ingestor
 from aggregator.state import State
 
 A1, A2, A3 = "111111111111", "222222222222", "333333333333"

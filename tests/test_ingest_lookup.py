@@ -18,13 +18,13 @@ from awsfixtures import StsSessions, client, log_key, log_object, make_source, r
 from botocore.stub import Stubber
 from test_lookup import item
 
-from aggregator import ingest as ingest_mod
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
+from aggregator.aws.discovery import Account, Inventory, Source
 from aggregator.config import Settings, parse_settings
-from aggregator.discovery import Account, Inventory, Source
-from aggregator.ingest import CycleReport, Ingestor
-from aggregator.integrity_state import lookup_cursor, set_lookup_cursor
+from aggregator.ingest import cycle as ingest_mod
+from aggregator.ingest.cycle import CycleReport, Ingestor
 from aggregator.state import State
+from aggregator.state.integrity import lookup_cursor, set_lookup_cursor
 
 A1, A2, A3 = "111111111111", "222222222222", "333333333333"
 R = "us-east-1"
@@ -593,7 +593,7 @@ async def test_file_gone_from_the_bucket_is_filled_from_lookup_events(
     """Completeness queued a file the digests list; the bucket no longer has it. The next
     cycle reads that hour from LookupEvents: new events are archived, one already archived from
     another file is not repeated, and the key counts as handled (the queue empties)."""
-    from aggregator.integrity_state import queue_retry, retry_items
+    from aggregator.state.integrity import queue_retry, retry_items
 
     cfg = settings(tmp_path)
     src = make_source("org-trail", A1, org_id=ORG)
@@ -631,7 +631,7 @@ async def test_gap_fill_off_leaves_the_file_queued(
 ) -> None:
     """With gap_fill off nothing is read and the key stays queued (completeness keeps saying
     it is missing)."""
-    from aggregator.integrity_state import queue_retry, retry_items
+    from aggregator.state.integrity import queue_retry, retry_items
 
     cfg = settings(tmp_path, gap_fill=False)
     src = make_source("org-trail", A1, org_id=ORG)

@@ -13,12 +13,12 @@ import yaml
 from awsfixtures import client
 from test_archive_digest import ingest, write_keypair
 
-from aggregator import integrity_cli
+from aggregator.aws.discovery import Account, Inventory
+from aggregator.cli import integrity as integrity_cli
 from aggregator.cli import main
 from aggregator.config import load_settings
-from aggregator.discovery import Account, Inventory
-from aggregator.integrity_state import record_expected
 from aggregator.state import State
+from aggregator.state.integrity import record_expected
 
 A1 = "111111111111"
 
@@ -135,7 +135,7 @@ async def test_validate_digests_and_completeness_commands(
     from cryptography.hazmat.primitives import serialization
     from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-    from aggregator.discovery import Source
+    from aggregator.aws.discovery import Source
 
     key = new_key()
     keydir = tmp_path / "keys"

@@ -14,11 +14,10 @@ import aioboto3
 import pytest
 from botocore.stub import ANY, Stubber
 
+from aggregator.aws.discovery import Account, Inventory, Source, Trail
 from aggregator.config import LookupSettings
-from aggregator.dedupe import event_key
-from aggregator.discovery import Account, Inventory, Source, Trail
-from aggregator.integrity_state import lookup_cursor, set_lookup_cursor
-from aggregator.lookup import (
+from aggregator.ingest.dedupe import event_key
+from aggregator.ingest.lookup import (
     LookupCollector,
     LookupThrottled,
     LookupWindow,
@@ -29,6 +28,7 @@ from aggregator.lookup import (
     window_source_key,
 )
 from aggregator.state import State
+from aggregator.state.integrity import lookup_cursor, set_lookup_cursor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -358,7 +358,7 @@ def test_decode_window_matches_log_file_decoding(testdata: Path) -> None:
     """A window decodes to the same keys and bytes as the same records in a trail log file."""
     import gzip
 
-    from aggregator.collect import BadObject, decode_log
+    from aggregator.ingest.collect import BadObject, decode_log
 
     recs = [rec(3), rec(1), rec(2)]  # newest first, as LookupEvents returns them
     win = LookupWindow("111111111111", "us-east-1", NOW - 900, NOW, records=recs)

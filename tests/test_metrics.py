@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.metrics import Metrics, parse_event_time
+from aggregator.service.metrics import Metrics, parse_event_time
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 
 

@@ -12,11 +12,11 @@ import aioboto3
 import pytest
 from awsfixtures import StsSessions, client
 
-from aggregator.aws import Aws
+from aggregator.archive.retention import RULE_ID, Retention, key_day, render_report
+from aggregator.aws.clients import Aws
 from aggregator.config import Settings, parse_settings
-from aggregator.dedupe import event_hour
-from aggregator.metrics import Metrics
-from aggregator.retention import RULE_ID, Retention, key_day, render_report
+from aggregator.ingest.dedupe import event_hour
+from aggregator.service.metrics import Metrics
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -369,7 +369,7 @@ async def test_cli_path_keeps_what_configured_connectors_have_not_delivered(
 ) -> None:
     """`ctagg retention` (run_once) with forwarding configured reads the connectors' cursors:
     objects at or past the slowest cursor stay; a connector without a cursor keeps everything."""
-    from aggregator.retention import run_once
+    from aggregator.archive.retention import run_once
 
     def cfg(*names: str) -> Settings:
         return parse_settings(
@@ -425,9 +425,9 @@ async def test_cli_path_keeps_what_detection_has_not_scanned_once_it_started(
     """`ctagg retention` with detect.enabled: before the daemon's detection ever started
     (no cursor) age alone decides; once it started with `oldest` (cursor 0 saved, nothing
     scanned) every ledger object is kept; with `newest` (cursor at the newest id) none is."""
+    from aggregator.archive.retention import run_once
     from aggregator.detect.follow import CURSOR
     from aggregator.detect.store import DetectStore
-    from aggregator.retention import run_once
 
     cfg = parse_settings(
         {

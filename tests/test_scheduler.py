@@ -13,9 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.config import ServiceSettings
-from aggregator.health import Health
-from aggregator.metrics import Metrics
-from aggregator.scheduler import Scheduler, interval_for, wait_or_stop
+from aggregator.service.health import Health
+from aggregator.service.metrics import Metrics
+from aggregator.service.scheduler import Scheduler, interval_for, wait_or_stop
 from aggregator.state import State
 
 

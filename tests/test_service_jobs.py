@@ -24,15 +24,15 @@ from test_daemon import PipelineApp, get, series
 from test_daemon import settings as daemon_settings
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-from aggregator.archive_digest import load_public_key_file, verify_archive
-from aggregator.daemon import Daemon
+from aggregator.archive.digests import load_public_key_file, verify_archive
+from aggregator.aws.discovery import Account, Inventory, Source
 from aggregator.detect.follow import CURSOR
 from aggregator.detect.store import DetectStore
-from aggregator.discovery import Account, Inventory, Source
-from aggregator.ingest import Ingestor
-from aggregator.integrity_state import retry_items
-from aggregator.metrics import Metrics
-from aggregator.service_jobs import DEFAULT_INTERVALS, DetectionJobs, detect_floor, job_interval
+from aggregator.ingest.cycle import Ingestor
+from aggregator.service.daemon import Daemon
+from aggregator.service.jobs import DEFAULT_INTERVALS, DetectionJobs, detect_floor, job_interval
+from aggregator.service.metrics import Metrics
+from aggregator.state.integrity import retry_items
 from tests.fakes.opensearch import FakeOpenSearch
 
 A1 = "111111111111"

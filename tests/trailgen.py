@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from aggregator.digest import (
+from aggregator.integrity.digest import (
     Digest,
     build_digest,
     digest_key_for,

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from aggregator.dedupe import event_epoch
 from aggregator.detect.alerts import Alert
 from aggregator.detect.store import DetectStore
+from aggregator.ingest.dedupe import event_epoch
 
 Sensitivity = Literal["low", "medium", "high"]
 K_BY_SENSITIVITY: dict[str, float] = {"low": 6.0, "medium": 4.5, "high": 3.0}

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from aggregator.dedupe import record_key_text
 from aggregator.detect.alerts import Alert, ArchivePointer, actor_of
 from aggregator.detect.rules import Rule, RuleSet
+from aggregator.ingest.dedupe import record_key_text
 
 
 class AlertLog(Protocol):

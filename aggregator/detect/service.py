@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
 from aggregator.config import DetectSettings
 from aggregator.detect.alerts import Alert, ArchivePointer
 from aggregator.detect.anomaly import RateAnomalies

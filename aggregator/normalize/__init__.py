@@ -22,7 +22,7 @@ from typing import Any, Literal, cast, get_args
 
 import orjson
 
-from aggregator.config_normalize import NormalizeSettings
+from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize._util import Flattener, epoch_ms, iso_z
 from aggregator.normalize.context import EventContext
 from aggregator.normalize.ecs import POLYMORPHIC, to_ecs

@@ -18,7 +18,7 @@ STRATUS = "stratus-red-team/detonation-logs"
 
 
 def run_cli(argv: list[str], stdin: bytes = b"") -> tuple[int, list[dict[str, Any]], str]:
-    from aggregator.detect.cli import run
+    from aggregator.cli.detect import run
 
     args = build_parser().parse_args(["detect", *argv])
     out, err = io.StringIO(), io.StringIO()

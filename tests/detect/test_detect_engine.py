@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from aggregator.dedupe import record_key_text
 from aggregator.detect.alerts import ArchivePointer
 from aggregator.detect.engine import Detector
 from aggregator.detect.rules import RuleSet, load_rules
 from aggregator.detect.store import DetectStore
+from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import State
 
 

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from aggregator.config import parse_settings
 from aggregator.detect.follow import ConnectorAlertSink, DetectionFollower, detection_floor
 from aggregator.detect.service import DetectionService
-from aggregator.envelopes import Parsed, iter_records
+from aggregator.ingest.envelopes import Parsed, iter_records
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 from connectors import build
 from tests.fakes.opensearch import FakeOpenSearch

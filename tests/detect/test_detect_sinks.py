@@ -10,7 +10,7 @@ import boto3
 import pytest
 from aiohttp import web
 
-from aggregator.aws import Aws
+from aggregator.aws.clients import Aws
 from aggregator.config import AwsSettings
 from aggregator.detect.alerts import Alert, ArchivePointer
 from aggregator.detect.sinks import AlertDeliveryError, AlertSink, SnsSink, WebhookSink

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aggregator.dedupe import event_epoch, record_key_text
+from aggregator.ingest.dedupe import event_epoch, record_key_text
 from connectors.base import OutEvent
 
 

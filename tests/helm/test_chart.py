@@ -253,7 +253,7 @@ def test_production_values_wire_irsa_secrets_and_extras() -> None:
     assert "ctagg_newest_event_age_seconds" in exprs["CtaggAccountRegionStale"]
     assert 'job_name="ingest"' in exprs["CtaggIngestNotSucceeding"]
     # alerts only use metric names the code exports
-    from aggregator.metrics import Metrics
+    from aggregator.service.metrics import Metrics
 
     exported = {m.name for m in Metrics().registry.collect()}
     for expr in exprs.values():

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from aggregator.envelopes import Kind, Parsed, iter_items
+from aggregator.ingest.envelopes import Kind, Parsed, iter_items
 
 
 def find_testdata() -> Path:

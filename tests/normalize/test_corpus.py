@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from aggregator.envelopes import Kind
+from aggregator.ingest.envelopes import Kind
 from aggregator.normalize import SCHEMAS, EventContext, Normalizer
 from tests.normalize.corpus import corpus_records
 

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from aggregator.config_normalize import NormalizeSettings
-from aggregator.discovery import Account
+from aggregator.aws.discovery import Account
+from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize import SCHEMAS, EventContext, Normalizer, normalize, serialized_size
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.envelopes import Parsed, iter_records
+from aggregator.ingest.envelopes import Parsed, iter_records
 from aggregator.normalize import normalize
 from tests.normalize.corpus import TESTDATA
 from tests.normalize.ocsf_compare import compare, dig, expected_fields

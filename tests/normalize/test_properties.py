@@ -10,7 +10,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.config_normalize import NormalizeSettings
+from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize import SCHEMAS, EventContext, Normalizer, serialized_size
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from aggregator.config import ConfigError, parse_settings
-from aggregator.config_normalize import NormalizeSettings
+from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize import Normalizer, Redactor
 from tests.normalize.corpus import TESTDATA, corpus_records
 

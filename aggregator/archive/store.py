@@ -1,0 +1,179 @@
+"""The central archive: CloudTrail key layout, deterministic keys and bytes, write and read.
+
+A central key is derived only from its source object (bucket + key), and its bytes only from
+the source object: its own bytes when every record in it is new (ingest passes them through),
+else the records kept, re-encoded (gzip with mtime 0, no file name). A crash between "write"
+and "commit" rewrites the same bytes to the same key: never a second copy.
+
+Layout (the standard CloudTrail one, so Athena, the Splunk add-on or Filebeat read the archive
+as if it were a trail bucket)::
+
+    [prefix]AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/
+        <account>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<id>.json.gz
+    [prefix]AWSLogs/<account>/CloudTrail-Insight/<region>/YYYY/MM/DD/... (Insights events)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from isal import igzip
+
+from aggregator.aws.clients import Aws, ClientPool, SessionProvider
+from aggregator.config import ArchiveSettings, Settings
+from aggregator.ingest.envelopes import maybe_gunzip
+
+# <acct>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<random>.json.gz (also CloudTrail-Insight)
+SOURCE_NAME = re.compile(
+    r"(?P<account>\d{12})_(?P<kind>CloudTrail(?:-Insight|-Digest)?)_(?P<region>[a-z0-9-]+)_"
+    r"(?P<ts>\d{8}T\d{4}Z)_(?P<rand>[A-Za-z0-9]+)\.json(?:\.gz)?$"
+)
+_EVENT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})")
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    account: str
+    region: str
+    ts: str  # YYYYMMDDTHHMMZ
+    insight: bool
+
+
+def parse_source_name(key: str) -> KeyParts | None:
+    """Account, region and time from a CloudTrail object name, or None if not standard."""
+    m = SOURCE_NAME.search(key.rsplit("/", 1)[-1])
+    if not m:
+        return None
+    return KeyParts(m["account"], m["region"], m["ts"], m["kind"] == "CloudTrail-Insight")
+
+
+def ts_from_event_time(event_time: str | None) -> str | None:
+    m = _EVENT_TIME.match(event_time or "")
+    if not m:
+        return None
+    y, mo, d, h, mi = m.groups()
+    return f"{y}{mo}{d}T{h}{mi}Z"
+
+
+def object_id(source_bucket: str, source_key: str) -> str:
+    """16 URL-safe characters derived from the source object; stable across runs and hosts."""
+    digest = hashlib.blake2b(f"{source_bucket}/{source_key}".encode(), digest_size=12).digest()
+    return base64.b32encode(digest).decode().rstrip("=")[:16]
+
+
+def central_key(prefix: str, parts: KeyParts, source_bucket: str, source_key: str) -> str:
+    kind = "CloudTrail-Insight" if parts.insight else "CloudTrail"
+    y, mo, d = parts.ts[0:4], parts.ts[4:6], parts.ts[6:8]
+    name = (
+        f"{parts.account}_{kind}_{parts.region}_{parts.ts}_{object_id(source_bucket, source_key)}"
+    )
+    return f"{prefix}AWSLogs/{parts.account}/{kind}/{parts.region}/{y}/{mo}/{d}/{name}.json.gz"
+
+
+def encode_records(parts: list[bytes], level: int) -> bytes:
+    """``{"Records":[...]}`` from already-serialized records, gzip with fixed header."""
+    body = b'{"Records":[' + b",".join(parts) + b"]}"
+    return igzip.compress(body, compresslevel=min(level, 3), mtime=0)
+
+
+def decode_records(data: bytes) -> list[dict[str, Any]]:
+    doc = orjson.loads(maybe_gunzip(data))
+    records = doc.get("Records") if isinstance(doc, dict) else None
+    if not isinstance(records, list):
+        raise ValueError("central object has no Records list")
+    return records
+
+
+class Archive:
+    """Writes and reads central objects through an S3 client (from aggregator.aws): ``s3``, or
+    the one ``connect`` makes on first use. A connect that fails is tried again on the next
+    use; a client once made is kept."""
+
+    def __init__(
+        self,
+        settings: ArchiveSettings,
+        s3: Any = None,
+        *,
+        connect: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        if (s3 is None) == (connect is None):
+            raise ValueError("Archive takes exactly one of an S3 client and connect")
+        self.settings = settings
+        self._s3 = s3
+        self._connect = connect
+        self._connecting = asyncio.Lock()
+
+    async def client(self) -> Any:
+        """The S3 client (connecting on first use; concurrent first uses share one connect)."""
+        if self._s3 is not None:
+            return self._s3
+        async with self._connecting:
+            if self._s3 is None:
+                assert self._connect is not None
+                self._s3 = await self._connect()
+        return self._s3
+
+    async def put(self, key: str, body: bytes) -> str:
+        """Write one central object; returns its hex SHA-256."""
+        sha = hashlib.sha256(body).hexdigest()
+        extra: dict[str, Any] = {}
+        if self.settings.kms_key_id:
+            extra["ServerSideEncryption"] = "aws:kms"
+            extra["SSEKMSKeyId"] = self.settings.kms_key_id
+        s3 = await self.client()
+        await s3.put_object(
+            Bucket=self.settings.bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
+            **extra,
+        )
+        return sha
+
+    async def get(self, key: str) -> bytes:
+        resp = await (await self.client()).get_object(Bucket=self.settings.bucket, Key=key)
+        async with resp["Body"] as stream:
+            data: bytes = await stream.read()
+        return data
+
+    async def read_records(self, key: str) -> list[dict[str, Any]]:
+        return decode_records(await self.get(key))
+
+
+async def archive_session(settings: Settings, sessions: SessionProvider) -> Any:
+    """The identity that reads and writes the central bucket: the session ``sessions`` gives
+    for ``archive.writer_account_id`` (its role, or the base identity for a hub account or the
+    base identity's own), the base identity when unset. Every reader and writer of
+    the archive (ingest, forwarding, replay, detection, retention, integrity, doctor) uses it,
+    so a bucket whose policy trusts only that role works for all of them."""
+    return await sessions.session_for(settings.archive.writer_account_id)
+
+
+@asynccontextmanager
+async def opened(
+    settings: Settings, aws: Aws, sessions: SessionProvider | None = None
+) -> AsyncIterator[Archive]:
+    """The central archive through an S3 client of :func:`archive_session`'s identity
+    (``sessions``: a CredentialBroker of its own when not given). The client is made on first
+    use: a writer role that cannot be assumed yet (STS unreachable, a trust policy still being
+    fixed) fails reads, which the forwarder and detection retry, not the service's start."""
+    if sessions is None:
+        from aggregator.aws.credentials import CredentialBroker
+
+        sessions = CredentialBroker(settings, aws)
+    source = sessions
+    async with ClientPool(aws) as pool:
+
+        async def connect() -> Any:
+            return await pool.get(await archive_session(settings, source), "s3")
+
+        yield Archive(settings.archive, connect=connect)

@@ -1,0 +1,3 @@
+from aggregator.config.schema import main
+
+raise SystemExit(main())

@@ -1,0 +1,403 @@
+"""Completeness: per account × region × hour, the log files CloudTrail says it delivered (the
+digests) against the ones we ingested (``State.handled_keys``), with the missing keys.
+
+1. :func:`refresh_expected` validates the digests of each source not validated yet
+   (signature and chain, :mod:`aggregator.digest`) and records every log file a digest with a
+   valid signature lists (``digest_expected``) and each digest's outcome (``digest_results``).
+2. :func:`compute` compares, hour by hour, what digests list with what ingest handled, from state
+   only (no AWS): compacted day prefixes keep their key names, so old days still count.
+3. :func:`queue_missing` puts every missing file in ``retry_queue`` (bucket, key, source_id,
+   reason) so the next ingest cycle fetches it by key, even from a day prefix already closed;
+   entries handled since are dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from aggregator.aws.discovery import Source
+from aggregator.integrity.digest import DigestValidator, PublicKeyStore, log_key_time
+from aggregator.log import get_logger
+from aggregator.state import State
+from aggregator.state import integrity as istate
+
+log = get_logger("aggregator.completeness")
+
+S3For = Callable[[Source], Awaitable[Any]]
+
+
+def hour_of(key: str, fallback: str = "") -> str:
+    """'YYYY-MM-DDTHH' of a log file from its name (the end of the 5-minute window it covers)."""
+    t = log_key_time(key)
+    return t.strftime("%Y-%m-%dT%H") if t else fallback
+
+
+def day_prefix_of(key: str) -> str:
+    return key.rsplit("/", 1)[0] + "/"
+
+
+# ---------------------------------------------------------------------------- refresh
+
+
+@dataclass
+class RefreshReport:
+    sources: int = 0
+    digests_checked: int = 0
+    digests_skipped: int = 0
+    expected_recorded: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    not_in_any_digest: list[str] = field(default_factory=list)  # only with check_logs
+
+
+async def refresh_expected(
+    state: State,
+    sources: Sequence[Source],
+    s3_for: S3For,
+    keys: PublicKeyStore,
+    *,
+    days: Iterable[str] | None = None,
+    check_logs: bool = False,
+) -> RefreshReport:
+    """Validate new digests under each source and record what they list.
+
+    ``days`` (``YYYY/MM/DD``) limits the day prefixes read; default: all. ``check_logs`` also
+    reads every listed log file and checks its hash (doubles the S3 reads; ``ctagg
+    validate-digests`` style)."""
+    rep = RefreshReport()
+    day_list = list(days) if days is not None else None
+    for src in sources:
+        if "/CloudTrail/" not in src.prefix:
+            continue
+        rep.sources += 1
+        try:
+            s3 = await s3_for(src)
+            validator = DigestValidator(s3, keys)
+            skip = set() if check_logs else istate.valid_digest_keys(state, src.source_id)
+            report = await validator.validate(
+                src.bucket, src.prefix, days=day_list, check_logs=check_logs, skip=skip
+            )
+            rep.digests_skipped += report.skipped
+        except Exception as exc:
+            rep.errors.append(f"{src.source_id}: {type(exc).__name__}: {exc}")
+            log.warning(
+                "completeness.refresh_failed",
+                account_id=src.account_id,
+                region=src.region,
+                bucket=src.bucket,
+                error_type=type(exc).__name__,
+            )
+            continue
+        rep.not_in_any_digest.extend(report.not_in_any_digest)
+        expected_rows = []
+        result_rows = []
+        for res in report.digests:
+            rep.statuses[res.status.value] = rep.statuses.get(res.status.value, 0) + 1
+            rep.digests_checked += 1
+            result_rows.append(
+                (
+                    src.bucket,
+                    res.key,
+                    src.source_id,
+                    res.account_id or src.account_id,
+                    res.region or src.region,
+                    res.end_time,
+                    res.status.value,
+                    "; ".join(res.details)[:1000],
+                )
+            )
+        for key, (hash_value, digest_key) in report.expected.items():
+            expected_rows.append(
+                (
+                    src.bucket,
+                    key,
+                    src.source_id,
+                    src.account_id,
+                    src.region,
+                    hour_of(key),
+                    hash_value,
+                    digest_key,
+                )
+            )
+        istate.record_digest_results(state, result_rows)
+        istate.record_expected(state, expected_rows)
+        rep.expected_recorded += len(expected_rows)
+    return rep
+
+
+# ---------------------------------------------------------------------------- compute
+
+
+@dataclass
+class HourRow:
+    account_id: str
+    region: str
+    hour: str
+    expected: int
+    ingested: int
+    missing: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+@dataclass
+class CompletenessReport:
+    since: str
+    until: str
+    hours: list[HourRow] = field(default_factory=list)
+    pending: int = 0  # expected files too recent to count as missing yet
+
+    @property
+    def expected(self) -> int:
+        return sum(h.expected for h in self.hours)
+
+    @property
+    def missing(self) -> list[tuple[HourRow, str]]:
+        return [(h, k) for h in self.hours for k in h.missing]
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 if not self.expected else 1 - len(self.missing) / self.expected
+
+    def per_account_region(self) -> dict[tuple[str, str], tuple[int, int]]:
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for h in self.hours:
+            e, m = out.get((h.account_id, h.region), (0, 0))
+            out[(h.account_id, h.region)] = (e + h.expected, m + len(h.missing))
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "expected": self.expected,
+            "missing": len(self.missing),
+            "pending": self.pending,
+            "ratio": round(self.ratio, 6),
+            "hours": [asdict(h) for h in self.hours],
+        }
+
+
+def _hour(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H")
+
+
+def compute(
+    state: State,
+    since: datetime,
+    until: datetime,
+    *,
+    now: float | None = None,
+    grace_secs: int = 3600,
+) -> CompletenessReport:
+    """Expected (digests) against handled (ingest) per account × region × hour in
+    [since, until). A file counts as missing only once its hour ended ``grace_secs`` ago
+    (ingest runs every few minutes; a file the digest lists now may be fetched next cycle)."""
+    now = time.time() if now is None else now
+    report = CompletenessReport(_hour(since), _hour(until))
+    rows = istate.expected_between(state, report.since, report.until)
+    handled_cache: dict[tuple[str, str], set[str]] = {}
+    groups: dict[tuple[str, str, str], HourRow] = {}
+    for r in rows:
+        hour_end = datetime.strptime(r["hour"], "%Y-%m-%dT%H").replace(tzinfo=UTC) + timedelta(
+            hours=1
+        )
+        if hour_end.timestamp() + grace_secs > now:
+            report.pending += 1
+            continue
+        dp = day_prefix_of(r["key"])
+        ck = (r["bucket"], dp)
+        if ck not in handled_cache:
+            handled_cache[ck] = state.handled_keys(r["bucket"], dp)
+        g = groups.setdefault(
+            (r["account_id"], r["region"], r["hour"]),
+            HourRow(r["account_id"], r["region"], r["hour"], 0, 0, []),
+        )
+        g.expected += 1
+        if r["key"] in handled_cache[ck]:
+            g.ingested += 1
+        else:
+            g.missing.append(r["key"])
+    report.hours = [groups[k] for k in sorted(groups)]
+    log.info(
+        "completeness.computed",
+        since=report.since,
+        until=report.until,
+        expected=report.expected,
+        missing=len(report.missing),
+        pending=report.pending,
+    )
+    return report
+
+
+def queue_missing(state: State, report: CompletenessReport) -> int:
+    """Queue every missing file for the next ingest cycle; drop queued files handled since.
+    Returns how many were newly queued."""
+    sources = _sources_of(state, [k for _, k in report.missing])
+    items = [
+        (
+            b,
+            k,
+            sid,
+            f"completeness: listed in a CloudTrail digest for {h.hour}, not ingested",
+        )
+        for h, k in report.missing
+        for b, sid in [sources.get(k, ("", ""))]
+        if b
+    ]
+    new = istate.queue_retry(state, items)
+    for item in istate.retry_items(state):
+        if item.key in state.handled_keys(item.bucket, day_prefix_of(item.key)):
+            istate.retry_done(state, item.bucket, item.key)
+    if new:
+        log.warning("completeness.queued_missing", count=new)
+    return new
+
+
+def _sources_of(state: State, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    with state._lock:
+        for i in range(0, len(keys), 900):
+            part = keys[i : i + 900]
+            q = (
+                "SELECT key, bucket, source_id FROM digest_expected WHERE key IN "
+                f"({','.join('?' * len(part))})"
+            )
+            out.update({r[0]: (r[1], r[2]) for r in state.conn.execute(q, part)})
+    return out
+
+
+# ---------------------------------------------------------------------------- output
+
+CSV_FIELDS = ["account_id", "region", "hour", "expected", "ingested", "missing_count", "missing"]
+
+
+def report_json(report: CompletenessReport) -> str:
+    return json.dumps(report.as_dict(), indent=2, sort_keys=True)
+
+
+def report_csv(report: CompletenessReport) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for h in report.hours:
+        w.writerow(
+            [
+                h.account_id,
+                h.region,
+                h.hour,
+                h.expected,
+                h.ingested,
+                len(h.missing),
+                " ".join(h.missing),
+            ]
+        )
+    return buf.getvalue()
+
+
+def print_table(report: CompletenessReport, out: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Completeness {report.since} .. {report.until} (UTC hours)")
+    for col in ("account", "region", "hour", "expected", "ingested", "missing"):
+        table.add_column(col)
+    for h in report.hours:
+        miss = "\n".join(k.rsplit("/", 1)[-1] for k in h.missing)
+        table.add_row(
+            h.account_id,
+            h.region,
+            h.hour,
+            str(h.expected),
+            str(h.ingested),
+            f"[red]{miss}[/]" if miss else "[green]0[/]",
+        )
+    console = Console(file=out, width=200)
+    console.print(table)
+    console.print(
+        f"{report.expected} expected, {len(report.missing)} missing, "
+        f"{report.pending} too recent to judge; ratio {report.ratio:.6f}"
+    )
+
+
+def completeness_families(report: CompletenessReport) -> list[GaugeMetricFamily]:
+    """Per account-region gauges over the report's window."""
+    exp = GaugeMetricFamily(
+        "ctagg_completeness_expected_files",
+        "Log files CloudTrail digests list in the window",
+        labels=["account_id", "region"],
+    )
+    miss = GaugeMetricFamily(
+        "ctagg_completeness_missing_files",
+        "Log files digests list that were not ingested",
+        labels=["account_id", "region"],
+    )
+    ratio = GaugeMetricFamily(
+        "ctagg_completeness_ratio", "Ingested / expected log files in the window (1 = complete)"
+    )
+    for (a, r), (e, m) in sorted(report.per_account_region().items()):
+        exp.add_metric([a, r], e)
+        miss.add_metric([a, r], m)
+    ratio.add_metric([], report.ratio)
+    return [exp, miss, ratio]
+
+
+def digest_families(state: State) -> list[GaugeMetricFamily]:
+    """``ctagg_digest_results{account_id,region,status}``: validated digests by outcome."""
+    g = GaugeMetricFamily(
+        "ctagg_digest_results",
+        "CloudTrail digests by validation outcome",
+        labels=["account_id", "region", "status"],
+    )
+    counts: dict[tuple[str, str, str], int] = {}
+    for row in istate.digest_results(state):
+        k = (row["account_id"], row["region"], row["status"])
+        counts[k] = counts.get(k, 0) + 1
+    for (a, r, s), n in sorted(counts.items()):
+        g.add_metric([a, r, s], n)
+    return [g]
+
+
+class CompletenessCollector(Collector):
+    """Serves the completeness and digest gauges from the last report and the state: register
+    it once (the daemon's registry), then set :attr:`report` after each run; nothing is
+    registered again, and series of accounts that leave the report leave the output."""
+
+    def __init__(
+        self, state: State | None = None, report: CompletenessReport | None = None
+    ) -> None:
+        self.state = state
+        self.report = report
+
+    def collect(self) -> Iterator[Metric]:
+        if self.report is not None:
+            yield from completeness_families(self.report)
+        if self.state is not None:
+            try:
+                fams = digest_families(self.state)
+            except Exception:  # closed at shutdown, or busy: serve the rest of the metrics
+                return
+            yield from fams
+
+
+def completeness_metrics(report: CompletenessReport, registry: CollectorRegistry) -> None:
+    """Per account-region gauges over the report's window, on ``registry``."""
+    registry.register(CompletenessCollector(report=report))
+
+
+def digest_metrics(state: State, registry: CollectorRegistry) -> None:
+    """``ctagg_digest_results{account_id,region,status}`` read from ``state`` at each collect."""
+    registry.register(CompletenessCollector(state=state))

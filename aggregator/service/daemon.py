@@ -1,0 +1,352 @@
+"""``ctagg run``: the application's jobs on the scheduler, with health, metrics and signals.
+
+Wiring only. The app (``aggregator.app.App``) does discovery and ingest cycles; the scheduler
+times them; health and metrics report on them; retention is its own job. Counters per account
+× region are fed by :class:`MeteredState`, which counts exactly what the state commits (an
+object is counted once its checkpoint is written, never on an attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aggregator.archive.retention import Retention
+from aggregator.config import Settings
+from aggregator.forward import forwarder as forward
+from aggregator.log import get_logger
+from aggregator.service.health import Condition, Health, HealthServer, Probe, Recency, build_app
+from aggregator.service.jobs import (
+    CompletenessJob,
+    DetectionJobs,
+    archive_digest_job,
+    detect_floor,
+    job_interval,
+)
+from aggregator.service.metrics import Metrics
+from aggregator.service.scheduler import Scheduler, wait_or_stop
+from aggregator.state import ObjectOutcome, SourceRef, State
+
+log = get_logger("aggregator.daemon")
+
+
+class MeteredState(State):
+    """The state, counting committed objects, quarantines and assume-role failures into
+    :class:`Metrics` (set :attr:`metrics` after construction)."""
+
+    metrics: Metrics | None = None
+
+    def commit_object(self, o: ObjectOutcome) -> None:
+        super().commit_object(o)
+        if self.metrics is not None and o.kind in ("log", "insight"):
+            self.metrics.object_archived(
+                o.source.account_id,
+                o.source.region,
+                events=o.central.events if o.central else 0,
+                duplicates=o.duplicates,
+            )
+
+    def quarantine(self, src: SourceRef, key: str, reason: str) -> None:
+        super().quarantine(src, key, reason)
+        if self.metrics is not None:
+            self.metrics.object_quarantined(src.account_id, src.region)
+
+    def record_failure(self, account_id: str, stage: str, reason: str) -> bool:
+        new = super().record_failure(account_id, stage, reason)
+        if self.metrics is not None and stage == "assume_role":
+            self.metrics.assume_role_failed(account_id)
+        return new
+
+
+class AppLike(Protocol):
+    """What the daemon drives (``aggregator.app.App``)."""
+
+    settings: Settings
+    state: State
+    aws: Any
+    broker: Any
+    ingestor: Any
+    inventory: Any
+
+    async def refresh_discovery(self) -> Any: ...
+
+    async def run_once(self) -> Any: ...
+
+    def request_stop(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Daemon:
+    """Builds the scheduler, health conditions and metrics around one app."""
+
+    def __init__(
+        self,
+        app: AppLike,
+        *,
+        metrics: Metrics | None = None,
+        health_port: int | None = None,
+        extra_jobs: dict[str, Callable[[], Awaitable[Any]]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        svc = self.settings.service
+        self.metrics = metrics or Metrics()
+        if isinstance(app.state, MeteredState):
+            app.state.metrics = self.metrics
+        self.metrics.refresh_from_state(app.state)  # freshness gauges read it at each scrape
+        self.health = Health()
+        self.health.add_ready(
+            Probe("state_open", app.state.healthy, "state database does not answer")
+        )
+        self.discovery_done = Condition("discovery_done", reason="no discovery yet")
+        self._discovered_event = asyncio.Event()
+        self.health.add_ready(self.discovery_done)
+        max_age = svc.ready_max_cycle_age_secs or 3 * svc.ingest_interval_secs
+        self.ingest_recent = Recency("ingest_recent", max_age, never_reason="no cycle yet")
+        self.health.add_ready(self.ingest_recent)
+        self.scheduler = Scheduler(
+            svc, metrics=self.metrics, health=self.health, recorder=app.state
+        )
+        self.scheduler.register("discovery", self._discovery, on_success=self._discovered)
+        # the first cycle waits for the first discovery (run at start) instead of racing it
+        self.scheduler.register("ingest", self._ingest, start_delay_secs=0.5)
+        self.scheduler.register("retention", self._retention, run_at_start=False)
+        for name, fn in (extra_jobs or {}).items():
+            self.scheduler.register(name, fn)
+        self.clock = clock
+        self.completeness: CompletenessJob | None = None
+        self._register_integrity()
+        self.detection: DetectionJobs | None = None
+        self._detect_stack = contextlib.AsyncExitStack()
+        self.forwarder: Any = None
+        self._forward_seen: dict[str, dict[str, int]] = {}
+        self.server = HealthServer(
+            build_app(self.health, self.metrics),
+            svc.health_host,
+            svc.health_port if health_port is None else health_port,
+        )
+
+    # ------------------------------------------------------------------ jobs
+
+    async def _discovery(self) -> Any:
+        try:
+            return await self.app.refresh_discovery()
+        except Exception as exc:
+            if not self.discovery_done.ok:  # say why /readyz stays red (type only: no secrets)
+                self.discovery_done.set(False, f"last attempt failed: {type(exc).__name__}")
+            raise
+
+    def _discovered(self, inventory: Any) -> None:
+        failures = Tally(f.stage for f in getattr(inventory, "failures", []))
+        self.metrics.set_inventory(len(inventory.accounts), len(inventory.sources), dict(failures))
+        self.discovery_done.set(
+            True, f"{len(inventory.accounts)} accounts, {len(inventory.sources)} sources"
+        )
+        self._discovered_event.set()
+
+    async def _ingest(self) -> Any:
+        if not self.discovery_done.ok:
+            # one discovery at a time: wait for the discovery job instead of racing it
+            await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
+            if not self.discovery_done.ok:
+                log.info("daemon.ingest_waiting_for_discovery")
+                return None
+        if self.scheduler.stopping.is_set():
+            return None
+        report = await self.app.run_once()
+        if not getattr(report, "stopped", False):
+            self.ingest_recent.mark(time.time())
+        return report
+
+    def _register_integrity(self) -> None:
+        integrity, svc = self.settings.integrity, self.settings.service
+        if integrity.archive_digest.enabled:
+            app = self.app
+
+            async def archive_digest() -> Any:
+                return await archive_digest_job(
+                    self.settings, app.state, app.aws, app.broker, self.clock
+                )
+
+            self.scheduler.register(
+                "archive_digest",
+                archive_digest,
+                interval_secs=job_interval(svc, "archive_digest"),
+                start_delay_secs=1.0,
+            )
+        if integrity.validate_digests:
+            self.completeness = CompletenessJob(self.settings, self.app, self.metrics, self.clock)
+            self.scheduler.register(
+                "completeness",
+                self._completeness,
+                interval_secs=job_interval(svc, "completeness"),
+                start_delay_secs=1.0,
+            )
+
+    async def _completeness(self) -> Any:
+        if not self.discovery_done.ok:  # the job reads the inventory's sources
+            await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
+        if self.scheduler.stopping.is_set() or self.completeness is None:
+            return None
+        return await self.completeness.run()
+
+    async def _start_detection(self, stack: contextlib.AsyncExitStack) -> None:
+        svc = self.settings.service
+        det = DetectionJobs(
+            self.settings,
+            self.app.state,
+            self.app.aws,
+            self.metrics,
+            stopping=self.scheduler.stopping,
+            clock=self.clock,
+            sessions=self.app.broker,
+        )
+        await det.start(stack)
+        self.detection = det
+        for name, fn in (
+            ("detect", det.follow),
+            ("detect_hourly", det.hourly),
+            ("detect_deliver", det.deliver),
+        ):
+            self.scheduler.register(name, fn, interval_secs=job_interval(svc, name))
+
+    def ledger_floor(self) -> int | None:
+        """The lowest ledger id a forwarding connector or detection still needs; None when
+        neither runs (retention then decides from age alone)."""
+        floors = []
+        if self.forwarder is not None:
+            floors.append(forward_floor(self.forwarder))
+        if self.settings.detect.enabled:  # also while detection failed to start
+            floors.append(detect_floor(self.app.state))
+        return min(floors) if floors else None
+
+    async def _retention(self) -> Any:
+        state = self.app.state
+
+        async def dead_letters(cutoff: float, dry_run: bool) -> int:
+            return state.prune_dead_letters(cutoff, dry_run=dry_run)
+
+        job = Retention(
+            self.settings,
+            state,
+            self.app.broker,
+            self.app.aws,
+            metrics=self.metrics,
+            # central objects and ledger rows a connector has not delivered yet, or detection
+            # has not scanned yet, are kept
+            ledger_floor=(
+                self.ledger_floor
+                if self.forwarder is not None or self.settings.detect.enabled
+                else None
+            ),
+            pruners={"dead_letters": dead_letters},
+        )
+        return await job.run()
+
+    async def _forward_metrics(self) -> None:
+        """Backlog per connector, and delivered / retried / rejected as counters (from the
+        cursors' persisted totals and the lanes' retry counts)."""
+        fwd = self.forwarder
+        if fwd is None:
+            return
+        for st in await asyncio.to_thread(fwd.status):
+            self.metrics.forward_backlog.labels(st.name).set(st.backlog)
+            seen = self._forward_seen.setdefault(st.name, {})
+            totals = {
+                "delivered": int(st.extra.get("delivered", 0)),
+                "rejected": int(st.extra.get("rejected", 0)),
+                "retried": int(st.retries),
+            }
+            deltas = {k: max(0, v - seen.get(k, 0)) for k, v in totals.items()}
+            seen.update(totals)
+            self.metrics.forward_result(st.name, **deltas)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        svc = self.settings.service
+        async with contextlib.AsyncExitStack() as stack:
+            app = self.app
+            fwd = await stack.enter_async_context(
+                forward.running(
+                    self.settings,
+                    app.state,
+                    # discovery's account names, OU paths and tags enrich forwarded events
+                    accounts=getattr(app, "account", None),
+                    organization_id=lambda: getattr(app.inventory, "organization_id", None),
+                    sessions=app.broker,
+                )
+            )
+            forward_stack = stack.pop_all()  # closed by hand: before the state, bounded
+        self.forwarder = fwd
+        if self.settings.detect.enabled:
+            # its own stack: closed after the scheduler drained (no detection run in flight)
+            try:
+                await self._start_detection(self._detect_stack)
+            except Exception as start_err:  # ingest and forwarding run on; retention holds
+                log.error("daemon.detect_start_failed", error_type=type(start_err).__name__)
+        if fwd is not None:  # collection pauses while a sink's backlog is full
+            self.app.ingestor.should_pause = fwd.backpressure
+            self.scheduler.register("forward", self._forward_metrics)
+        port = await self.server.start()
+        log.info("daemon.started", port=port, count=len(fwd.lanes) if fwd else 0)
+        self.scheduler.on_shutdown(self.server.stop)
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_stop() -> None:
+            self.app.request_stop()  # no new source objects
+            # lanes stop alongside the ingest drain (their cursors only move on acks)
+            stopping.append(asyncio.get_running_loop().create_task(forward_stack.aclose()))
+
+        stop_watch = _on_event(self.scheduler.stopping, on_stop)
+        t0 = time.monotonic()
+        try:
+            return await self.scheduler.run(install_signals=install_signals)
+        finally:
+            stop_watch.cancel()
+            if not stopping:
+                stopping.append(asyncio.get_running_loop().create_task(forward_stack.aclose()))
+            left = max(1.0, svc.shutdown_timeout_secs - (time.monotonic() - t0))
+            done, pending = await asyncio.wait(stopping, timeout=left)
+            for t in pending:
+                t.cancel()
+                log.warning("daemon.forward_stop_abandoned")
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    log.error("daemon.forward_stop_failed", error_type=type(exc).__name__)
+            try:
+                await asyncio.wait_for(self._detect_stack.aclose(), timeout=left)
+            except Exception as err:
+                log.error("daemon.detect_stop_failed", error_type=type(err).__name__)
+            await self.app.close()
+            log.info("daemon.stopped")
+
+
+def forward_floor(fwd: Any) -> int:
+    """The lowest ledger id some connector still has to deliver."""
+    return int(fwd.store.state.forward_floor(list(fwd.lanes)))
+
+
+def _on_event(event: Any, fn: Callable[[], None]) -> Any:
+    """Call ``fn`` once ``event`` is set (the app stops taking objects at the same moment)."""
+
+    async def watch() -> None:
+        await event.wait()
+        fn()
+
+    return asyncio.get_running_loop().create_task(watch())
+
+
+async def serve(settings: Settings) -> int:
+    """``ctagg run``: the app with counted state, on the scheduler, until SIGTERM/SIGINT."""
+    from aggregator.service.app import App
+
+    app = App(settings, state=MeteredState(settings.state.path))
+    return await Daemon(app).run()

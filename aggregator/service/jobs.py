@@ -1,0 +1,269 @@
+"""The daemon's optional jobs: detection over the archive, archive digests, completeness.
+
+Wiring only; the work is in ``aggregator.detect``, ``aggregator.archive_digest`` and
+``aggregator.completeness`` (through the reusable functions of ``aggregator.integrity_cli``).
+Every job here is registered on the daemon's scheduler, so a failing run is logged and counted
+there and never stops ingest or forwarding; each runs as its own job (``max_instances=1``).
+
+Jobs and their default intervals (override with ``service.job_intervals_secs.<name>``):
+
+* ``detect``          reads new central objects in ledger order and runs the rules (30 s)
+* ``detect_hourly``   rate anomalies over closed hours, forgets old alerts (1 h)
+* ``detect_deliver``  sends queued alerts to every alert sink (15 s)
+* ``archive_digest``  writes the archive's signed hourly digests (1 h)
+* ``completeness``    refreshes expected files from digests, computes, queues missing (1 h)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from aggregator.config import ServiceSettings, Settings
+from aggregator.log import get_logger
+from aggregator.service.metrics import Metrics
+from aggregator.state import State
+
+if TYPE_CHECKING:
+    from aggregator.aws.clients import SessionProvider
+
+log = get_logger("aggregator.daemon")
+
+DEFAULT_INTERVALS: dict[str, float] = {
+    "detect": 30.0,
+    "detect_hourly": 3600.0,
+    "detect_deliver": 15.0,
+    "archive_digest": 3600.0,
+    "completeness": 3600.0,
+}
+
+
+SINK_OPEN_TIMEOUT_SECS = 15.0
+
+
+def job_interval(svc: ServiceSettings, name: str) -> float:
+    """``service.job_intervals_secs.<name>``, else the job's default."""
+    return float(svc.job_intervals_secs.get(name, DEFAULT_INTERVALS[name]))
+
+
+# ---------------------------------------------------------------------------- detection
+
+
+def detect_floor(state: State) -> int:
+    """The lowest ledger id detection has not scanned yet (its cursor + 1; 1 before detection
+    ever started)."""
+    from aggregator.detect.follow import detection_floor
+
+    return int(detection_floor(state) or 1)
+
+
+class DetectionJobs:
+    """Detection for the daemon: a ledger follower (its own cursor) over the central archive,
+    hourly anomaly judgement and alert delivery. :meth:`start` builds the sinks (SNS / webhook
+    from ``detect``, plus one connector instance per ``detect.connectors`` name) and opens
+    them; :meth:`close` closes them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        aws: Any,
+        metrics: Metrics,
+        *,
+        stopping: asyncio.Event | None = None,
+        clock: Callable[[], float] = time.time,
+        batch: int = 32,
+        sessions: SessionProvider | None = None,
+    ) -> None:
+        """``sessions``: the app's credential broker, for the archive's identity
+        (``archive.archive_session``); a broker of its own when None."""
+        self.settings = settings
+        self.state = state
+        self.aws = aws
+        self.sessions = sessions
+        self.metrics = metrics
+        self.stopping = stopping or asyncio.Event()
+        self.clock = clock
+        self.batch = batch
+        self.service: Any = None
+        self.follower: Any = None
+        self._unopened: list[Any] = []
+
+    def _sinks(self) -> list[Any]:
+        import connectors
+        from aggregator.detect.follow import ConnectorAlertSink
+        from aggregator.detect.service import sinks_from_settings
+
+        cfg = self.settings.detect
+        sinks: list[Any] = list(sinks_from_settings(cfg, self.aws))
+        by_name = {c.name: c for c in self.settings.forward.connectors}
+        for name in cfg.connectors:  # a separate instance: alerts never share a lane's client
+            sinks.append(ConnectorAlertSink(connectors.build(by_name[name])))
+        return sinks
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        from aggregator.archive import store as archive
+        from aggregator.detect.follow import DetectionFollower
+        from aggregator.detect.service import DetectionService
+
+        sinks = self._sinks()
+        # compiling the rule pack is CPU work: keep the loop (health, other jobs) free
+        self.service = await asyncio.to_thread(
+            DetectionService, self.settings.detect, self.state, sinks, self.clock
+        )
+        stack.push_async_callback(self.close)
+        for sink in sinks:
+            await self._open(sink)
+        central = await stack.enter_async_context(
+            archive.opened(self.settings, self.aws, self.sessions)
+        )
+        self.follower = DetectionFollower(
+            self.service,
+            self.state,
+            central,
+            self.settings.archive.bucket,
+            offload=True,
+        )
+        self.follower.initialise(self.settings.detect.start_from)  # only when no cursor yet
+        self.metrics.detection(backlog=self.follower.backlog())
+        log.info("detect.started", sinks=sorted(self.service.sinks))
+
+    async def _open(self, sink: Any) -> bool:
+        """Open a sink; one that fails stays queued for the next delivery run (its alerts wait
+        in the outbox meanwhile)."""
+        try:  # bounded: a slow sink never holds the daemon's start
+            await asyncio.wait_for(sink.open(), SINK_OPEN_TIMEOUT_SECS)
+        except Exception as exc:
+            log.error("detect.sink_open_failed", connector=sink.name, error_type=type(exc).__name__)
+            if sink not in self._unopened:
+                self._unopened.append(sink)
+            return False
+        if sink in self._unopened:
+            self._unopened.remove(sink)
+        return True
+
+    async def follow(self) -> tuple[int, int]:
+        """Scan the central objects written since the cursor; returns (objects, alerts)."""
+        objects = alerts = 0
+        try:
+            while not self.stopping.is_set():
+                done, raised = await self.follower.step(self.batch)
+                objects, alerts = objects + done, alerts + raised
+                self.metrics.detection(rule_alerts=raised)
+                if done < self.batch:
+                    break
+        finally:
+            self.metrics.detection(backlog=await asyncio.to_thread(self.follower.backlog))
+        if objects:
+            log.info("detect.scanned", objects=objects, count=alerts)
+        return objects, alerts
+
+    async def hourly(self) -> int:
+        raised = await asyncio.to_thread(self.service.hourly, self.clock())
+        self.metrics.detection(anomaly_alerts=len(raised))
+        return len(raised)
+
+    async def deliver(self) -> int:
+        for sink in list(self._unopened):
+            await self._open(sink)
+        sent = 0
+        while not self.stopping.is_set():
+            n = int(await self.service.deliver(self.clock()))
+            sent += n
+            self.metrics.detection(delivered=n)
+            if n == 0:
+                break
+        self.metrics.detection(outbox=self.service.store.outbox_size())
+        return sent
+
+    async def close(self) -> None:
+        if self.service is None:
+            return
+        for sink in self.service.sinks.values():
+            try:
+                await sink.close()
+            except Exception as exc:
+                log.error(
+                    "detect.sink_close_failed", connector=sink.name, error_type=type(exc).__name__
+                )
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+async def archive_digest_job(
+    settings: Settings,
+    state: State,
+    aws: Any,
+    sessions: Any,
+    clock: Callable[[], float] = time.time,
+) -> Any:
+    """Write the archive digests due now (as ``ctagg archive-digest``)."""
+    from aggregator.cli.integrity import write_archive_digests
+
+    rep = await write_archive_digests(settings, state, aws=aws, sessions=sessions, clock=clock)
+    log.info("archive_digest.job_done", count=len(rep.digests), objects=rep.objects)
+    return rep
+
+
+class CompletenessJob:
+    """``ctagg completeness`` as a job, without printing: refresh expected files from the
+    digests of the current inventory's sources, compute over the last
+    ``integrity.completeness_window_hours``, queue the missing files for ingest (when
+    ``integrity.retry_missing``) and serve the gauges on the daemon's registry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        app: Any,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from aggregator.integrity.completeness import CompletenessCollector
+
+        self.settings = settings
+        self.app = app
+        self.clock = clock
+        self.collector = CompletenessCollector(state=app.state)
+        metrics.registry.register(self.collector)  # once: each run only swaps the report
+        self.last_queued = 0
+
+    async def run(self) -> Any:
+        from aggregator.cli.integrity import completeness_pass, refresh_sources
+
+        inventory = getattr(self.app, "inventory", None)
+        if inventory is None:
+            log.info("completeness.waiting_for_discovery")
+            return None
+        now = self.clock()
+        until = datetime.fromtimestamp(now, UTC)
+        since = until - timedelta(hours=self.settings.integrity.completeness_window_hours)
+        state = self.app.state
+        refreshed = await refresh_sources(
+            self.settings,
+            since,
+            until,
+            state,
+            check_logs=False,
+            sources=inventory.sources,
+            aws=self.app.aws,
+            sessions=self.app.broker,
+        )
+        report, queued = await asyncio.to_thread(
+            completeness_pass, self.settings, state, since, until, retry=True, now=now
+        )
+        self.collector.report = report
+        self.last_queued = queued
+        log.info(
+            "completeness.job_done",
+            digests=refreshed.digests_checked,
+            errors=len(refreshed.errors),
+            expected=report.expected,
+            missing=len(report.missing),
+            count=queued,
+        )
+        return report
