@@ -3,6 +3,9 @@
 Event names are stable and dotted (``ingest.object_done``); fields come from a fixed
 vocabulary (account_id, region, bucket, key, connector, stage, error_type, counts, duration_ms).
 Never log an event payload or a secret.
+
+structlog is imported when the first line is logged, not when a module asks for a logger or
+the command line configures logging: ``ctagg --help`` and ``ctagg validate`` never pay for it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
-import structlog
-
+# (level, json, stream) of the last configure() call, applied at the next log line
+_pending: tuple[str, bool | None, TextIO | None] | None = None
 _configured = False
 
 
@@ -41,7 +44,20 @@ class _StreamLoggerFactory:
 def configure(
     level: str = "INFO", *, json: bool | None = None, stream: TextIO | None = None
 ) -> None:
-    """Configure structlog and stdlib logging once (call again to reconfigure, e.g. in tests)."""
+    """Configure structlog and stdlib logging (call again to reconfigure, e.g. in tests). The
+    configuration takes effect now when structlog is loaded already, else at the next line
+    logged."""
+    global _pending
+    if "structlog" in sys.modules:
+        _pending = None
+        _apply(level, json, stream)
+    else:
+        _pending = (level, json, stream)
+
+
+def _apply(level: str, json: bool | None, stream: TextIO | None) -> None:
+    import structlog
+
     global _configured
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
@@ -68,7 +84,33 @@ def configure(
     _configured = True
 
 
+def _ensure_configured() -> None:
+    global _pending
+    if _pending is not None:
+        pending, _pending = _pending, None
+        _apply(*pending)
+    elif not _configured:
+        _apply("INFO", None, None)
+
+
+class _Logger:
+    """A structlog logger made on first use (see the module docstring)."""
+
+    __slots__ = ("_log", "_name")
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._log: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if _pending is not None or not _configured:
+            _ensure_configured()
+        if self._log is None:
+            import structlog
+
+            self._log = structlog.get_logger(self._name)
+        return getattr(self._log, attr)
+
+
 def get_logger(name: str | None = None) -> Any:
-    if not _configured:
-        configure()
-    return structlog.get_logger(name)
+    return _Logger(name)

@@ -27,10 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.config import ForwardSettings  # noqa: E402
-from aggregator.forward.forwarder import Forwarder  # noqa: E402
-from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State  # noqa: E402
-from tests.fakes.events import stratus_records  # noqa: E402
+from aggregator.config import ForwardSettings
+from aggregator.forward.forwarder import Forwarder
+from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
+from tests.fakes.events import stratus_records
 
 TESTDATA = ROOT.parent / "shared" / "testdata"
 for parent in ROOT.parents:

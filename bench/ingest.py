@@ -47,12 +47,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.config import CollectSettings, parse_settings  # noqa: E402
-from aggregator.ingest.collect import decode_log  # noqa: E402
-from aggregator.ingest.envelopes import maybe_gunzip  # noqa: E402
-from aggregator.service.app import App  # noqa: E402
-from aggregator.service.demo import find_testdata, load_records  # noqa: E402
-from aggregator.service.runtime import tune_gc  # noqa: E402
+from aggregator.config import CollectSettings, parse_settings
+from aggregator.ingest.collect import decode_log
+from aggregator.ingest.envelopes import maybe_gunzip
+from aggregator.service.app import App
+from aggregator.service.demo import find_testdata, load_records
+from aggregator.service.runtime import tune_gc
 
 ACCOUNT = "123456789012"  # moto's default identity: read with the base session
 BUCKET = "bench-trail"

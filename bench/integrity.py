@@ -26,21 +26,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from aggregator.integrity.completeness import compute, hour_of  # noqa: E402
-from aggregator.integrity.digest import (  # noqa: E402
-    LogFileRef,
-    build_digest,
-    check_log_bytes,
+from aggregator.archive.signing import (
     public_key_fingerprint,
     rsa_signer,
     signing_string,
-    uncompressed_sha256,
     verify_signature,
 )
-from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State  # noqa: E402
-from aggregator.state.integrity import record_expected  # noqa: E402
+from aggregator.integrity.completeness import compute, hour_of
+from aggregator.integrity.digest import (
+    LogFileRef,
+    build_digest,
+    check_log_bytes,
+    uncompressed_sha256,
+)
+from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 
 ACCOUNT, REGION = "111111111111", "us-east-1"
 
@@ -116,8 +117,7 @@ def bench_completeness(expected: int) -> None:
                 f"r{i:08d}.json.gz"
             )
             rows.append((key, ts))
-        record_expected(
-            state,
+        state.digests.record_expected(
             [("b", k, src.source_id, ACCOUNT, REGION, hour_of(k), "00", "d") for k, _ in rows],
         )
         for i, (k, _ts) in enumerate(rows):

@@ -26,12 +26,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import aggregator.normalize.ecs as ecs_mod  # noqa: E402
-from aggregator.ingest.envelopes import Kind  # noqa: E402
-from aggregator.normalize import Normalizer, serialized_size  # noqa: E402
-from aggregator.normalize.ecs import to_ecs  # noqa: E402
-from aggregator.normalize.ocsf import to_ocsf  # noqa: E402
-from tests.normalize.corpus import corpus_records  # noqa: E402
+import aggregator.normalize.ecs as ecs_mod
+from aggregator.ingest.envelopes import Kind
+from aggregator.normalize import Normalizer, serialized_size
+from aggregator.normalize.ecs import to_ecs
+from aggregator.normalize.ocsf import to_ocsf
+from tests.normalize.corpus import corpus_records
 
 
 def _testdata() -> Path:

@@ -19,14 +19,17 @@ import ssl
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import aiohttp
 import orjson
 from isal import igzip
 from pydantic import Field, SecretStr
 
 from aggregator.log import get_logger
+
+if TYPE_CHECKING:
+    import aiohttp
+
 from connectors.base import (
     DELIVERED,
     Connector,
@@ -102,6 +105,8 @@ class SplunkHecConnector(Connector):
         self._meta = meta
 
     async def open(self) -> None:
+        import aiohttp  # here, not at import: config loading must stay fast
+
         if not self.cfg.token.get_secret_value():
             raise Fatal(f"splunk_hec {self.name}: token is empty")
         if self.session is None:
@@ -131,6 +136,8 @@ class SplunkHecConnector(Connector):
 
     async def health(self) -> bool:
         """``GET /services/collector/health``: True when HEC accepts data."""
+        import aiohttp  # here, not at import: config loading must stay fast
+
         await self.open()
         assert self.session is not None
         try:
@@ -169,6 +176,8 @@ class SplunkHecConnector(Connector):
         return b"".join(parts)
 
     async def send(self, batch: Sequence[OutEvent]) -> list[Outcome]:
+        import aiohttp  # here, not at import: config loading must stay fast
+
         if not batch:
             return []
         await self.open()
@@ -241,6 +250,8 @@ class SplunkHecConnector(Connector):
         return all_retry(len(batch), reason)
 
     async def _wait_ack(self, ack_id: int) -> bool:
+        import aiohttp  # here, not at import: config loading must stay fast
+
         assert self.session is not None
         deadline = time.monotonic() + self.cfg.ack_timeout_secs
         body = orjson.dumps({"acks": [ack_id]})

@@ -20,20 +20,15 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from aggregator.archive.digests import (
-    ArchiveDigester,
-    kms_signing_key,
-    load_public_key_file,
-    local_signing_key,
-    verify_archive,
-)
+from aggregator.archive.digest_keys import kms_signing_key, load_public_key_file, local_signing_key
+from aggregator.archive.digests import ArchiveDigester
+from aggregator.archive.signing import signing_string
+from aggregator.archive.verify import verify_archive
 from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, Inventory
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
-from aggregator.integrity.digest import signing_string
 from aggregator.state import State
-from aggregator.state.integrity import archive_digest_head
 
 A1 = "111111111111"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -110,7 +105,7 @@ async def test_verify_detects_modified_and_missing_objects(s3: Any, tmp_path: Pa
         assert ok.ok, ok.as_dict()
         assert (ok.objects, ok.objects_ok, ok.undigested_ledger_rows) == (3, 3, 0)
 
-        ledger = state.ledger_rows()
+        ledger = state.ledger.rows()
         victim, gone = ledger[0]["central_key"], ledger[1]["central_key"]
         body = (await s3.get_object(Bucket="central", Key=victim))["Body"]
         async with body as b:
@@ -166,12 +161,12 @@ async def test_chain_and_head_catch_deleted_or_forged_digests(s3: Any, tmp_path:
         rep = await verify_archive(s3, cfg.archive, dcfg, public, state=state)
         assert rep.signature_invalid == [dkey]
         assert len(rep.chain_broken) == 1  # the second digest no longer links to it
-        assert rep.ledger_mismatch == [state.ledger_rows()[0]["central_key"]]
+        assert rep.ledger_mismatch == [state.ledger.rows()[0]["central_key"]]
         # deleting the newest digest is caught against the head recorded in state
         await s3.delete_object(Bucket="central", Key=second.digests[0])
         rep = await verify_archive(s3, cfg.archive, dcfg, public, state=state)
         assert "gone" in rep.head_problem
-        head = archive_digest_head(state)
+        head = state.archive_digests.head()
         assert head is not None
         assert head["key"] == second.digests[0]
     finally:
@@ -203,7 +198,7 @@ async def test_kms_signing_and_object_lock(s3: Any, tmp_path: Path) -> None:
         assert rep.retained == 2
         ok = await verify_archive(s3, cfg.archive, dcfg, key.public_key, state=state)
         assert ok.ok, ok.as_dict()
-        central_key = state.ledger_rows()[0]["central_key"]
+        central_key = state.ledger.rows()[0]["central_key"]
         head = await s3.head_object(Bucket="central", Key=central_key)
         assert head["ObjectLockMode"] == "COMPLIANCE"
         with pytest.raises(ClientError):

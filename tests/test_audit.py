@@ -17,16 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.aws.clients import Aws, ClientPool
 from aggregator.aws.discovery import Account, Inventory, Trail
+from aggregator.cli.integrity import audit_csv, audit_json, print_audit_table
 from aggregator.config import AuditSettings, AwsSettings
 from aggregator.integrity.audit import (
     AuditReport,
     Finding,
     audit_metrics,
-    findings_csv,
-    findings_json,
     policy_is_public,
     pool_client_for,
-    print_table,
     run_audit,
 )
 
@@ -248,14 +246,14 @@ async def test_unreadable_trail_is_unknown_not_pass(seeded: Inventory, pool: Cli
 
 async def test_outputs_and_metrics(seeded: Inventory, pool: ClientPool, tmp_path: Path) -> None:
     report = await run_audit(seeded, pool_client_for(StsSessions(), pool), AuditSettings())
-    doc = json.loads(findings_json(report))
+    doc = json.loads(audit_json(report))
     assert doc["benchmark"] == "CIS AWS Foundations Benchmark v1.4.0"
     assert doc["counts"]["fail"] == len(report.failed()) > 0
-    rows = list(csv.DictReader(io.StringIO(findings_csv(report.findings))))
+    rows = list(csv.DictReader(io.StringIO(audit_csv(report.findings))))
     assert len(rows) == len(report.findings)
     assert {"account_id", "region", "check", "status", "cis", "description"} <= set(rows[0])
     buf = io.StringIO()
-    print_table(report, buf)
+    print_audit_table(report, buf)
     text = buf.getvalue()
     assert "log_file_validation" in text
     assert "failed" in text

@@ -18,6 +18,7 @@ from trailgen import ACCOUNT, REGION, new_key, write_trail
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, Inventory, Source
+from aggregator.cli.integrity import completeness_csv, completeness_json, print_completeness_table
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.integrity.completeness import (
@@ -25,15 +26,11 @@ from aggregator.integrity.completeness import (
     compute,
     digest_metrics,
     hour_of,
-    print_table,
     queue_missing,
     refresh_expected,
-    report_csv,
-    report_json,
 )
-from aggregator.integrity.digest import PublicKeyStore
+from aggregator.integrity.public_keys import PublicKeyStore
 from aggregator.state import CentralObject, ObjectOutcome, State
-from aggregator.state.integrity import record_expected, retry_items
 
 KEY = new_key()
 NOW = datetime(2024, 5, 1, 16, 0, tzinfo=UTC).timestamp()
@@ -100,7 +97,7 @@ async def test_withheld_file_is_found_missing_then_filled(
         assert (row.account_id, row.region, row.hour) == (ACCOUNT, REGION, "2024-05-01T11")
         assert queue_missing(state, report) == 1
         assert queue_missing(state, report) == 0  # queued once
-        (item,) = retry_items(state, src.source_id)
+        (item,) = state.retry.items(src.source_id)
         assert (item.bucket, item.key) == (trail.bucket, withheld)
         # the file turns up (late delivery / restored): the next cycle fetches it
         await s3.put_object(Bucket=trail.bucket, Key=withheld, Body=trail.logs[withheld])
@@ -110,7 +107,7 @@ async def test_withheld_file_is_found_missing_then_filled(
         assert again.missing == []
         assert again.ratio == 1.0
         queue_missing(state, again)
-        assert retry_items(state) == []
+        assert state.retry.items() == []
         # the digests are not validated twice
         ref2 = await refresh_expected(state, [src], s3_for, store)
         assert ref2.digests_skipped == 3
@@ -130,8 +127,7 @@ def test_compute_on_state_rows_incl_compacted_prefix_and_grace(tmp_path: Path) -
         f"{day}{ACCOUNT}_CloudTrail_{REGION}_20240501T{hh}05Z_k{hh}.json.gz"
         for hh in ("09", "10", "15")
     ]
-    record_expected(
-        state,
+    state.digests.record_expected(
         [(bucket, k, src.source_id, ACCOUNT, REGION, hour_of(k), "00", "d") for k in keys],
     )
     assert hour_of(keys[0]) == "2024-05-01T09"
@@ -143,19 +139,19 @@ def test_compute_on_state_rows_incl_compacted_prefix_and_grace(tmp_path: Path) -
     report = compute(state, SINCE, UNTIL, now=NOW)
     assert report.pending == 1  # the 15:xx file: hour ended less than an hour before NOW
     assert [k for _, k in report.missing] == [keys[1]]
-    state.see_prefix(f"{bucket}/{prefix}", bucket, day, "2024-05-01")
-    state.close_prefixes(f"{bucket}/{prefix}", "2024-05-02")
+    state.checkpoints.see_prefix(f"{bucket}/{prefix}", bucket, day, "2024-05-01")
+    state.checkpoints.close_prefixes(f"{bucket}/{prefix}", "2024-05-02")
     assert state.count("objects") == 0
     again = compute(state, SINCE, UNTIL, now=NOW)
     assert [k for _, k in again.missing] == [keys[1]]
     assert again.hours[0].ingested == 1
     # outputs and metrics
-    doc = json.loads(report_json(again))
+    doc = json.loads(completeness_json(again))
     assert doc["missing"] == 1
     assert doc["expected"] == 2
-    assert keys[1] in report_csv(again)
+    assert keys[1] in completeness_csv(again)
     buf = io.StringIO()
-    print_table(again, buf)
+    print_completeness_table(again, buf)
     assert "1 missing" in buf.getvalue()
     reg = CollectorRegistry()
     completeness_metrics(again, reg)
@@ -169,17 +165,16 @@ def test_compute_on_state_rows_incl_compacted_prefix_and_grace(tmp_path: Path) -
 
 def test_retry_queue_api_for_ingest(tmp_path: Path) -> None:
     """What ingest uses: items per source, an attempt counter, and removal when handled."""
-    from aggregator.state.integrity import queue_retry, retry_attempted, retry_done
 
     state = State(tmp_path / "s.db")
-    assert queue_retry(state, [("b", "k1", "b/src", "why"), ("b", "k2", "b/other", "why")]) == 2
-    assert queue_retry(state, [("b", "k1", "b/src", "again")]) == 0
-    (item,) = retry_items(state, "b/src")
+    assert state.retry.queue([("b", "k1", "b/src", "why"), ("b", "k2", "b/other", "why")]) == 2
+    assert state.retry.queue([("b", "k1", "b/src", "again")]) == 0
+    (item,) = state.retry.items("b/src")
     assert (item.key, item.reason, item.attempts) == ("k1", "why", 0)
-    retry_attempted(state, "b", "k1")
-    assert retry_items(state, "b/src")[0].attempts == 1
-    retry_done(state, "b", "k1")
-    assert [i.key for i in retry_items(state)] == ["k2"]
+    state.retry.attempted("b", "k1")
+    assert state.retry.items("b/src")[0].attempts == 1
+    state.retry.done("b", "k1")
+    assert [i.key for i in state.retry.items()] == ["k2"]
     state.close()
 
 
@@ -207,7 +202,7 @@ async def test_missing_file_in_closed_prefix_is_refetched_via_retry_queue(
     try:
         await run_at(NOW)
         await run_at(later)
-        assert state.closed_days(f"{trail.bucket}/{src.prefix}") == {"2024-05-01"}
+        assert state.checkpoints.closed_days(f"{trail.bucket}/{src.prefix}") == {"2024-05-01"}
         store = PublicKeyStore()
         store.add(KEY.public_key())
         await refresh_expected(state, [src], s3_for, store)

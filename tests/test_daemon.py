@@ -18,7 +18,7 @@ from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, AccountFailure, Inventory
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
-from aggregator.service.daemon import Daemon, MeteredState, forward_floor
+from aggregator.service.daemon import Daemon, MeteredState
 
 A1, A2 = "111111111111", "222222222222"
 TODAY = time.strftime("%Y%m%d", time.gmtime())
@@ -220,7 +220,7 @@ async def test_forwarding_metrics_and_no_secret_in_logs(
         assert series(text, "ctagg_forward_rejected_total")[conn] == 0
         assert app.ingestor.should_pause is not None  # backpressure wired
         # retention's floor: every ledger row is delivered, so none is held back
-        assert forward_floor(daemon.forwarder) > app.state.ledger_max_id() > 0
+        assert daemon.forwarder.floor() > app.state.ledger.max_id() > 0
         daemon.scheduler.request_stop("test")
         assert await asyncio.wait_for(run, timeout=15) == 0
     finally:

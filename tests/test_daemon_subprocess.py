@@ -230,7 +230,7 @@ def test_sigterm_mid_cycle_exits_cleanly_without_advancing_unfinished_objects(
 
     st = State(tmp_path / "state.db")
     try:
-        ledger = st.ledger_rows(limit=10_000)
+        ledger = st.ledger.rows(limit=10_000)
         committed = {r[0] for r in st.conn.execute("SELECT key FROM objects")}
     finally:
         st.close()

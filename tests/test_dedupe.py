@@ -84,8 +84,9 @@ def test_event_epoch() -> None:
 
 def test_keys_start_with_the_event_hour_and_prune_by_range(tmp_path: Path) -> None:
     """The window is ordered by event time; pruning drops whole hours by key range."""
-    from aggregator.ingest.dedupe import event_hour, hour_floor_key
+    from aggregator.ingest.dedupe import event_hour
     from aggregator.state import ObjectOutcome, SourceRef, State
+    from aggregator.state.window import hour_floor_key
 
     assert event_hour("2024-05-01T10:59:59Z") == (2024050110).to_bytes(4, "big")
     assert event_hour("nonsense") == b"\0\0\0\0"
@@ -95,8 +96,8 @@ def test_keys_start_with_the_event_hour_and_prune_by_range(tmp_path: Path) -> No
     state = State(tmp_path / "s.db")
     src = SourceRef("s", "1", "r", "b", "p/")
     state.commit_object(ObjectOutcome(src, "k", "p/", "log", None, 1, new_keys=[old, new]))
-    assert state.prune_dedupe(1714557600) == 1  # 2024-05-01T10:00:00Z: the 09h key goes
-    assert state.known_event_keys([old, new]) == {new}
+    assert state.window.prune(1714557600) == 1  # 2024-05-01T10:00:00Z: the 09h key goes
+    assert state.window.known([old, new]) == {new}
     assert hour_floor_key(1714557600) == (2024050110).to_bytes(4, "big")
     state.close()
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from aggregator.cli import main
-from aggregator.service.demo import render_summary
+from aggregator.cli.demo import render_summary
 from aggregator.state import State
 
 KEYS = {
@@ -67,7 +67,7 @@ def test_demo_numbers_add_up(demo_run: tuple[dict[str, Any], Path]) -> None:
     state = State(workdir / "state.db")
     try:
         assert state.count("dedupe") == len(events)
-        assert len(state.quarantined()) == 1
+        assert len(state.quarantine.rows()) == 1
     finally:
         state.close()
 

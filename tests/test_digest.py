@@ -18,19 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-from aggregator.integrity.digest import (
+from aggregator.archive.signing import (
     DigestFormatError,
-    DigestStatus,
-    DigestValidator,
-    PublicKeyStore,
-    build_digest,
-    cloudtrail_key_lister,
-    parse_digest,
     public_key_fingerprint,
     rsa_signer,
     signing_string,
     verify_signature,
 )
+from aggregator.integrity.digest import build_digest, parse_digest
+from aggregator.integrity.public_keys import PublicKeyStore, cloudtrail_key_lister
+from aggregator.integrity.validator import DigestStatus, DigestValidator
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from rich.console import Console
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, AccountFailure, Inventory
+from aggregator.cli.discover import render_table, render_text
 from aggregator.config import Settings, parse_settings
-from aggregator.integrity.doctor import PROBE_KEY, Doctor, render_table, render_text
+from aggregator.integrity.doctor import PROBE_KEY, Doctor
 
 A1, A2, A4 = "111111111111", "222222222222", "444444444444"
 

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from aggregator.config import ForwardSettings
-from aggregator.forward.forwarder import Cursor, Forwarder, default_normalizer
+from aggregator.forward.documents import default_normalizer
+from aggregator.forward.forwarder import Forwarder
+from aggregator.forward.replay import replay
+from aggregator.forward.store import Cursor
 from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 from tests.fakes.events import stratus_records
@@ -282,7 +285,7 @@ async def test_replay_resends_a_time_window(
         for r in recs
         if since <= datetime.fromisoformat(r["eventTime"].replace("Z", "+00:00")) < until_
     }
-    report = await fwd.replay("os", since, until_)
+    report = await replay(fwd, "os", since, until_)
     assert report.events == len(want) == report.delivered
     assert fake_os.all_ids() == want
     assert fwd.store.cursor("os") == cursor

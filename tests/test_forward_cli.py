@@ -132,9 +132,10 @@ def test_forward_config_errors_are_named_with_their_path() -> None:
 async def test_service_forwarder_reads_the_real_archive(
     moto: str, tmp_path: Path, testdata: Path
 ) -> None:
-    """forward.running (what `ctagg run` uses): central objects from S3 reach OpenSearch, the
-    backlog drains, and backpressure reflects it; no connectors -> no forwarder."""
-    from aggregator.forward import forwarder as forward
+    """service.forwarding.running (what `ctagg run` uses): central objects from S3 reach
+    OpenSearch, the backlog drains, and backpressure reflects it; no connectors -> no forwarder."""
+
+    from aggregator.service import forwarding as forward
     from tests.fakes.opensearch import FakeOpenSearch as Fake
 
     s3 = boto3.client("s3", region_name="us-east-1")

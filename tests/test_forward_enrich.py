@@ -6,7 +6,7 @@ import orjson
 
 from aggregator.aws.discovery import Account
 from aggregator.config import parse_settings
-from aggregator.forward.forwarder import default_normalizer
+from aggregator.forward.documents import default_normalizer
 
 CENTRAL = "AWSLogs/111111111111/CloudTrail/us-east-1/2024/05/01/x.json.gz"
 RECORD = {

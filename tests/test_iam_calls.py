@@ -140,7 +140,7 @@ def settings(tmp_path: Path, **extra: Any) -> Settings:
 
 async def forward_everything(tmp_path: Path, state: Any) -> None:
     """Run the service forwarder until a local Splunk HEC has every archived event."""
-    from aggregator.forward import forwarder as forward
+    from aggregator.service import forwarding as forward
     from tests.fakes.splunk_hec import FakeSplunkHec
 
     hec = FakeSplunkHec({"t0k3n"})
@@ -351,9 +351,10 @@ async def test_every_archive_reader_uses_the_writer_identity(
     account's role: ingest writes it, and the service forwarder, `ctagg replay` (its own
     credential broker) and the detection follower read it with the same role, never with the
     base identity (a bucket whose policy trusts only the writer role works for all of them)."""
-    from aggregator.forward import forwarder as forward
-    from aggregator.service.daemon import Metrics
+    from aggregator.forward.replay import replay_with_settings
+    from aggregator.service import forwarding as forward
     from aggregator.service.jobs import DetectionJobs
+    from aggregator.service.metrics import Metrics
     from tests.fakes.splunk_hec import FakeSplunkHec
 
     writer = f"arn:aws:iam::{LOG_ARCHIVE}:role/{MEMBER_ROLE}"
@@ -373,7 +374,7 @@ async def test_every_archive_reader_uses_the_writer_identity(
                 await asyncio.sleep(0.05)
         assert len(hec.indexed) == 9
         since = datetime.now(UTC) - timedelta(days=1)
-        replayed = await forward.replay_with_settings(cfg, "hec", since, since + timedelta(days=2))
+        replayed = await replay_with_settings(cfg, "hec", since, since + timedelta(days=2))
         assert replayed.events == 9
         det = DetectionJobs(cfg, state, aws, Metrics(), sessions=sessions)
         async with contextlib.AsyncExitStack() as stack:
@@ -402,7 +403,7 @@ async def test_forwarding_starts_while_the_writer_role_is_refused(
     """The archive's client is made on first use: while the writer role cannot be assumed the
     forwarder still starts, its reads fail and are retried (reported in the lane's status);
     once the role works, every archived event is delivered."""
-    from aggregator.forward import forwarder as forward
+    from aggregator.service import forwarding as forward
     from tests.fakes.splunk_hec import FakeSplunkHec
 
     hec = FakeSplunkHec({"t0k3n"})

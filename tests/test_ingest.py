@@ -278,7 +278,7 @@ async def test_corrupt_objects_are_quarantined_and_the_rest_goes_on(
     assert [e["eventID"] for e in archived_events()] == ["good"]
     state = State(cfg.state.path)
     try:
-        reasons = {q.key: q.reason for q in state.quarantined()}
+        reasons = {q.key: q.reason for q in state.quarantine.rows()}
         assert set(reasons) == set(bad)
         assert "corrupt gzip" in reasons[next(k for k in bad if k.endswith("Gz.json.gz"))]
         assert "invalid JSON" in reasons[next(k for k in bad if k.endswith("Js.json.gz"))]
@@ -294,7 +294,7 @@ async def test_corrupt_objects_are_quarantined_and_the_rest_goes_on(
     fixed_key = next(k for k in bad if k.endswith("Js.json.gz"))
     put("org-trail", fixed_key, log_object([record("fixed", A1)]))
     state = State(cfg.state.path)
-    assert state.retry_quarantined() == 4
+    assert state.quarantine.retry() == 4
     state.close()
     retried = await run(cfg, inventory(src))
 
@@ -329,7 +329,7 @@ async def test_one_denied_account_does_not_stop_the_others(buckets: None, tmp_pa
     assert [e["eventID"] for e in archived_events()] == ["a2"]
     state = State(cfg.state.path)
     try:
-        (failure,) = state.failures()
+        (failure,) = state.failures.rows()
         assert failure["account_id"] == A3
         assert failure["count"] == 2
         assert "AccessDenied" in failure["reason"]
@@ -366,7 +366,7 @@ async def test_old_day_prefixes_are_compacted_but_remembered(buckets: None, tmp_
         closed = state.conn.execute("SELECT count(*) FROM prefixes WHERE closed=1").fetchone()[0]
         assert closed == 3
         for k in old_keys:
-            assert k in state.handled_keys("org-trail", k.rsplit("/", 1)[0] + "/")
+            assert k in state.checkpoints.handled_keys("org-trail", k.rsplit("/", 1)[0] + "/")
     finally:
         state.close()
     # A file dropped into a closed prefix is not listed again (completeness catches those).

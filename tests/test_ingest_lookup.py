@@ -21,10 +21,9 @@ from test_lookup import item
 from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, Inventory, Source
 from aggregator.config import Settings, parse_settings
-from aggregator.ingest import cycle as ingest_mod
 from aggregator.ingest.cycle import CycleReport, Ingestor
 from aggregator.state import State
-from aggregator.state.integrity import lookup_cursor, set_lookup_cursor
+from aggregator.state.integrity import LookupCursors
 
 A1, A2, A3 = "111111111111", "222222222222", "333333333333"
 R = "us-east-1"
@@ -164,7 +163,7 @@ async def run(cfg: Settings, inv: Inventory, stubs: Stubs) -> CycleReport:
 def cursor(cfg: Settings, account: str = A1) -> float | None:
     state = State(cfg.state.path)
     try:
-        return lookup_cursor(state, account, R)
+        return state.lookup.get(account, R)
     finally:
         state.close()
 
@@ -172,7 +171,7 @@ def cursor(cfg: Settings, account: str = A1) -> float | None:
 def start_at(cfg: Settings, at: float, *accounts: str) -> None:
     state = State(cfg.state.path)
     for a in accounts or (A1,):
-        set_lookup_cursor(state, a, R, at)
+        state.lookup.advance(a, R, at)
     state.close()
 
 
@@ -200,7 +199,7 @@ def ev(i: int, account: str = A1, minute: int = 0) -> dict[str, Any]:
 def ledger_rows(cfg: Settings) -> list[dict[str, Any]]:
     state = State(cfg.state.path)
     try:
-        return state.ledger_rows()
+        return state.ledger.rows()
     finally:
         state.close()
 
@@ -327,14 +326,14 @@ async def test_cursor_moves_only_after_the_commit(
     # rerun: the same window again, then the next one; the commit of W2 "dies" before the cursor
     stub.add_response("lookup_events", page(first), params(W1))
     stub.add_response("lookup_events", page([ev(40, minute=40)]), params(W2))
-    real_set = ingest_mod.set_lookup_cursor
+    real_advance = LookupCursors.advance
 
-    def set_cursor(state: State, account: str, region: str, until: float) -> None:
+    def advance(self: LookupCursors, account: str, region: str, until: float) -> None:
         if until == W2[1]:
             raise Crash
-        real_set(state, account, region, until)
+        real_advance(self, account, region, until)
 
-    monkeypatch.setattr(ingest_mod, "set_lookup_cursor", set_cursor)
+    monkeypatch.setattr(LookupCursors, "advance", advance)
     with pytest.raises(Crash):
         await run(cfg, inventory([A1]), stubs)
     monkeypatch.undo()
@@ -458,7 +457,7 @@ async def test_a_failing_pair_stops_neither_the_others_nor_the_trail_sources(
     assert cursor(cfg, A2) == NOW
     state = State(cfg.state.path)
     try:
-        rows = {r.source_id: r for r in state.status()}
+        rows = {r.source_id: r for r in state.sources.status()}
     finally:
         state.close()
     assert "AccessDeniedException" in (rows[f"LookupEvents/lookup/{A1}/{R}/"].last_error or "")
@@ -552,11 +551,15 @@ async def test_old_lookup_days_are_compacted_like_trail_days(
     state = State(cfg.state.path)
     try:
         source_id = f"LookupEvents/lookup/{A1}/{R}/"
-        assert state.closed_days(source_id) == {"2024-04-27", "2024-04-28", "2024-04-29"}
+        assert state.checkpoints.closed_days(source_id) == {
+            "2024-04-27",
+            "2024-04-28",
+            "2024-04-29",
+        }
         assert state.conn.execute(
             "SELECT count(*) FROM objects WHERE bucket='LookupEvents'"
         ).fetchone() == (0,)
-        names = state.handled_keys("LookupEvents", f"lookup/{A1}/{R}/20240428")
+        names = state.checkpoints.handled_keys("LookupEvents", f"lookup/{A1}/{R}/20240428")
     finally:
         state.close()
     # the compacted day still names its window
@@ -593,7 +596,6 @@ async def test_file_gone_from_the_bucket_is_filled_from_lookup_events(
     """Completeness queued a file the digests list; the bucket no longer has it. The next
     cycle reads that hour from LookupEvents: new events are archived, one already archived from
     another file is not repeated, and the key counts as handled (the queue empties)."""
-    from aggregator.state.integrity import queue_retry, retry_items
 
     cfg = settings(tmp_path)
     src = make_source("org-trail", A1, org_id=ORG)
@@ -605,7 +607,7 @@ async def test_file_gone_from_the_bucket_is_filled_from_lookup_events(
     )
     gone = log_key(src.prefix, A1, R, "20240501T1100Z", "Gone")
     state = State(cfg.state.path)
-    queue_retry(state, [("org-trail", gone, src.source_id, "listed by digest, not ingested")])
+    state.retry.queue([("org-trail", gone, src.source_id, "listed by digest, not ingested")])
     state.close()
     lost = [ev(2, minute=40), ev(3, minute=50)]
     end = datetime(2024, 5, 1, 11, 0, tzinfo=UTC).timestamp()
@@ -620,8 +622,8 @@ async def test_file_gone_from_the_bucket_is_filled_from_lookup_events(
     assert archived_ids() == sorted(r["eventID"] for r in [kept, *lost])
     state = State(cfg.state.path)
     try:
-        assert retry_items(state) == []
-        assert gone in state.handled_keys("org-trail", gone.rsplit("/", 1)[0] + "/")
+        assert state.retry.items() == []
+        assert gone in state.checkpoints.handled_keys("org-trail", gone.rsplit("/", 1)[0] + "/")
     finally:
         state.close()
 
@@ -631,13 +633,12 @@ async def test_gap_fill_off_leaves_the_file_queued(
 ) -> None:
     """With gap_fill off nothing is read and the key stays queued (completeness keeps saying
     it is missing)."""
-    from aggregator.state.integrity import queue_retry, retry_items
 
     cfg = settings(tmp_path, gap_fill=False)
     src = make_source("org-trail", A1, org_id=ORG)
     gone = log_key(src.prefix, A1, R, "20240501T1100Z", "Gone")
     state = State(cfg.state.path)
-    queue_retry(state, [("org-trail", gone, src.source_id, "missing")])
+    state.retry.queue([("org-trail", gone, src.source_id, "missing")])
     state.close()
 
     report = await run(cfg, inventory([A1], [src]), stubs)
@@ -646,6 +647,6 @@ async def test_gap_fill_off_leaves_the_file_queued(
     assert stubs.calls == []
     state = State(cfg.state.path)
     try:
-        assert [i.key for i in retry_items(state)] == [gone]
+        assert [i.key for i in state.retry.items()] == [gone]
     finally:
         state.close()

@@ -14,11 +14,10 @@ from awsfixtures import client
 from test_archive_digest import ingest, write_keypair
 
 from aggregator.aws.discovery import Account, Inventory
-from aggregator.cli import integrity as integrity_cli
 from aggregator.cli import main
 from aggregator.config import load_settings
+from aggregator.integrity import jobs as integrity_jobs
 from aggregator.state import State
-from aggregator.state.integrity import record_expected
 
 A1 = "111111111111"
 
@@ -47,7 +46,7 @@ async def test_archive_digest_and_verify_archive_commands(
     state = State(settings.state.path)
     await ingest(settings, state, n_objects=2)
     state.conn.execute("UPDATE ledger SET written_at = written_at - 7200")  # an hour that ended
-    central_key = state.ledger_rows()[0]["central_key"]
+    central_key = state.ledger.rows()[0]["central_key"]
     state.close()
     capsys.readouterr()
 
@@ -79,7 +78,9 @@ def test_completeness_offline_reports_missing(
     state = State(tmp_path / "state.db")
     day = f"AWSLogs/{A1}/CloudTrail/us-east-1/2024/05/01/"
     key = f"{day}{A1}_CloudTrail_us-east-1_20240501T1005Z_x.json.gz"
-    record_expected(state, [("b", key, "b/src", A1, "us-east-1", "2024-05-01T10", "00", "d")])
+    state.digests.record_expected(
+        [("b", key, "b/src", A1, "us-east-1", "2024-05-01T10", "00", "d")]
+    )
     state.close()
     argv = [
         "completeness",
@@ -107,7 +108,7 @@ def test_audit_command_outputs(
     async def fake_inventory(*_: Any) -> Inventory:
         return inv
 
-    monkeypatch.setattr(integrity_cli, "discover_inventory", fake_inventory)
+    monkeypatch.setattr(integrity_jobs, "discover_inventory", fake_inventory)
     cfg_path = config(tmp_path)
     assert main(["audit", str(cfg_path), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
@@ -154,7 +155,7 @@ async def test_validate_digests_and_completeness_commands(
     async def fake_inventory(*_: Any) -> Inventory:
         return inv
 
-    monkeypatch.setattr(integrity_cli, "discover_inventory", fake_inventory)
+    monkeypatch.setattr(integrity_jobs, "discover_inventory", fake_inventory)
     cfg_path = config(tmp_path, public_key_dir=str(keydir), list_public_keys=False)
     window = ["--since", "2024-05-01T00:00", "--until", "2024-05-02T00:00"]
     assert await_main(["validate-digests", str(cfg_path), *window, "--json"]) == 0
@@ -196,12 +197,12 @@ async def test_verify_archive_reports_retention_deletions_as_expired(
     state = State(settings.state.path)
     await ingest(settings, state, n_objects=3)  # events of 2024-05-01: past 30 days
     state.conn.execute("UPDATE ledger SET written_at = written_at - 7200")
-    first, second, third = (r["central_key"] for r in state.ledger_rows())
+    first, second, third = (r["central_key"] for r in state.ledger.rows())
     # the daemon's detection has scanned the first two objects only
     from aggregator.detect.follow import CURSOR
     from aggregator.detect.store import DetectStore
 
-    DetectStore(state).set_meta(CURSOR, str(state.ledger_rows()[1]["id"]))
+    DetectStore(state).set_meta(CURSOR, str(state.ledger.rows()[1]["id"]))
     state.close()
     assert await_main(["archive-digest", str(cfg_path)]) == 0
     client("s3").delete_object(Bucket="central", Key=first)  # not by retention
@@ -221,7 +222,7 @@ async def test_verify_archive_reports_retention_deletions_as_expired(
 
     # with only retention's deletions, verification passes and says what expired
     state = State(settings.state.path)
-    state.log_retention([("central", first, None, "deleted", "test: deleted by retention")])
+    state.retention_log.record([("central", first, None, "deleted", "test: deleted by retention")])
     state.close()
     assert await_main(["verify-archive", str(cfg_path)]) == 0
     out = capsys.readouterr().out

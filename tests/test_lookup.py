@@ -28,7 +28,6 @@ from aggregator.ingest.lookup import (
     window_source_key,
 )
 from aggregator.state import State
-from aggregator.state.integrity import lookup_cursor, set_lookup_cursor
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -278,10 +277,10 @@ async def test_cells_grid_overlap_lag_and_90_day_floor(tmp_path: Path) -> None:
     assert old[0][0] >= NOW - 90 * 86400
     assert old[0][0] < NOW - 90 * 86400 + 900
     state = State(tmp_path / "s.db")
-    assert lookup_cursor(state, "111111111111", "us-east-1") is None
-    set_lookup_cursor(state, "111111111111", "us-east-1", NOW - 100)
-    set_lookup_cursor(state, "111111111111", "us-east-1", NOW - 5000)  # never moves back
-    assert lookup_cursor(state, "111111111111", "us-east-1") == NOW - 100
+    assert state.lookup.get("111111111111", "us-east-1") is None
+    state.lookup.advance("111111111111", "us-east-1", NOW - 100)
+    state.lookup.advance("111111111111", "us-east-1", NOW - 5000)  # never moves back
+    assert state.lookup.get("111111111111", "us-east-1") == NOW - 100
     state.close()
 
 

@@ -12,8 +12,9 @@ import aioboto3
 import pytest
 from awsfixtures import StsSessions, client
 
-from aggregator.archive.retention import RULE_ID, Retention, key_day, render_report
+from aggregator.archive.retention import RULE_ID, Retention, key_day
 from aggregator.aws.clients import Aws
+from aggregator.cli.archive import render_retention
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.dedupe import event_hour
 from aggregator.service.metrics import Metrics
@@ -94,7 +95,7 @@ async def test_deletes_exactly_the_expired_objects(
     assert sorted(report.deleted) == sorted(plain_bucket["expired"])
     assert keys_in_bucket() == set(plain_bucket["kept"] + plain_bucket["foreign"])
     assert report.foreign == 1  # only AWSLogs/README.txt is under the root
-    logged = {r["key"] for r in state.retention_log("deleted")}
+    logged = {r["key"] for r in state.retention_log.rows("deleted")}
     assert logged == set(plain_bucket["expired"])
     assert m.retention_deleted._value.get() == 3
     state.close()
@@ -108,8 +109,8 @@ async def test_dry_run_lists_and_changes_nothing(
     report, state = await run(settings(tmp_path), dry_run=True)
     assert sorted(report.deleted) == sorted(plain_bucket["expired"])
     assert keys_in_bucket() == before
-    assert state.retention_log() == []
-    text = render_report(report)
+    assert state.retention_log.rows() == []
+    text = render_retention(report)
     assert "would delete: " + plain_bucket["expired"][0] in text
     state.close()
 
@@ -133,7 +134,7 @@ async def test_objects_a_forwarder_still_needs_are_kept(
                 central=CentralObject(key, 2, "00", 1, None, None),
             )
         )
-    ids = {r["central_key"]: r["id"] for r in state.ledger_rows()}
+    ids = {r["central_key"]: r["id"] for r in state.ledger.rows()}
     floor = ids[plain_bucket["expired"][1]]  # objects 1 and 2 not forwarded yet
     state.close()
     report, state = await run(cfg, ledger_floor=lambda: floor)
@@ -194,9 +195,9 @@ async def test_object_lock_protected_objects_are_skipped_and_reported(
     assert versions.get("DeleteMarkers", []) == []
     assert keys_in_bucket() == locked_bucket["locked"] | {locked_bucket["new"]}
     assert len(report.deleted) == 2
-    assert {r["key"] for r in state.retention_log("locked")} == locked_bucket["locked"]
+    assert {r["key"] for r in state.retention_log.rows("locked")} == locked_bucket["locked"]
     assert m.retention_locked._value.get() == 3
-    assert "locked (kept)" in render_report(report)
+    assert "locked (kept)" in render_retention(report)
     state.close()
 
 
@@ -229,7 +230,7 @@ async def test_a_failed_listing_deletes_nothing(
     assert report.listing_complete is False
     assert report.deleted == []
     assert keys_in_bucket() == before
-    assert "listing incomplete" in render_report(report)
+    assert "listing incomplete" in render_retention(report)
     state.close()
 
 
@@ -268,7 +269,7 @@ def _seed_state(state: State) -> None:
     old_day, recent_day = "2023-01-01", "2024-05-30"
     for day in (old_day, recent_day):
         prefix = f"AWSLogs/{A1}/CloudTrail/us-east-1/{day.replace('-', '/')}/"
-        state.see_prefix("stream-a", "trail", prefix, day)
+        state.checkpoints.see_prefix("stream-a", "trail", prefix, day)
         state.commit_object(
             ObjectOutcome(
                 src,
@@ -280,7 +281,7 @@ def _seed_state(state: State) -> None:
                 new_keys=[event_hour(day + "T00:00:00Z") + day.encode().ljust(12, b"-")],
             )
         )
-    state.close_prefixes("stream-a", "2024-06-01")
+    state.checkpoints.close_prefixes("stream-a", "2024-06-01")
 
 
 async def test_state_pruning_respects_windows_and_backfill(tmp_path: Path, moto: str) -> None:
@@ -369,7 +370,7 @@ async def test_cli_path_keeps_what_configured_connectors_have_not_delivered(
 ) -> None:
     """`ctagg retention` (run_once) with forwarding configured reads the connectors' cursors:
     objects at or past the slowest cursor stay; a connector without a cursor keeps everything."""
-    from aggregator.archive.retention import run_once
+    from aggregator.service.retention import run_once
 
     def cfg(*names: str) -> Settings:
         return parse_settings(
@@ -400,7 +401,7 @@ async def test_cli_path_keeps_what_configured_connectors_have_not_delivered(
                 central=CentralObject(key, 2, "00", 1, None, None),
             )
         )
-    ids = [r["id"] for r in state.ledger_rows()]
+    ids = [r["id"] for r in state.ledger.rows()]
     state.conn.execute(
         "INSERT INTO forward_cursors (connector, ledger_id, updated_at) VALUES ('fast', ?, 0), "
         "('slow', ?, 0)",
@@ -425,9 +426,9 @@ async def test_cli_path_keeps_what_detection_has_not_scanned_once_it_started(
     """`ctagg retention` with detect.enabled: before the daemon's detection ever started
     (no cursor) age alone decides; once it started with `oldest` (cursor 0 saved, nothing
     scanned) every ledger object is kept; with `newest` (cursor at the newest id) none is."""
-    from aggregator.archive.retention import run_once
     from aggregator.detect.follow import CURSOR
     from aggregator.detect.store import DetectStore
+    from aggregator.service.retention import run_once
 
     cfg = parse_settings(
         {

@@ -79,7 +79,7 @@ async def test_a_crashing_job_is_counted_and_the_others_go_on(tmp_path: Path) ->
     keeps being scheduled, and the healthy job keeps running."""
     m = Metrics()
     state = State(tmp_path / "s.db")
-    sched = Scheduler(settings(), metrics=m, recorder=state)
+    sched = Scheduler(settings(), metrics=m, recorder=state.jobs)
     ok_runs = 0
 
     async def boom() -> None:
@@ -97,7 +97,7 @@ async def test_a_crashing_job_is_counted_and_the_others_go_on(tmp_path: Path) ->
     assert sched.stats["forward"].failures >= 3
     assert ok_runs >= 3
     assert metric(m, "ctagg_job_runs_total", job_name="forward", outcome="error") >= 3
-    rows = state.job_runs()
+    rows = state.jobs.runs()
     assert rows["forward"]["failures"] >= 3
     assert rows["forward"]["last_error"] == "RuntimeError: account 123 exploded"
     assert rows["ingest"]["last_ok_at"] is not None

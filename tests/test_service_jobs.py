@@ -24,7 +24,8 @@ from test_daemon import PipelineApp, get, series
 from test_daemon import settings as daemon_settings
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-from aggregator.archive.digests import load_public_key_file, verify_archive
+from aggregator.archive.digest_keys import load_public_key_file
+from aggregator.archive.verify import verify_archive
 from aggregator.aws.discovery import Account, Inventory, Source
 from aggregator.detect.follow import CURSOR
 from aggregator.detect.store import DetectStore
@@ -32,7 +33,6 @@ from aggregator.ingest.cycle import Ingestor
 from aggregator.service.daemon import Daemon
 from aggregator.service.jobs import DEFAULT_INTERVALS, DetectionJobs, detect_floor, job_interval
 from aggregator.service.metrics import Metrics
-from aggregator.state.integrity import retry_items
 from tests.fakes.opensearch import FakeOpenSearch
 
 A1 = "111111111111"
@@ -142,7 +142,7 @@ async def test_stop_logging_alert_reaches_webhook_and_opensearch(
             ]
 
         await wait_for(lambda: bool(hook.posts) and bool(alert_docs()), "alert delivered")
-        await wait_for(lambda: app.state.ledger_max_id() == 2, "both objects archived")
+        await wait_for(lambda: app.state.ledger.max_id() == 2, "both objects archived")
 
         def events_forwarded() -> int:
             docs = [d for idx in server.indices.values() for d in idx.values()]
@@ -227,7 +227,7 @@ async def test_failing_alert_sink_keeps_alerts_and_the_daemon_running(
         run = asyncio.create_task(daemon.run(install_signals=False))
         await wait_for(lambda: hook.refused >= 3, "delivery attempted")  # the sink's 3 tries
         base = f"http://127.0.0.1:{daemon.server.port}"
-        await wait_for(lambda: app.state.ledger_max_id() == 2, "ingest went on")
+        await wait_for(lambda: app.state.ledger.max_id() == 2, "ingest went on")
         await wait_for(lambda: (outbox(daemon) or 0) > 0, "outbox metric")
         text = (await get(base + "/metrics"))[1]
         queued = series(text, "ctagg_detect_outbox_alerts")[()]
@@ -262,9 +262,9 @@ async def test_detection_that_cannot_start_never_stops_ingest(
     app = PipelineApp(cfg, inv, discovery_delay=0)
     daemon = Daemon(app)
     run = asyncio.create_task(daemon.run(install_signals=False))
-    await wait_for(lambda: app.state.ledger_max_id() == 2, "a cycle")
+    await wait_for(lambda: app.state.ledger.max_id() == 2, "a cycle")
     assert daemon.detection is None
-    assert app.state.ledger_max_id() == 2
+    assert app.state.ledger.max_id() == 2
     assert daemon.ledger_floor() == 1  # nothing scanned: keep everything
     await stop(daemon, run)
 
@@ -290,7 +290,7 @@ async def test_detection_start_from_newest_skips_archived_history(
     app = PipelineApp(cfg, Inventory([], {}, [], [], []), discovery_delay=0)
     try:
         await ingest(cfg, app.state, n_objects=3)
-        newest = app.state.ledger_max_id()
+        newest = app.state.ledger.max_id()
         async with contextlib.AsyncExitStack() as stack:
             det = DetectionJobs(cfg, app.state, app.aws, Metrics())
             await det.start(stack)
@@ -299,7 +299,7 @@ async def test_detection_start_from_newest_skips_archived_history(
             assert await det.follow() == (0, 0)
 
         await ingest_more(cfg, app.state)  # while detection is down
-        assert app.state.ledger_max_id() == newest + 1
+        assert app.state.ledger.max_id() == newest + 1
         async with contextlib.AsyncExitStack() as stack:
             det = DetectionJobs(cfg, app.state, app.aws, Metrics())
             await det.start(stack)
@@ -327,7 +327,7 @@ async def test_retention_keeps_objects_detection_has_not_scanned(moto: str, tmp_
     client("s3").create_bucket(Bucket="central")
     app = PipelineApp(cfg, Inventory([], {}, [], [], []), discovery_delay=0)
     await ingest(cfg, app.state, n_objects=3)
-    rows = app.state.ledger_rows()
+    rows = app.state.ledger.rows()
     DetectStore(app.state).set_meta(CURSOR, str(rows[0]["id"]))  # one of three scanned
     daemon = Daemon(app)
     assert detect_floor(app.state) == rows[1]["id"]
@@ -336,7 +336,7 @@ async def test_retention_keeps_objects_detection_has_not_scanned(moto: str, tmp_
     assert [d.split("?")[0] for d in report.deleted] == [rows[0]["central_key"]]
     left = {o["Key"] for o in client("s3").list_objects_v2(Bucket="central")["Contents"]}
     assert left == {rows[1]["central_key"], rows[2]["central_key"]}
-    assert [r["key"] for r in app.state.retention_log("deleted")] == [rows[0]["central_key"]]
+    assert [r["key"] for r in app.state.retention_log.rows("deleted")] == [rows[0]["central_key"]]
 
     await app.close()
 
@@ -385,7 +385,7 @@ async def test_archive_digest_job_writes_a_digest_verify_archive_accepts(
     # two hours ahead: the hour every object was written in has ended (and settled)
     daemon = Daemon(app, clock=lambda: time.time() + 7200)
     run = asyncio.create_task(daemon.run(install_signals=False))
-    await wait_for(lambda: app.state.ledger_max_id() == 2, "a cycle")
+    await wait_for(lambda: app.state.ledger.max_id() == 2, "a cycle")
     await wait_for(
         lambda: (
             app.state.count("archive_digests") >= 1
@@ -462,8 +462,8 @@ async def test_completeness_job_queues_a_withheld_file_and_ingest_fills_it(
     daemon = Daemon(app, clock=lambda: NOW)
     run = asyncio.create_task(daemon.run(install_signals=False))
     try:
-        await wait_for(lambda: retry_items(app.state) != [], "the withheld file queued")
-        (item,) = retry_items(app.state)
+        await wait_for(lambda: app.state.retry.items() != [], "the withheld file queued")
+        (item,) = app.state.retry.items()
         assert (item.bucket, item.key) == (trail.bucket, withheld)
         await wait_for(lambda: daemon.completeness.collector.report is not None, "a report")
         text = (await get(f"http://127.0.0.1:{daemon.server.port}/metrics"))[1]
@@ -473,7 +473,7 @@ async def test_completeness_job_queues_a_withheld_file_and_ingest_fills_it(
         assert series(text, "ctagg_digest_results")[(*labels, ("status", "valid"))] == 3
         # the file turns up: a following ingest cycle fetches it by name, the job clears it
         await s3.put_object(Bucket=trail.bucket, Key=withheld, Body=trail.logs[withheld])
-        await wait_for(lambda: retry_items(app.state) == [], "the queue drained")
+        await wait_for(lambda: app.state.retry.items() == [], "the queue drained")
         await wait_for(
             lambda: (
                 daemon.completeness.collector.report is not None

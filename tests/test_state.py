@@ -33,10 +33,10 @@ def test_migration_versions_are_unique_and_ordered() -> None:
 
 def test_failure_is_new_only_once_per_reason(tmp_path: Path) -> None:
     s = State(tmp_path / "s.db")
-    assert s.record_failure("111111111111", "assume_role", "AccessDenied: x") is True
-    assert s.record_failure("111111111111", "assume_role", "AccessDenied: x") is False
-    assert s.record_failure("111111111111", "assume_role", "NoSuchEntity: y") is True
-    assert s.failures()[0]["count"] == 3
+    assert s.failures.record("111111111111", "assume_role", "AccessDenied: x") is True
+    assert s.failures.record("111111111111", "assume_role", "AccessDenied: x") is False
+    assert s.failures.record("111111111111", "assume_role", "NoSuchEntity: y") is True
+    assert s.failures.rows()[0]["count"] == 3
     s.close()
 
 
@@ -44,14 +44,14 @@ def test_close_prefixes_compacts_and_remembers(tmp_path: Path) -> None:
     s = State(tmp_path / "s.db")
     stream = "b/AWSLogs/1/CloudTrail/us-east-1/"
     day = "AWSLogs/1/CloudTrail/us-east-1/2024/01/01/"
-    s.see_prefix(stream, "b", day, "2024-01-01")
+    s.checkpoints.see_prefix(stream, "b", day, "2024-01-01")
     keys = [f"{day}k{i}.json.gz" for i in range(100)]
     for k in keys:
         s.commit_object(ObjectOutcome(SRC, k, day, "log", None, 1))
-    assert s.close_prefixes(stream, "2024-01-02") == 1
+    assert s.checkpoints.close_prefixes(stream, "2024-01-02") == 1
     assert s.count("objects") == 0
-    assert s.prefix_state("b", day) == (True, set())
-    assert s.handled_keys("b", day) == set(keys)
+    assert s.checkpoints.prefix_state("b", day) == (True, set())
+    assert s.checkpoints.handled_keys("b", day) == set(keys)
     size = s.conn.execute("SELECT length(keys_z) FROM prefixes").fetchone()[0]
     assert size < 100 * 15  # compact: well under the key text itself
     s.close()

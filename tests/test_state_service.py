@@ -35,12 +35,14 @@ def test_processes_opening_a_new_state_at_once_do_not_collide(tmp_path: Path) ->
 def test_job_runs_and_retention_log(tmp_path: Path) -> None:
     """Job bookkeeping counts runs and failures; the retention log keeps what was removed."""
     st = State(tmp_path / "s.db")
-    st.job_started("ingest", 1.0)
-    st.job_finished("ingest", 2.0)
-    st.job_finished("ingest", 3.0, "RuntimeError: x")
-    row = st.job_runs()["ingest"]
+    st.jobs.started("ingest", 1.0)
+    st.jobs.finished("ingest", 2.0)
+    st.jobs.finished("ingest", 3.0, "RuntimeError: x")
+    row = st.jobs.runs()["ingest"]
     assert (row["runs"], row["failures"], row["last_ok_at"]) == (2, 1, 2.0)
     assert row["last_error"] == "RuntimeError: x"
-    st.log_retention([("b", "k", "v1", "deleted", "old"), ("b", "k2", None, "locked", "hold")])
-    assert [r["key"] for r in st.retention_log("locked")] == ["k2"]
+    st.retention_log.record(
+        [("b", "k", "v1", "deleted", "old"), ("b", "k2", None, "locked", "hold")]
+    )
+    assert [r["key"] for r in st.retention_log.rows("locked")] == ["k2"]
     st.close()

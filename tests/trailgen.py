@@ -12,14 +12,8 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from aggregator.integrity.digest import (
-    Digest,
-    build_digest,
-    digest_key_for,
-    public_key_fingerprint,
-    rsa_signer,
-    uncompressed_sha256,
-)
+from aggregator.archive.signing import public_key_fingerprint, rsa_signer
+from aggregator.integrity.digest import Digest, build_digest, digest_key_for, uncompressed_sha256
 
 ACCOUNT = "111111111111"
 REGION = "eu-central-1"

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import aioboto3
 
@@ -41,7 +41,6 @@ from aggregator.archive.store import archive_session
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider, error_code, error_message
 from aggregator.config import Settings
 from aggregator.log import get_logger
-from aggregator.service.metrics import Metrics
 from aggregator.state import State
 
 log = get_logger("aggregator.retention")
@@ -54,6 +53,15 @@ _CENTRAL_KEY = re.compile(
     r"AWSLogs/(?:o-[a-z0-9]{10,32}/)?\d{12}/CloudTrail(?:-Insight)?/[a-z0-9-]+/"
     r"(\d{4})/(\d{2})/(\d{2})/[^/]+$"
 )
+
+
+class RetentionCounters(Protocol):
+    """The counters retention moves (the service's Metrics has them)."""
+
+    retention_deleted: Any
+    retention_locked: Any
+    retention_pruned: Any
+
 
 # A pruner other rooms register: (cutoff epoch, dry_run) -> rows/items removed (or that would be).
 Pruner = Callable[[float, bool], Awaitable[int]]
@@ -114,7 +122,7 @@ class Retention:
         sessions: SessionProvider,
         aws: Aws,
         *,
-        metrics: Metrics | None = None,
+        metrics: RetentionCounters | None = None,
         ledger_floor: Callable[[], int | None] | None = None,
         pruners: Mapping[str, Pruner] | None = None,
         clock: Callable[[], float] = time.time,
@@ -280,12 +288,12 @@ class Retention:
                 else:
                     report.errors.append(f"{err['Key']}: {code}: {msg}")
         if deleted:
-            self.state.log_retention(deleted)
+            self.state.retention_log.record(deleted)
         if self.metrics:
             self.metrics.retention_deleted.inc(len(deleted))
             self.metrics.retention_locked.inc(len(report.locked))
         if report.locked:
-            self.state.log_retention(
+            self.state.retention_log.record(
                 [
                     (bucket, str(x["key"]), x["version_id"], "locked", x["reason"])
                     for x in report.locked
@@ -298,7 +306,7 @@ class Retention:
         """Keep central objects some forwarder has not delivered yet (ledger id >= floor)."""
         if floor is None or not expired:
             return expired
-        pending = self.state.ledger_ids_at_or_above(floor, [e.key for e in expired])
+        pending = self.state.ledger.ids_at_or_above(floor, [e.key for e in expired])
         keep = [e for e in expired if e.key not in pending]
         report.pending_forward = len(expired) - len(keep)
         return keep
@@ -380,7 +388,7 @@ class Retention:
         today = utc_today(now)
         if cfg.prune_dedupe:
             before = int(now - self.settings.dedupe.window_days * 86400)
-            report.pruned["dedupe"] = self.state.prune_dedupe_rows(before, dry_run=dry_run)
+            report.pruned["dedupe"] = self.state.window.prune(before, dry_run=dry_run)
         if cfg.closed_prefix_days:
             backfill = self.settings.collect.backfill_days
             if backfill is None:
@@ -392,14 +400,14 @@ class Retention:
                     cfg.closed_prefix_days, backfill + self.settings.collect.relist_days + 1
                 )
                 before_day = (today - timedelta(days=horizon)).isoformat()
-                report.pruned["prefixes"] = self.state.prune_closed_prefixes(
+                report.pruned["prefixes"] = self.state.checkpoints.prune_closed(
                     before_day, dry_run=dry_run
                 )
         if cfg.ledger_days:
             if self.ledger_floor is not None and floor is None:
                 report.skipped["ledger"] = "forwarder cursors unknown"
             else:
-                report.pruned["ledger"] = self.state.prune_ledger(
+                report.pruned["ledger"] = self.state.ledger.prune(
                     now - cfg.ledger_days * 86400, floor, dry_run=dry_run
                 )
         for name, pruner in self.pruners.items():
@@ -430,44 +438,6 @@ def _same_rule(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def render_report(report: RetentionReport, limit: int = 50) -> str:
-    """Human-readable summary for ``ctagg retention``."""
-    verb = "would delete" if report.dry_run else "deleted"
-    lines = []
-    if report.mode is None:
-        lines.append(f"archive: skipped ({report.skipped.get('archive', '')})")
-    elif report.mode == "lifecycle":
-        state = "up to date"
-        if report.lifecycle_changed:
-            state = "would be installed" if report.dry_run else "installed"
-        lines.append(f"archive: lifecycle rule {RULE_ID} {state}: {report.lifecycle_rule}")
-    else:
-        lines.append(
-            f"archive: cutoff {report.cutoff_day}; listed {report.listed}, expired "
-            f"{report.expired}, {verb} {len(report.deleted)}, locked {len(report.locked)}, "
-            f"kept for forwarders {report.pending_forward}, foreign keys ignored {report.foreign}"
-        )
-        if not report.listing_complete:
-            lines.append("archive: listing incomplete: nothing deleted")
-        for key in report.deleted[:limit]:
-            lines.append(f"  {verb}: {key}")
-        if len(report.deleted) > limit:
-            lines.append(f"  ... and {len(report.deleted) - limit} more")
-        for item in report.locked[:limit]:
-            lines.append(f"  locked (kept): {item['key']} ({item['reason']})")
-    for table, n in report.pruned.items():
-        lines.append(f"state: {table}: {verb} {n}")
-    for what, why in report.skipped.items():
-        if what != "archive":
-            lines.append(f"state: {what}: skipped ({why})")
-    for err in report.errors:
-        lines.append(f"error: {err}")
-    return "\n".join(lines)
-
-
 class BaseSessions:
     """The base identity for every account (benchmarks, tests)."""
 
@@ -476,37 +446,3 @@ class BaseSessions:
 
     async def session_for(self, account_id: str | None) -> aioboto3.Session:
         return self.aws.base_session()
-
-
-async def run_once(
-    settings: Settings, *, dry_run: bool, sessions: SessionProvider | None = None
-) -> RetentionReport:
-    from aggregator.aws.credentials import CredentialBroker
-    from aggregator.detect.follow import detection_floor
-
-    aws = Aws(settings.aws)
-    state = State(settings.state.path)
-    try:
-        names = [c.name for c in settings.forward.connectors if c.enabled]
-        # detection's cursor, once the daemon's detection has started (it persists the cursor)
-        detects = settings.detect.enabled and detection_floor(state, started_only=True) is not None
-
-        def floor() -> int | None:
-            floors = [state.forward_floor(names)] if names else []
-            if detects:
-                floors.append(int(detection_floor(state) or 1))
-            return min(floors) if floors else None
-
-        # the writer account's role when archive.writer_account_id is set, else the base identity
-        job = Retention(
-            settings,
-            state,
-            sessions or CredentialBroker(settings, aws),
-            aws,
-            # never delete what a configured connector has not delivered (or detection has not
-            # scanned) yet
-            ledger_floor=floor if names or detects else None,
-        )
-        return await job.run(dry_run=dry_run)
-    finally:
-        state.close()

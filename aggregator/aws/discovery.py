@@ -17,11 +17,9 @@ and every other account goes on. See docs/discovery.md for the IAM each step nee
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aioboto3
 
@@ -504,73 +502,3 @@ class _Discovery:
             self.fail(account.id, "describe_trails", exc, region)
             return []
         return own_trails(account.id, region, resp.get("trailList", []))
-
-
-# --------------------------------------------------------------------------- output / CLI
-
-
-def inventory_dict(inv: Inventory) -> dict[str, Any]:
-    """A JSON-ready view of an inventory (no email addresses)."""
-    return {
-        "organization_id": inv.organization_id,
-        "accounts": [
-            {
-                "id": a.id,
-                "name": a.name,
-                "ou_path": a.ou_path,
-                "ou_ids": list(a.ou_ids),
-                "tags": dict(a.tags),
-                "regions": inv.regions.get(a.id),
-            }
-            for a in inv.accounts
-        ],
-        "trails": [asdict(t) for t in inv.trails],
-        "sources": [asdict(s) for s in inv.sources],
-        "failures": [asdict(f) for f in inv.failures],
-    }
-
-
-def print_inventory(inv: Inventory, out: TextIO) -> None:
-    def p(line: str = "") -> None:
-        print(line, file=out)
-
-    p(f"organization: {inv.organization_id or '-'}")
-    p(f"accounts ({len(inv.accounts)}):")
-    for a in inv.accounts:
-        regions = inv.regions.get(a.id)
-        shown = ", ".join(regions) if regions is not None else "(unknown: see failures)"
-        p(f"  {a.id}  {a.name or '-'}  {a.ou_path or '-'}")
-        p(f"      regions: {shown}")
-    p(f"trails ({len(inv.trails)}):")
-    for t in inv.trails:
-        kind = "organization" if t.is_organization else "account"
-        scope = "multi-region" if t.is_multi_region else t.home_region
-        p(f"  {t.arn}  {kind}, {scope}  -> s3://{t.bucket}/{t.key_prefix}")
-    p(f"sources ({len(inv.sources)}):")
-    for s in inv.sources:
-        p(f"  s3://{s.source_id}  reader={s.reader_account_id or 'base identity'}")
-    if inv.failures:
-        p(f"failures ({len(inv.failures)}):")
-        for f in inv.failures:
-            where = f" {f.region}" if f.region else ""
-            p(f"  {f.account_id}{where}  {f.stage}: {f.reason}")
-
-
-def run_cli(settings: Settings, *, as_json: bool, out: TextIO | None = None) -> int:
-    """``ctagg discover``: 0 when every account was discovered, 1 otherwise."""
-    stream = out or sys.stdout
-
-    async def go() -> Inventory:
-        aws = Aws(settings.aws)
-        return await discover(settings, CredentialBroker(settings, aws), aws)
-
-    try:
-        inv = asyncio.run(go())
-    except DiscoveryError as exc:
-        print(f"discovery failed: {exc}", file=sys.stderr)
-        return 1
-    if as_json:
-        stream.write(json.dumps(inventory_dict(inv), indent=2, sort_keys=True) + "\n")
-    else:
-        print_inventory(inv, stream)
-    return 1 if inv.failures else 0

@@ -1,8 +1,8 @@
 """``ctagg detect [--rules DIR ...] [--no-builtin] [PATH ...]``: rules over files or stdin.
 
-Reads every envelope :mod:`aggregator.envelopes` accepts (bare records, ``{"Records"}`` plain or
-gzip, EventBridge, NDJSON, arrays), prints one JSON alert per line on stdout, and every input
-that is not a record on stderr with its reason. Exit 1 if anything failed.
+Reads every envelope :mod:`aggregator.ingest.envelopes` accepts (bare records, ``{"Records"}``
+plain or gzip, EventBridge, NDJSON, arrays), prints one JSON alert per line on stdout, and
+every input that is not a record on stderr with its reason. Exit 1 if anything failed.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-import orjson
-
-from aggregator.detect.engine import Detector
-from aggregator.detect.rules import RuleLoadError, RuleSet, load_rules
-from aggregator.ingest.envelopes import Parsed, Problem, iter_records
+if TYPE_CHECKING:
+    from aggregator.detect.engine import Detector
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +58,9 @@ def run(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
+    from aggregator.detect.engine import Detector
+    from aggregator.detect.rules import RuleLoadError, RuleSet, load_rules
+
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     try:
@@ -87,6 +87,10 @@ def run(
 def _scan(
     args: argparse.Namespace, detector: Detector, stdin: BinaryIO, out: TextIO, err: TextIO
 ) -> int:
+    import orjson
+
+    from aggregator.ingest.envelopes import Parsed, Problem, iter_records
+
     failed = 0
     for name, data, why in _inputs(args.paths, stdin):
         if data is None:

@@ -12,12 +12,16 @@ import argparse
 import os
 import sys
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from aggregator.ingest.envelopes import Kind, Parsed, iter_items
-from aggregator.normalize import SCHEMAS, Normalizer
+from aggregator.cli._common import load_or_exit
+
+if TYPE_CHECKING:
+    from aggregator.normalize import Normalizer
 
 _FLUSH_BYTES = 1 << 16
+# aggregator.normalize.SCHEMAS, named here so that --help does not import the normalizer
+SCHEMAS = ("ecs", "ocsf", "raw")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +52,8 @@ def normalize_stream(
     paths: list[str], schema: str, normalizer: Normalizer, out: BinaryIO, err: BinaryIO
 ) -> bool:
     """Normalize every input; return True when every input part was good."""
+    from aggregator.ingest.envelopes import Kind, Parsed, iter_items
+
     ok = True
     buf: list[bytes] = []
     size = 0
@@ -89,12 +95,10 @@ def normalize_stream(
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config:
-        from aggregator.cli import load_or_exit
+    from aggregator.normalize import Normalizer
 
-        normalizer = Normalizer(load_or_exit(args.config).normalize)
-    else:
-        normalizer = Normalizer()
+    settings = load_or_exit(args.config).normalize if args.config else None
+    normalizer = Normalizer(settings)
     try:
         ok = normalize_stream(
             list(args.paths), args.schema, normalizer, sys.stdout.buffer, sys.stderr.buffer

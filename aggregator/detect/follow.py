@@ -89,7 +89,7 @@ class DetectionFollower:
     async def step(self, limit: int = 64) -> tuple[int, int]:
         """Process up to ``limit`` central objects; returns (objects, alerts)."""
         objects = alerts = 0
-        for row in self.state.ledger_rows(after_id=self.position, limit=limit):
+        for row in self.state.ledger.rows(after_id=self.position, limit=limit):
             key = row["central_key"]
             records = await self.archive.read_records(key)
             pointer = ArchivePointer(self.bucket, key)

@@ -73,7 +73,6 @@ from aggregator.ingest.lookup import (
 )
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
-from aggregator.state.integrity import lookup_cursor, set_lookup_cursor
 
 log = get_logger("aggregator.ingest")
 
@@ -240,7 +239,7 @@ class Ingestor:
             if f.stage == "assume_role":
                 blocked.add(f.account_id)
             stage = f"{f.stage}:{f.region}" if f.region else f.stage
-            if self.state.record_failure(f.account_id, stage, f.reason):
+            if self.state.failures.record(f.account_id, stage, f.reason):
                 log.warning(
                     "discovery.account_failed",
                     account_id=f.account_id,
@@ -279,10 +278,10 @@ class Ingestor:
                 if self.stop.is_set():
                     return
                 await self._list_stream(src, s3, stream, queue)
-            self.state.source_ok(src)
+            self.state.sources.ok(src)
         except Exception as exc:
             report.errors += 1
-            self.state.source_error(src, error_message(exc))
+            self.state.sources.error(src, error_message(exc))
             log.warning(
                 "ingest.list_failed",
                 account_id=src.account_id,
@@ -300,7 +299,7 @@ class Ingestor:
         except Exception as exc:
             account = account_id or "base"
             failed.add(account)
-            if self.state.record_failure(account, "assume_role", error_message(exc)):
+            if self.state.failures.record(account, "assume_role", error_message(exc)):
                 log.warning(
                     "credentials.assume_failed",
                     account_id=account,
@@ -335,8 +334,8 @@ class Ingestor:
         self, src: Source, s3: Any, stream: str, queue: asyncio.Queue[Any]
     ) -> None:
         stream_id = f"{src.bucket}/{stream}"
-        seen, open_days = self.state.stream_days(stream_id)
-        closed = self.state.closed_days(stream_id)
+        seen, open_days = self.state.checkpoints.stream_days(stream_id)
+        closed = self.state.checkpoints.closed_days(stream_id)
         walked = None if seen else await walk_day_prefixes(s3, src.bucket, stream)
         days = self._days_to_list(open_days, stream, walked)
         for day in sorted(days):
@@ -345,7 +344,7 @@ class Ingestor:
             if self.stop.is_set():
                 return
             prefix = days[day]
-            is_closed, handled = self.state.prefix_state(src.bucket, prefix)
+            is_closed, handled = self.state.checkpoints.prefix_state(src.bucket, prefix)
             if is_closed:
                 continue
             found = False
@@ -361,7 +360,7 @@ class Ingestor:
                 if self.stop.is_set():
                     return
             if found:
-                self.state.see_prefix(stream_id, src.bucket, prefix, day)
+                self.state.checkpoints.see_prefix(stream_id, src.bucket, prefix, day)
         self._listed_streams.add(stream_id)
 
     def _close_old_prefixes(self) -> None:
@@ -370,7 +369,7 @@ class Ingestor:
         today = utc_today(self.clock)
         before = (today - timedelta(days=self.settings.collect.relist_days - 1)).isoformat()
         for stream_id in sorted(self._listed_streams - self._errored_streams):
-            self.state.close_prefixes(stream_id, before)
+            self.state.checkpoints.close_prefixes(stream_id, before)
 
     async def _enqueue(self, queue: asyncio.Queue[Any], job: _Job) -> None:
         await self._wait_unpaused()
@@ -414,13 +413,13 @@ class Ingestor:
         if self._cloudtrail_client is None and await self._session(account_id, failed) is None:
             return
         try:
-            cursor = lookup_cursor(self.state, account_id, region)
+            cursor = self.state.lookup.get(account_id, region)
             cells = self.lookup.cells(cursor)
             if cursor is None and cells:
                 # Pin a first run's start (it moves with the clock): a rerun after a crash
                 # then reads the same windows, not ones shifted by the time that passed.
                 start_cell = cells[0][0] + self.settings.integrity.lookup.overlap_secs
-                set_lookup_cursor(self.state, account_id, region, start_cell)
+                self.state.lookup.advance(account_id, region, start_cell)
             for start, end in cells:
                 await self._wait_unpaused()
                 if self.stop.is_set():
@@ -430,13 +429,13 @@ class Ingestor:
                 if self.stop.is_set():
                     return
                 await self._archive_window(src, window, archive, report, started)
-                set_lookup_cursor(self.state, account_id, region, window.end)
+                self.state.lookup.advance(account_id, region, window.end)
                 report.lookup_windows += 1
-            self.state.source_ok(src)
+            self.state.sources.ok(src)
             self._listed_streams.add(src.source_id)
         except Exception as exc:
             report.errors += 1
-            self.state.source_error(src, error_message(exc))
+            self.state.sources.error(src, error_message(exc))
             log.warning(
                 "ingest.lookup_failed",
                 account_id=account_id,
@@ -528,7 +527,7 @@ class Ingestor:
         await self._archive(job, decoded, archive, report, started)
         if dropped:  # after the commit, which clears a quarantine row of the same key
             report.quarantined += 1
-            self.state.quarantine(src, key, dropped)
+            self.state.quarantine.hold(src, key, dropped)
             log.warning(
                 "ingest.lookup_records_dropped",
                 account_id=src.account_id,
@@ -536,7 +535,9 @@ class Ingestor:
                 key=key,
                 reason=dropped,
             )
-        self.state.see_prefix(src.source_id, LOOKUP_BUCKET, day_prefix, f"{start:%Y-%m-%d}")
+        self.state.checkpoints.see_prefix(
+            src.source_id, LOOKUP_BUCKET, day_prefix, f"{start:%Y-%m-%d}"
+        )
 
     async def _wait_unpaused(self) -> None:
         # Polls a predicate owned by the forwarder (another room); no event to wait on.
@@ -590,7 +591,7 @@ class Ingestor:
             await self._archive(job, decoded, archive, report, started, source=data)
         except BadObject as exc:
             report.quarantined += 1
-            self.state.quarantine(src, job.key, str(exc))
+            self.state.quarantine.hold(src, job.key, str(exc))
             log.warning(
                 "ingest.object_quarantined",
                 account_id=src.account_id,
@@ -600,7 +601,7 @@ class Ingestor:
                 reason=str(exc),
             )
         except Exception as exc:
-            if is_not_found(exc) and self.state.is_queued_missing(src.bucket, job.key):
+            if is_not_found(exc) and self.state.retry.contains(src.bucket, job.key):
                 self._gaps.append((src, job.key))  # filled from LookupEvents after the queue
                 log.warning(
                     "ingest.source_file_missing",
@@ -612,7 +613,7 @@ class Ingestor:
                 return
             report.errors += 1
             self._errored_streams.add(job.stream_id)
-            self.state.source_error(src, f"{job.key}: {error_message(exc)}")
+            self.state.sources.error(src, f"{job.key}: {error_message(exc)}")
             log.warning(
                 "ingest.object_failed",
                 account_id=src.account_id,
@@ -636,7 +637,7 @@ class Ingestor:
         """Dedupe, write the central object, commit. ``source``: the object's bytes as fetched,
         archived as they are when every record is new and they are clean gzip."""
         src = job.source
-        known = self.state.known_event_keys(decoded.keys)
+        known = self.state.window.known(decoded.keys)
         # Claim synchronously (no await between check and claim) so concurrent objects holding
         # the same event cannot both keep it.
         keep: list[int] = []

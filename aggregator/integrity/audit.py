@@ -26,11 +26,9 @@ separate from aggregator/metrics.py, which the service room owns).
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -468,58 +466,6 @@ def pool_client_for(sessions: SessionProvider, pool: Any) -> ClientFor:
         return await pool.get(session, service, region or None)
 
     return client_for
-
-
-# ---------------------------------------------------------------------------- output
-
-FIELDS = ["account_id", "region", "check", "status", "cis", "trails", "detail"]
-
-
-def findings_json(report: AuditReport) -> str:
-    return json.dumps(
-        {
-            "benchmark": BENCHMARK,
-            "counts": report.counts(),
-            "findings": [asdict(f) | {"description": f.description} for f in report.findings],
-        },
-        indent=2,
-        sort_keys=True,
-    )
-
-
-def findings_csv(findings: Iterable[Finding]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*FIELDS, "description"])
-    for f in findings:
-        w.writerow([*(getattr(f, k) for k in FIELDS), f.description])
-    return buf.getvalue()
-
-
-def print_table(report: AuditReport, out: Any, *, failed_only: bool = False) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Trail audit ({BENCHMARK})")
-    for col in ("account", "region", "check", "status", "CIS", "trails", "detail"):
-        table.add_column(col)
-    style = {"pass": "green", "fail": "red", "unknown": "yellow"}
-    for f in report.findings:
-        if failed_only and f.status == "pass":
-            continue
-        table.add_row(
-            f.account_id,
-            f.region,
-            f.check,
-            f"[{style[f.status]}]{f.status}[/]",
-            f.cis or "-",
-            f.trails,
-            f.detail,
-        )
-    console = Console(file=out, width=200)
-    console.print(table)
-    c = report.counts()
-    console.print(f"{c['fail']} failed, {c['unknown']} unknown, {c['pass']} passed")
 
 
 def audit_metrics(report: AuditReport, registry: CollectorRegistry) -> Gauge:

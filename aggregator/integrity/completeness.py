@@ -13,9 +13,6 @@ digests) against the ones we ingested (``State.handled_keys``), with the missing
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,10 +24,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from aggregator.aws.discovery import Source
-from aggregator.integrity.digest import DigestValidator, PublicKeyStore, log_key_time
+from aggregator.integrity.digest import log_key_time
+from aggregator.integrity.public_keys import PublicKeyStore
+from aggregator.integrity.validator import DigestValidator
 from aggregator.log import get_logger
 from aggregator.state import State
-from aggregator.state import integrity as istate
 
 log = get_logger("aggregator.completeness")
 
@@ -84,7 +82,7 @@ async def refresh_expected(
         try:
             s3 = await s3_for(src)
             validator = DigestValidator(s3, keys)
-            skip = set() if check_logs else istate.valid_digest_keys(state, src.source_id)
+            skip = set() if check_logs else state.digests.valid_keys(src.source_id)
             report = await validator.validate(
                 src.bucket, src.prefix, days=day_list, check_logs=check_logs, skip=skip
             )
@@ -130,8 +128,8 @@ async def refresh_expected(
                     digest_key,
                 )
             )
-        istate.record_digest_results(state, result_rows)
-        istate.record_expected(state, expected_rows)
+        state.digests.record_results(result_rows)
+        state.digests.record_expected(expected_rows)
         rep.expected_recorded += len(expected_rows)
     return rep
 
@@ -208,7 +206,7 @@ def compute(
     (ingest runs every few minutes; a file the digest lists now may be fetched next cycle)."""
     now = time.time() if now is None else now
     report = CompletenessReport(_hour(since), _hour(until))
-    rows = istate.expected_between(state, report.since, report.until)
+    rows = state.digests.expected_between(report.since, report.until)
     handled_cache: dict[tuple[str, str], set[str]] = {}
     groups: dict[tuple[str, str, str], HourRow] = {}
     for r in rows:
@@ -221,7 +219,7 @@ def compute(
         dp = day_prefix_of(r["key"])
         ck = (r["bucket"], dp)
         if ck not in handled_cache:
-            handled_cache[ck] = state.handled_keys(r["bucket"], dp)
+            handled_cache[ck] = state.checkpoints.handled_keys(r["bucket"], dp)
         g = groups.setdefault(
             (r["account_id"], r["region"], r["hour"]),
             HourRow(r["account_id"], r["region"], r["hour"], 0, 0, []),
@@ -246,7 +244,7 @@ def compute(
 def queue_missing(state: State, report: CompletenessReport) -> int:
     """Queue every missing file for the next ingest cycle; drop queued files handled since.
     Returns how many were newly queued."""
-    sources = _sources_of(state, [k for _, k in report.missing])
+    sources = state.digests.sources_of([k for _, k in report.missing])
     items = [
         (
             b,
@@ -258,79 +256,13 @@ def queue_missing(state: State, report: CompletenessReport) -> int:
         for b, sid in [sources.get(k, ("", ""))]
         if b
     ]
-    new = istate.queue_retry(state, items)
-    for item in istate.retry_items(state):
-        if item.key in state.handled_keys(item.bucket, day_prefix_of(item.key)):
-            istate.retry_done(state, item.bucket, item.key)
+    new = state.retry.queue(items)
+    for item in state.retry.items():
+        if item.key in state.checkpoints.handled_keys(item.bucket, day_prefix_of(item.key)):
+            state.retry.done(item.bucket, item.key)
     if new:
         log.warning("completeness.queued_missing", count=new)
     return new
-
-
-def _sources_of(state: State, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
-    out: dict[str, tuple[str, str]] = {}
-    with state._lock:
-        for i in range(0, len(keys), 900):
-            part = keys[i : i + 900]
-            q = (
-                "SELECT key, bucket, source_id FROM digest_expected WHERE key IN "
-                f"({','.join('?' * len(part))})"
-            )
-            out.update({r[0]: (r[1], r[2]) for r in state.conn.execute(q, part)})
-    return out
-
-
-# ---------------------------------------------------------------------------- output
-
-CSV_FIELDS = ["account_id", "region", "hour", "expected", "ingested", "missing_count", "missing"]
-
-
-def report_json(report: CompletenessReport) -> str:
-    return json.dumps(report.as_dict(), indent=2, sort_keys=True)
-
-
-def report_csv(report: CompletenessReport) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
-    for h in report.hours:
-        w.writerow(
-            [
-                h.account_id,
-                h.region,
-                h.hour,
-                h.expected,
-                h.ingested,
-                len(h.missing),
-                " ".join(h.missing),
-            ]
-        )
-    return buf.getvalue()
-
-
-def print_table(report: CompletenessReport, out: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Completeness {report.since} .. {report.until} (UTC hours)")
-    for col in ("account", "region", "hour", "expected", "ingested", "missing"):
-        table.add_column(col)
-    for h in report.hours:
-        miss = "\n".join(k.rsplit("/", 1)[-1] for k in h.missing)
-        table.add_row(
-            h.account_id,
-            h.region,
-            h.hour,
-            str(h.expected),
-            str(h.ingested),
-            f"[red]{miss}[/]" if miss else "[green]0[/]",
-        )
-    console = Console(file=out, width=200)
-    console.print(table)
-    console.print(
-        f"{report.expected} expected, {len(report.missing)} missing, "
-        f"{report.pending} too recent to judge; ratio {report.ratio:.6f}"
-    )
 
 
 def completeness_families(report: CompletenessReport) -> list[GaugeMetricFamily]:
@@ -363,7 +295,7 @@ def digest_families(state: State) -> list[GaugeMetricFamily]:
         labels=["account_id", "region", "status"],
     )
     counts: dict[tuple[str, str, str], int] = {}
-    for row in istate.digest_results(state):
+    for row in state.digests.results():
         k = (row["account_id"], row["region"], row["status"])
         counts[k] = counts.get(k, 0) + 1
     for (a, r, s), n in sorted(counts.items()):

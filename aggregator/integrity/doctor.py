@@ -14,7 +14,6 @@ nothing needs deleting, which Object Lock could forbid).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -199,63 +198,6 @@ class Doctor:
             if error_code(exc) in ("PreconditionFailed", "412"):
                 return Check("write_central", True, f"{target} exists (write authorized)")
             return _failed("write_central", exc, "s3", "PutObject", params)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def render_table(report: DoctorReport) -> Any:
-    """A rich Table of the report (one row per account × region)."""
-    from rich.table import Table
-
-    table = Table(title="ctagg doctor: access per account × region")
-    for col in (
-        "account",
-        "region",
-        "reader",
-        "assume",
-        "list trail",
-        "read object",
-        "write central",
-        "problem / missing permission",
-    ):
-        table.add_column(col)
-
-    def cell(row: Row, name: str) -> str:
-        c = row.check(name)
-        if c is None:
-            return "-"
-        return "[green]ok[/green]" if c.ok else "[red]FAIL[/red]"
-
-    central = "[green]ok[/green]" if report.central.ok else "[red]FAIL[/red]"
-    for row in report.rows:
-        problems = [
-            f"{c.name}: {c.detail}" + (f" → grant {c.missing}" if c.missing else "")
-            for c in row.checks
-            if not c.ok
-        ]
-        table.add_row(
-            row.account_id,
-            row.region,
-            row.reader,
-            cell(row, "assume"),
-            cell(row, "list"),
-            cell(row, "read"),
-            central,
-            "\n".join(problems),
-        )
-    return table
-
-
-def render_text(report: DoctorReport) -> Sequence[str]:
-    c = report.central
-    lines = [
-        f"central archive write: {'ok' if c.ok else 'FAIL'}: {c.detail}"
-        + (f" → grant {c.missing}" if c.missing else "")
-    ]
-    failing = sum(1 for r in report.rows if not r.ok)
-    lines.append(f"{len(report.rows)} account × region rows, {failing} failing")
-    return lines
 
 
 async def run_live(settings: Settings) -> DoctorReport:

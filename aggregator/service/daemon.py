@@ -17,11 +17,12 @@ from typing import Any, Protocol
 
 from aggregator.archive.retention import Retention
 from aggregator.config import Settings
-from aggregator.forward import forwarder as forward
+from aggregator.forward.store import ForwardStore
+from aggregator.integrity.jobs import CompletenessJob
 from aggregator.log import get_logger
+from aggregator.service.forwarding import running as forwarding
 from aggregator.service.health import Condition, Health, HealthServer, Probe, Recency, build_app
 from aggregator.service.jobs import (
-    CompletenessJob,
     DetectionJobs,
     archive_digest_job,
     detect_floor,
@@ -30,15 +31,23 @@ from aggregator.service.jobs import (
 from aggregator.service.metrics import Metrics
 from aggregator.service.scheduler import Scheduler, wait_or_stop
 from aggregator.state import ObjectOutcome, SourceRef, State
+from aggregator.state.db import Database
+from aggregator.state.quarantine import Failures, Quarantine
 
 log = get_logger("aggregator.daemon")
 
 
 class MeteredState(State):
     """The state, counting committed objects, quarantines and assume-role failures into
-    :class:`Metrics` (set :attr:`metrics` after construction)."""
+    :class:`Metrics` (set :attr:`metrics` after construction): counters move exactly when the
+    state commits, never on an attempt."""
 
     metrics: Metrics | None = None
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.quarantine = _MeteredQuarantine(self.db, self)
+        self.failures = _MeteredFailures(self.db, self)
 
     def commit_object(self, o: ObjectOutcome) -> None:
         super().commit_object(o)
@@ -50,15 +59,27 @@ class MeteredState(State):
                 duplicates=o.duplicates,
             )
 
-    def quarantine(self, src: SourceRef, key: str, reason: str) -> None:
-        super().quarantine(src, key, reason)
-        if self.metrics is not None:
-            self.metrics.object_quarantined(src.account_id, src.region)
 
-    def record_failure(self, account_id: str, stage: str, reason: str) -> bool:
-        new = super().record_failure(account_id, stage, reason)
-        if self.metrics is not None and stage == "assume_role":
-            self.metrics.assume_role_failed(account_id)
+class _MeteredQuarantine(Quarantine):
+    def __init__(self, db: Database, owner: MeteredState) -> None:
+        super().__init__(db)
+        self.owner = owner
+
+    def hold(self, src: SourceRef, key: str, reason: str) -> None:
+        super().hold(src, key, reason)
+        if self.owner.metrics is not None:
+            self.owner.metrics.object_quarantined(src.account_id, src.region)
+
+
+class _MeteredFailures(Failures):
+    def __init__(self, db: Database, owner: MeteredState) -> None:
+        super().__init__(db)
+        self.owner = owner
+
+    def record(self, account_id: str, stage: str, reason: str) -> bool:
+        new = super().record(account_id, stage, reason)
+        if self.owner.metrics is not None and stage == "assume_role":
+            self.owner.metrics.assume_role_failed(account_id)
         return new
 
 
@@ -111,7 +132,7 @@ class Daemon:
         self.ingest_recent = Recency("ingest_recent", max_age, never_reason="no cycle yet")
         self.health.add_ready(self.ingest_recent)
         self.scheduler = Scheduler(
-            svc, metrics=self.metrics, health=self.health, recorder=app.state
+            svc, metrics=self.metrics, health=self.health, recorder=app.state.jobs
         )
         self.scheduler.register("discovery", self._discovery, on_success=self._discovered)
         # the first cycle waits for the first discovery (run at start) instead of racing it
@@ -181,7 +202,9 @@ class Daemon:
                 start_delay_secs=1.0,
             )
         if integrity.validate_digests:
-            self.completeness = CompletenessJob(self.settings, self.app, self.metrics, self.clock)
+            self.completeness = CompletenessJob(
+                self.settings, self.app, self.metrics.registry, self.clock
+            )
             self.scheduler.register(
                 "completeness",
                 self._completeness,
@@ -221,7 +244,7 @@ class Daemon:
         neither runs (retention then decides from age alone)."""
         floors = []
         if self.forwarder is not None:
-            floors.append(forward_floor(self.forwarder))
+            floors.append(self.forwarder.floor())
         if self.settings.detect.enabled:  # also while detection failed to start
             floors.append(detect_floor(self.app.state))
         return min(floors) if floors else None
@@ -230,7 +253,7 @@ class Daemon:
         state = self.app.state
 
         async def dead_letters(cutoff: float, dry_run: bool) -> int:
-            return state.prune_dead_letters(cutoff, dry_run=dry_run)
+            return ForwardStore(state).prune_dead_letters(cutoff, dry_run=dry_run)
 
         job = Retention(
             self.settings,
@@ -274,7 +297,7 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             app = self.app
             fwd = await stack.enter_async_context(
-                forward.running(
+                forwarding(
                     self.settings,
                     app.state,
                     # discovery's account names, OU paths and tags enrich forwarded events
@@ -327,11 +350,6 @@ class Daemon:
                 log.error("daemon.detect_stop_failed", error_type=type(err).__name__)
             await self.app.close()
             log.info("daemon.stopped")
-
-
-def forward_floor(fwd: Any) -> int:
-    """The lowest ledger id some connector still has to deliver."""
-    return int(fwd.store.state.forward_floor(list(fwd.lanes)))
 
 
 def _on_event(event: Any, fn: Callable[[], None]) -> Any:

@@ -320,34 +320,3 @@ def run_demo(workdir: Path, testdata: Path) -> dict[str, Any]:
         },
         "workdir": str(workdir),
     }
-
-
-def render_summary(s: dict[str, Any]) -> str:
-    seeded = s["seeded"]
-    both = seeded["account_trail_records"]
-    w = s["workdir"]
-    lines = [
-        "ctagg demo: the real pipeline against an embedded moto Organization",
-        "",
-        f"  seeded        {seeded['records']} distinct public CloudTrail records in "
-        f"{seeded['org_trail_objects']} organization-trail objects, "
-        f"{seeded['account_trail_objects']} overlapping account-trail objects, "
-        f"{seeded['corrupt_objects']} corrupt object",
-        f"  discovered    {s['accounts']} accounts × {s['regions']} regions, {s['trails']} trails, "
-        f"{s['sources']} source prefixes",
-        f"  objects       {s['objects']} read, {s['quarantined']} quarantined",
-        f"  events in     {s['events_in']}",
-        f"  duplicates    {s['duplicates']} dropped: {both} delivered by both trails, "
-        f"{s['duplicates'] - both} repeated within the public samples "
-        "(one event at two eventVersions)",
-        f"  archived      {s['events_archived']} events in {s['central_objects']} central objects",
-        f"  second cycle  {s['second_cycle_objects']} new objects, "
-        f"{s['second_cycle_events_archived']} events (nothing repeated)",
-        "",
-        "Where to look:",
-        f"  {w}/archive/AWSLogs/...   the central archive (CloudTrail layout, gzip)",
-        f"  {w}/state.db              checkpoints, ledger, dedupe window (SQLite)",
-        f"  ctagg status {w}/config.yaml       per account × region progress",
-        f"  ctagg quarantine {w}/config.yaml   the corrupt object and its reason",
-    ]
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The daemon's optional jobs: detection over the archive, archive digests, completeness.
 
-Wiring only; the work is in ``aggregator.detect``, ``aggregator.archive_digest`` and
-``aggregator.completeness`` (through the reusable functions of ``aggregator.integrity_cli``).
+Wiring only; the work is in ``aggregator.detect``, ``aggregator.archive.digests`` and
+``aggregator.integrity.jobs`` (the completeness job).
 Every job here is registered on the daemon's scheduler, so a failing run is logged and counted
 there and never stops ingest or forwarding; each runs as its own job (``max_instances=1``).
 
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aggregator.config import ServiceSettings, Settings
@@ -203,67 +202,8 @@ async def archive_digest_job(
     clock: Callable[[], float] = time.time,
 ) -> Any:
     """Write the archive digests due now (as ``ctagg archive-digest``)."""
-    from aggregator.cli.integrity import write_archive_digests
+    from aggregator.archive.digests import write_archive_digests
 
     rep = await write_archive_digests(settings, state, aws=aws, sessions=sessions, clock=clock)
     log.info("archive_digest.job_done", count=len(rep.digests), objects=rep.objects)
     return rep
-
-
-class CompletenessJob:
-    """``ctagg completeness`` as a job, without printing: refresh expected files from the
-    digests of the current inventory's sources, compute over the last
-    ``integrity.completeness_window_hours``, queue the missing files for ingest (when
-    ``integrity.retry_missing``) and serve the gauges on the daemon's registry."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        app: Any,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        from aggregator.integrity.completeness import CompletenessCollector
-
-        self.settings = settings
-        self.app = app
-        self.clock = clock
-        self.collector = CompletenessCollector(state=app.state)
-        metrics.registry.register(self.collector)  # once: each run only swaps the report
-        self.last_queued = 0
-
-    async def run(self) -> Any:
-        from aggregator.cli.integrity import completeness_pass, refresh_sources
-
-        inventory = getattr(self.app, "inventory", None)
-        if inventory is None:
-            log.info("completeness.waiting_for_discovery")
-            return None
-        now = self.clock()
-        until = datetime.fromtimestamp(now, UTC)
-        since = until - timedelta(hours=self.settings.integrity.completeness_window_hours)
-        state = self.app.state
-        refreshed = await refresh_sources(
-            self.settings,
-            since,
-            until,
-            state,
-            check_logs=False,
-            sources=inventory.sources,
-            aws=self.app.aws,
-            sessions=self.app.broker,
-        )
-        report, queued = await asyncio.to_thread(
-            completeness_pass, self.settings, state, since, until, retry=True, now=now
-        )
-        self.collector.report = report
-        self.last_queued = queued
-        log.info(
-            "completeness.job_done",
-            digests=refreshed.digests_checked,
-            errors=len(refreshed.errors),
-            expected=report.expected,
-            missing=len(report.missing),
-            count=queued,
-        )
-        return report

@@ -91,7 +91,7 @@ class FreshnessCollector(Collector):
         counts: dict[str, int] = {}
         if state is not None:
             try:
-                rows, counts = list(state.freshness()), state.quarantine_counts()
+                rows, counts = list(state.sources.freshness()), state.quarantine.counts()
             except Exception:  # closed at shutdown, or busy: serve the rest of the metrics
                 state = None
         if state is not None:

@@ -141,7 +141,7 @@ class Scheduler:
         st.running = True
         started = time.time()
         t0 = time.perf_counter()
-        self._record("job_started", name, started)
+        self._record("started", name, started)
         log.info("scheduler.job_started", job=name)
         try:
             result = await spec.fn()
@@ -149,7 +149,7 @@ class Scheduler:
             duration = time.perf_counter() - t0
             log.warning("scheduler.job_abandoned", job=name, duration_ms=int(duration * 1000))
             self.abandoned.append(name)
-            self._record("job_finished", name, time.time(), "abandoned at shutdown")
+            self._record("finished", name, time.time(), "abandoned at shutdown")
             raise
         except Exception as exc:
             duration = time.perf_counter() - t0
@@ -158,7 +158,7 @@ class Scheduler:
             st.last_error = f"{type(exc).__name__}: {exc}"[:500]
             if self.metrics:
                 self.metrics.job_finished(name, "error", duration, time.time())
-            self._record("job_finished", name, time.time(), st.last_error)
+            self._record("finished", name, time.time(), st.last_error)
             # error_type only: an exception message may quote a payload or a credential
             log.error(
                 "scheduler.job_failed",
@@ -178,7 +178,7 @@ class Scheduler:
         del st.durations[:-100]
         if self.metrics:
             self.metrics.job_finished(name, "ok", duration, now)
-        self._record("job_finished", name, now, None)
+        self._record("finished", name, now, None)
         log.info("scheduler.job_done", job=name, duration_ms=int(duration * 1000))
         if spec.on_success is not None:
             try:

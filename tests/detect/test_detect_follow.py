@@ -115,7 +115,7 @@ async def test_start_from_newest_scans_only_objects_archived_afterwards(
     try:
         archive_object(state, archive, "old1.json.gz", records(testdata, STOP_LOGGING))
         archive_object(state, archive, "old2.json.gz", records(testdata, STOP_LOGGING))
-        newest = state.ledger_max_id()
+        newest = state.ledger.max_id()
         assert detection_floor(state, started_only=True) is None  # detection never started
         follower = DetectionFollower(service, state, archive, "central")
 
@@ -144,7 +144,7 @@ async def test_start_from_newest_scans_only_objects_archived_afterwards(
         assert objects == 1
         assert alerts >= 1  # the same events, never scanned before, alert now
         assert archive.read == ["new.json.gz"]
-        assert detection_floor(state) == state.ledger_max_id() + 1
+        assert detection_floor(state) == state.ledger.max_id() + 1
     finally:
         await service.close()
         state.close()

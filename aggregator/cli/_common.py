@@ -1,0 +1,70 @@
+"""What every command shares: the CONFIG argument, loading a config (or saying every problem
+and exiting 2), date arguments, JSON lines and human durations.
+
+Imports stay light at module level (argparse and the standard library): ``ctagg --help`` must
+not pay for boto3, pydantic or rich. Each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aggregator.config import Settings
+
+AddArgs = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+
+def config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+
+
+def json_arg(p: argparse.ArgumentParser, help_text: str = "JSON output") -> None:
+    p.add_argument("--json", action="store_true", help=help_text)
+
+
+def config_and_json(p: argparse.ArgumentParser) -> None:
+    config_arg(p)
+    json_arg(p, "one JSON object per line")
+
+
+def load_or_exit(path: str) -> Settings:
+    """Load a config or print every problem (with its path) and exit 2."""
+    from aggregator.config import ConfigError, load_settings
+
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"config {path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def when(text: str) -> datetime:
+    """An ISO date or date-time argument; naive values are UTC."""
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def json_line(obj: object) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def human_secs(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(secs) >= size:
+            return f"{secs / size:.1f} {unit}"
+    return f"{secs:.0f} s"

@@ -1,0 +1,138 @@
+"""Which source objects are handled, per day prefix (not one lexicographic marker: CloudTrail
+keys do not arrive in key order).
+
+* ``objects``   source objects handled, with what they gave (kind, events, the central key)
+* ``prefixes``  day prefixes seen per stream; a closed prefix is compacted to one summary row
+                whose ``keys_z`` keeps the handled names (zlib, ~15 bytes a key), so
+                completeness can still ask "was this file handled?" after compaction
+
+Quarantined keys count as handled while they are held (``quarantine``): a bad object is not
+fetched again until an operator marks it for retry.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+
+from aggregator.state.db import Database
+from aggregator.state.records import ObjectOutcome
+
+
+class Checkpoints:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def prefix_state(self, bucket: str, prefix: str) -> tuple[bool, set[str]]:
+        """(closed?, keys already handled) for one day prefix."""
+        with self.db.lock:
+            conn = self.db.conn
+            row = conn.execute(
+                "SELECT closed FROM prefixes WHERE bucket=? AND prefix=?", (bucket, prefix)
+            ).fetchone()
+            if row and row[0]:
+                return True, set()
+            keys = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT key FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix)
+                )
+            }
+            keys |= {
+                r[0]
+                for r in conn.execute(
+                    "SELECT key FROM quarantine WHERE bucket=? AND key >= ? AND key < ?",
+                    (bucket, prefix, prefix + "\uffff"),
+                )
+            }
+            return False, keys
+
+    def handled_keys(self, bucket: str, prefix: str) -> set[str]:
+        """Every key handled under a day prefix, open or closed (closed ones keep a compressed
+        list of names, ~15 bytes a key, so completeness checks still work after compaction)."""
+        with self.db.lock:
+            conn = self.db.conn
+            row = conn.execute(
+                "SELECT closed, keys_z FROM prefixes WHERE bucket=? AND prefix=?", (bucket, prefix)
+            ).fetchone()
+            keys = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT key FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix)
+                )
+            }
+        if row and row[0] and row[1]:
+            keys.update(prefix + n for n in zlib.decompress(row[1]).decode().split("\n") if n)
+        return keys
+
+    def stream_days(self, stream_id: str) -> tuple[bool, dict[str, str]]:
+        """(any day prefix seen before?, {day: prefix} of the open ones) for one stream."""
+        rows = self.db.fetchall(
+            "SELECT day, prefix, closed FROM prefixes WHERE source_id=?", (stream_id,)
+        )
+        return bool(rows), {day: prefix for day, prefix, closed in rows if not closed}
+
+    def closed_days(self, source_id: str) -> set[str]:
+        q = "SELECT day FROM prefixes WHERE source_id=? AND closed=1"
+        return {r[0] for r in self.db.fetchall(q, (source_id,))}
+
+    def see_prefix(self, source_id: str, bucket: str, prefix: str, day: str) -> None:
+        with self.db.lock:
+            self.db.conn.execute(
+                "INSERT OR IGNORE INTO prefixes (bucket, prefix, source_id, day) VALUES (?,?,?,?)",
+                (bucket, prefix, source_id, day),
+            )
+
+    def close_prefixes(self, source_id: str, before_day: str) -> int:
+        """Compact day prefixes older than ``before_day``: one summary row, no key rows."""
+        now = time.time()
+        with self.db.transaction() as c:
+            rows = c.execute(
+                "SELECT bucket, prefix FROM prefixes WHERE source_id=? AND closed=0 AND day<?",
+                (source_id, before_day),
+            ).fetchall()
+            for bucket, prefix in rows:
+                n, ev = c.execute(
+                    "SELECT count(*), coalesce(sum(events_in),0) FROM objects "
+                    "WHERE bucket=? AND prefix=?",
+                    (bucket, prefix),
+                ).fetchone()
+                names = sorted(
+                    r[0][len(prefix) :]
+                    for r in c.execute(
+                        "SELECT key FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix)
+                    )
+                )
+                c.execute(
+                    "UPDATE prefixes SET closed=1, objects=objects+?, events=events+?, "
+                    "closed_at=?, keys_z=? WHERE bucket=? AND prefix=?",
+                    (n, ev, now, zlib.compress("\n".join(names).encode(), 9), bucket, prefix),
+                )
+                c.execute("DELETE FROM objects WHERE bucket=? AND prefix=?", (bucket, prefix))
+            return len(rows)
+
+    def prune_closed(self, before_day: str, *, dry_run: bool = False) -> int:
+        """Forget closed day prefixes whose day is before ``before_day`` (YYYY-MM-DD). Only safe
+        for days the collector will never list again (older than its backfill horizon)."""
+        return self.db.delete("prefixes", "closed=1 AND day < ?", (before_day,), dry_run=dry_run)
+
+    @staticmethod
+    def record(c: sqlite3.Connection, o: ObjectOutcome, now: float) -> None:
+        """The checkpoint of one handled object (inside :meth:`State.commit_object`)."""
+        c.execute(
+            "INSERT OR REPLACE INTO objects (bucket, key, prefix, kind, etag, size, "
+            "events_in, duplicates, central_key, processed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                o.source.bucket,
+                o.key,
+                o.day_prefix,
+                o.kind,
+                o.etag,
+                o.size,
+                o.events_in,
+                o.duplicates,
+                o.central.key if o.central else None,
+                now,
+            ),
+        )

@@ -1,0 +1,282 @@
+"""The schema's history: versioned migrations, applied in order, each once.
+
+Append-only: a migration, once released, is never edited; a new table or column is a new
+version. What each table means is written beside the store that reads and writes it
+(``aggregator/state/*.py``, ``aggregator/forward/store.py``, ``aggregator/detect/store.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE objects (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            etag TEXT,
+            size INTEGER,
+            events_in INTEGER NOT NULL DEFAULT 0,
+            duplicates INTEGER NOT NULL DEFAULT 0,
+            central_key TEXT,
+            processed_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX objects_prefix ON objects (bucket, prefix);
+
+        CREATE TABLE prefixes (
+            bucket TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            closed INTEGER NOT NULL DEFAULT 0,
+            objects INTEGER NOT NULL DEFAULT 0,
+            events INTEGER NOT NULL DEFAULT 0,
+            closed_at REAL,
+            keys_z BLOB,
+            PRIMARY KEY (bucket, prefix)
+        ) WITHOUT ROWID;
+        CREATE INDEX prefixes_source ON prefixes (source_id, day);
+
+        CREATE TABLE quarantine (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT,
+            region TEXT,
+            reason TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'held',
+            attempts INTEGER NOT NULL DEFAULT 1,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            central_key TEXT NOT NULL UNIQUE,
+            source_bucket TEXT NOT NULL,
+            source_key TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            events INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            first_event_time TEXT,
+            last_event_time TEXT,
+            written_at REAL NOT NULL
+        );
+        CREATE INDEX ledger_written ON ledger (written_at);
+
+        CREATE TABLE dedupe (
+            key BLOB PRIMARY KEY  -- event hour (4 bytes) + digest: ordered by time
+        ) WITHOUT ROWID;
+
+        CREATE TABLE sources (
+            source_id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            trail_arn TEXT,
+            last_key TEXT,
+            last_object_at REAL,
+            newest_event_time TEXT,
+            objects INTEGER NOT NULL DEFAULT 0,
+            events INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_cycle_at REAL
+        );
+
+        CREATE TABLE failures (
+            account_id TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (account_id, stage)
+        );
+        """
+    )
+
+
+def _m30_service(db: sqlite_utils.Database) -> None:
+    """Scheduler job bookkeeping and the retention log (what retention removed or had to keep),
+    so a missing central object is known to be intentional."""
+    db.executescript(
+        """
+        CREATE TABLE job_runs (
+            job TEXT PRIMARY KEY,
+            runs INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            last_started_at REAL,
+            last_finished_at REAL,
+            last_ok_at REAL,
+            last_error TEXT
+        );
+        CREATE TABLE retention_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version_id TEXT,
+            action TEXT NOT NULL,
+            reason TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX retention_log_key ON retention_log (bucket, key);
+        """
+    )
+
+
+def _m20_forward(db: sqlite_utils.Database) -> None:
+    """Forwarding (aggregator/forward/store.py): one cursor per connector over the ledger, and the
+    dead letters (events a sink rejected for good), with the reason."""
+    db.executescript(
+        """
+        CREATE TABLE forward_cursors (
+            connector TEXT PRIMARY KEY,
+            ledger_id INTEGER NOT NULL DEFAULT 0,
+            record_offset INTEGER NOT NULL DEFAULT 0,
+            delivered INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE forward_dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            connector TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            central_key TEXT NOT NULL,
+            record_index INTEGER NOT NULL,
+            event_time TEXT,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            UNIQUE (connector, event_id)
+        );
+        CREATE INDEX forward_dead_letters_at ON forward_dead_letters (connector, created_at);
+        """
+    )
+
+
+def _m10_detect(db: sqlite_utils.Database) -> None:
+    """Detection: raised alerts (dedupe per rule x event key), hourly counts for rate anomalies,
+    and the outbox of alerts not yet delivered to each sink."""
+    db.executescript(
+        """
+        CREATE TABLE detect_alerts (
+            rule_id TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            event_epoch INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (rule_id, event_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX detect_alerts_created ON detect_alerts (created_at);
+        CREATE TABLE detect_counts (
+            account_id TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            hour INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (account_id, metric, hour)
+        ) WITHOUT ROWID;
+        CREATE INDEX detect_counts_hour ON detect_counts (hour);
+        CREATE TABLE detect_meta (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE detect_outbox (
+            alert_uid TEXT NOT NULL,
+            sink TEXT NOT NULL,
+            alert TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (alert_uid, sink)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+def _m40_integrity(db: sqlite_utils.Database) -> None:
+    """Integrity (aggregator/state/integrity.py reads and writes these)."""
+    db.executescript(
+        """
+        CREATE TABLE lookup_cursor (
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            done_until REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (account_id, region)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE retry_queue (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            queued_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX retry_queue_source ON retry_queue (source_id);
+
+        CREATE TABLE digest_expected (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            digest_key TEXT NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX digest_expected_hour ON digest_expected (hour);
+
+        CREATE TABLE digest_results (
+            bucket TEXT NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            end_time TEXT,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE archive_digests (
+            hour TEXT PRIMARY KEY,
+            key TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            objects INTEGER NOT NULL,
+            first_ledger_id INTEGER,
+            last_ledger_id INTEGER,
+            written_at REAL NOT NULL
+        );
+        """
+    )
+
+
+# Append-only: a migration, once released, is never edited. Other rooms add theirs here.
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
+    (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
+    (20, "forward: per-connector cursors and dead letters", _m20_forward),
+    (30, "service: job runs, retention log", _m30_service),
+    (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
+]
