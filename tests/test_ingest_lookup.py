@@ -21,7 +21,8 @@ from test_lookup import item
 from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, Inventory, Source
 from aggregator.config import Settings, parse_settings
-from aggregator.ingest.cycle import CycleReport, Ingestor
+from aggregator.ingest.cycle import Ingestor
+from aggregator.ingest.work import CycleReport
 from aggregator.state import State
 from aggregator.state.integrity import LookupCursors
 

@@ -13,7 +13,8 @@ from aggregator.aws.clients import Aws
 from aggregator.aws.credentials import CredentialBroker
 from aggregator.aws.discovery import Account, Inventory, discover
 from aggregator.config import Settings
-from aggregator.ingest.cycle import CycleReport, Ingestor
+from aggregator.ingest.cycle import Ingestor
+from aggregator.ingest.work import CycleReport
 from aggregator.log import get_logger
 from aggregator.service.runtime import tune_gc
 from aggregator.state import State

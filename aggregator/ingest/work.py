@@ -1,0 +1,117 @@
+"""What an ingest cycle works on and carries: one :class:`Job` per source object, the
+:class:`Cycle` bookkeeping (reset at each start), the :class:`CycleReport`, the :class:`Gate`
+that stops or pauses it, and the one way to get an account's session (a failure is recorded
+once and the account skipped)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import aioboto3
+
+from aggregator.archive import store as central
+from aggregator.aws.clients import SessionProvider, error_code, error_message
+from aggregator.aws.discovery import Source
+from aggregator.ingest.collect import ObjectKind
+from aggregator.log import get_logger
+from aggregator.state import State
+
+log = get_logger("aggregator.ingest")
+
+# LookupEvents windows are recorded as objects of this pseudo bucket (upper case: no S3 bucket
+# can have this name), under ``lookup/<account>/<region>/``.
+LOOKUP_BUCKET = "LookupEvents"
+
+
+@dataclass
+class CycleReport:
+    accounts: int = 0
+    regions: int = 0
+    sources: int = 0
+    objects: int = 0
+    events_in: int = 0
+    duplicates: int = 0
+    events_archived: int = 0
+    quarantined: int = 0
+    errors: int = 0
+    failed_accounts: int = 0
+    central_objects: int = 0
+    duration_secs: float = 0.0
+    stopped: bool = False
+    lookup_windows: int = 0
+    lookup_requests: int = 0
+    gaps_filled: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One source object to handle."""
+
+    source: Source
+    stream_id: str
+    key: str
+    day_prefix: str
+    kind: ObjectKind
+    size: int
+    etag: str | None
+    # Central key parts when the key is not a CloudTrail object name (LookupEvents windows).
+    parts: central.KeyParts | None = None
+
+
+@dataclass
+class Cycle:
+    """What one cycle learns as it goes."""
+
+    report: CycleReport
+    failed: set[str]  # accounts whose role could not be assumed (their reads are skipped)
+    listed: set[str] = field(default_factory=set)  # streams listed completely
+    errored: set[str] = field(default_factory=set)  # streams with an object that failed
+    # keys fetched by name this cycle (retries): a listing must not queue them twice
+    retrying: set[tuple[str, str]] = field(default_factory=set)
+    # files completeness expected that the source bucket no longer has (NoSuchKey)
+    gaps: list[tuple[Source, str]] = field(default_factory=list)
+
+
+class Gate:
+    """Stop and pause: ``stop`` is set on shutdown; ``should_pause`` is the forwarder's
+    backpressure predicate (a sink's backlog is full)."""
+
+    def __init__(self, should_pause: Callable[[], bool] | None = None) -> None:
+        self.stop = asyncio.Event()
+        self.should_pause = should_pause
+
+    async def wait_unpaused(self) -> None:
+        # Polls a predicate owned by the forwarder (another room); no event to wait on.
+        while self.should_pause is not None and self.should_pause() and not self.stop.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(1.0)
+
+
+async def session_or_skip(
+    sessions: SessionProvider, state: State, account_id: str | None, failed: set[str]
+) -> aioboto3.Session | None:
+    """The account's session, or None after recording (and logging once) why not."""
+    try:
+        return await sessions.session_for(account_id)
+    except Exception as exc:
+        account = account_id or "base"
+        failed.add(account)
+        if state.failures.record(account, "assume_role", error_message(exc)):
+            log.warning(
+                "credentials.assume_failed",
+                account_id=account,
+                error_type=getattr(exc, "code", None) or error_code(exc),
+                reason=error_message(exc),
+            )
+        return None
+
+
+def utc_today(clock: Callable[[], float]) -> date:
+    return datetime.fromtimestamp(clock(), UTC).date()
