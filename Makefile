@@ -12,7 +12,7 @@ $(BIN)/python:
 	uv venv --quiet --python $(PY) $(VENV)
 
 install: $(BIN)/python  ## create .venv and install the locked dependency set + the package
-	uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
+	uv pip sync --quiet --compile-bytecode --python $(BIN)/python --require-hashes requirements.lock
 	uv pip install --quiet --python $(BIN)/python --no-deps -e .
 
 lock:  ## re-resolve requirements.lock (dev), requirements-runtime.lock (image) and the build backend lock
@@ -52,6 +52,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m aggregator.config --check-schema config/schema.json
 
 fmt: install

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from aggregator.archive.store import decode_records
+from aggregator.archive.codec import decode_records
 from aggregator.config import parse_settings
 from aggregator.detect.follow import DetectionFollower
 from aggregator.detect.service import DetectionService

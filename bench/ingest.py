@@ -47,9 +47,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aggregator.archive.codec import maybe_gunzip
 from aggregator.config import CollectSettings, parse_settings
 from aggregator.ingest.collect import decode_log
-from aggregator.ingest.envelopes import maybe_gunzip
 from aggregator.service.app import App
 from aggregator.service.demo import find_testdata, load_records
 from aggregator.service.runtime import tune_gc

@@ -8,15 +8,8 @@ import gzip
 import orjson
 import pytest
 
-from aggregator.archive.store import (
-    Archive,
-    KeyParts,
-    central_key,
-    decode_records,
-    encode_records,
-    object_id,
-    parse_source_name,
-)
+from aggregator.archive.codec import decode_records, encode_records
+from aggregator.archive.store import Archive, KeyParts, central_key, object_id, parse_source_name
 from aggregator.config import ArchiveSettings
 from aggregator.ingest.collect import BadObject, ObjectKind, classify, decode_log, stream_prefixes
 

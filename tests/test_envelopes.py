@@ -6,14 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
-from aggregator.ingest.envelopes import (
-    Kind,
-    Parsed,
-    Problem,
-    iter_items,
-    iter_records,
-    maybe_gunzip,
-)
+from aggregator.archive.codec import maybe_gunzip
+from aggregator.ingest.envelopes import Kind, Parsed, Problem, iter_items, iter_records
 
 
 def kinds(data: bytes) -> list[str]:
@@ -85,7 +79,7 @@ def test_every_shared_record_file_parses(testdata: Path) -> None:
 
 
 def test_gunzip_checked_tells_clean_gzip_from_padded() -> None:
-    from aggregator.ingest.envelopes import gunzip_checked
+    from aggregator.archive.codec import gunzip_checked
 
     one = gzip.compress(b'{"a":1}')
     assert gunzip_checked(one) == (b'{"a":1}', True)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from aggregator import cli
-from aggregator.archive.store import encode_records
+from aggregator.archive.codec import encode_records
 from aggregator.config import ConfigError, parse_settings
 from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State

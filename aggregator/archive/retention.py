@@ -35,10 +35,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-import aioboto3
-
 from aggregator.archive.store import archive_session
-from aggregator.aws.clients import Aws, ClientPool, SessionProvider, error_code, error_message
+from aggregator.aws.clients import Aws, ClientPool, Session, SessionProvider
+from aggregator.aws.errors import error_code, error_message
 from aggregator.config import Settings
 from aggregator.log import get_logger
 from aggregator.state import State
@@ -444,5 +443,5 @@ class BaseSessions:
     def __init__(self, aws: Aws) -> None:
         self.aws = aws
 
-    async def session_for(self, account_id: str | None) -> aioboto3.Session:
+    async def session_for(self, account_id: str | None) -> Session:
         return self.aws.base_session()

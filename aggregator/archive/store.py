@@ -24,12 +24,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from isal import igzip
-
+from aggregator.archive.codec import decode_records
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
 from aggregator.config import ArchiveSettings, Settings
-from aggregator.ingest.envelopes import maybe_gunzip
 
 # <acct>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<random>.json.gz (also CloudTrail-Insight)
 SOURCE_NAME = re.compile(
@@ -76,20 +73,6 @@ def central_key(prefix: str, parts: KeyParts, source_bucket: str, source_key: st
         f"{parts.account}_{kind}_{parts.region}_{parts.ts}_{object_id(source_bucket, source_key)}"
     )
     return f"{prefix}AWSLogs/{parts.account}/{kind}/{parts.region}/{y}/{mo}/{d}/{name}.json.gz"
-
-
-def encode_records(parts: list[bytes], level: int) -> bytes:
-    """``{"Records":[...]}`` from already-serialized records, gzip with fixed header."""
-    body = b'{"Records":[' + b",".join(parts) + b"]}"
-    return igzip.compress(body, compresslevel=min(level, 3), mtime=0)
-
-
-def decode_records(data: bytes) -> list[dict[str, Any]]:
-    doc = orjson.loads(maybe_gunzip(data))
-    records = doc.get("Records") if isinstance(doc, dict) else None
-    if not isinstance(records, list):
-        raise ValueError("central object has no Records list")
-    return records
 
 
 class Archive:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from aggregator.archive.digests import FORMAT
 from aggregator.archive.signing import DigestFormatError, signing_string, verify_signature
-from aggregator.aws.clients import error_code, is_not_found
+from aggregator.aws.errors import error_code, is_not_found
 from aggregator.config import ArchiveDigestSettings, ArchiveSettings
 from aggregator.log import get_logger
 from aggregator.state import State

@@ -1,4 +1,4 @@
-"""One shared botocore config, client creation and AWS error classification.
+"""One shared botocore config and client creation (error classification is aws/errors.py).
 
 Every AWS client in the process is made here, so timeouts, retries and the endpoint override
 (`aws.endpoint_url`: VPC endpoints, S3-compatible stores, tests) are set in one place.
@@ -15,74 +15,11 @@ import aioboto3
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
-from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
 
 from aggregator.config import AwsSettings
 
-ACCESS_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "UnauthorizedOperation",
-        "AuthorizationError",
-        "InvalidClientTokenId",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "AWSOrganizationsNotInUseException",
-        "AccountNotFoundException",
-        "NoSuchEntity",
-        "RegionDisabledException",
-        "UnrecognizedClientException",
-        "OptInRequired",
-        "AllAccessDisabled",
-    }
-)
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "SlowDown",
-        "RequestThrottled",
-        "RequestThrottledException",
-    }
-)
-NOT_FOUND_CODES = frozenset(
-    {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "TrailNotFoundException"}
-)
-
-
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of an exception ('AccessDenied'), or its class name."""
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
-    return type(exc).__name__
-
-
-def error_message(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
-
-
-def is_access_denied(exc: BaseException) -> bool:
-    return error_code(exc) in ACCESS_DENIED_CODES
-
-
-def is_throttling(exc: BaseException) -> bool:
-    return error_code(exc) in THROTTLING_CODES
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return error_code(exc) in NOT_FOUND_CODES
-
-
-def is_aws_error(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError | BotoCoreError)
+Session = aioboto3.Session  # what a SessionProvider hands out
 
 
 class SharedTlsHttpSession(AIOHTTPSession):  # type: ignore[misc]
@@ -131,8 +68,16 @@ class Aws:
             profile_name=self.settings.profile, region_name=self.settings.region
         )
 
-    def client_kwargs(self, region: str | None = None) -> dict[str, Any]:
-        kw: dict[str, Any] = {"region_name": region or self.settings.region, "config": self.config}
+    def client_kwargs(
+        self, region: str | None = None, *, attempts: int | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``session.client``; ``attempts`` caps botocore's own retries
+        (1: none, for a caller that paces and retries by itself)."""
+        config = self.config
+        if attempts is not None:
+            retries = {"mode": "standard", "total_max_attempts": attempts}
+            config = config.merge(AioConfig(retries=retries))
+        kw: dict[str, Any] = {"region_name": region or self.settings.region, "config": config}
         if self.settings.endpoint_url:
             kw["endpoint_url"] = self.settings.endpoint_url
         return kw

@@ -31,7 +31,8 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.loaders import Loader, create_loader
 
-from aggregator.aws.clients import Aws, error_code, error_message
+from aggregator.aws.clients import Aws
+from aggregator.aws.errors import error_code, error_message
 from aggregator.config import Settings
 from aggregator.log import get_logger
 

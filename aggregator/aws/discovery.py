@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 
 import aioboto3
 
-from aggregator.aws.clients import Aws, ClientPool, error_code, error_message
+from aggregator.aws.clients import Aws, ClientPool
 from aggregator.aws.credentials import BaseIdentityFailed, CredentialBroker, CredentialsError
+from aggregator.aws.errors import error_code, error_message
 from aggregator.config import AccountDiscovery, Settings
 from aggregator.log import get_logger
 from aggregator.state import SourceRef

@@ -25,6 +25,8 @@ from pydantic import ValidationError
 
 from aggregator.config.settings import Settings
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class ConfigError(Exception):
     """A config could not be used. ``problems`` lists every problem with its path."""
@@ -105,7 +107,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (libyaml when present)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

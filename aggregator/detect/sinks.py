@@ -18,7 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import orjson
 
-from aggregator.aws.clients import Aws, error_code, is_aws_error
+from aggregator.aws.clients import Aws
+from aggregator.aws.errors import error_code, is_aws_error
 from aggregator.detect.alerts import Alert
 from aggregator.log import get_logger
 

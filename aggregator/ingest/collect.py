@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
+from aggregator.archive.codec import gunzip_checked
 from aggregator.ingest.dedupe import join_record, joined_size, split_record
-from aggregator.ingest.envelopes import gunzip_checked
 
 DAY = re.compile(r"(\d{4})/(\d{2})/(\d{2})/$")
 STREAM_KINDS = ("CloudTrail", "CloudTrail-Insight", "CloudTrail-Digest")

@@ -11,7 +11,6 @@ Pure code: bytes in, records out.
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from typing import Any, cast
 import orjson
 from isal import isal_zlib
 
-GZIP_MAGIC = b"\x1f\x8b"
+from aggregator.archive.codec import maybe_gunzip
+
 _ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # mistyped in the stubs
 
 # EventBridge detail-types that carry a CloudTrail record in ``detail``.
@@ -68,39 +68,6 @@ def is_digest(doc: dict[str, Any]) -> bool:
 
 def is_record(doc: dict[str, Any]) -> bool:
     return "eventName" in doc or "eventID" in doc or ("eventType" in doc and "eventTime" in doc)
-
-
-def maybe_gunzip(data: bytes, max_bytes: int = 1 << 30) -> bytes:
-    """Decompress gzip data (ISA-L, all members), bounded so a gzip bomb is an error, not an
-    OOM. Data without the gzip magic is returned as is."""
-    return gunzip_checked(data, max_bytes)[0]
-
-
-def gunzip_checked(data: bytes, max_bytes: int = 1 << 30) -> tuple[bytes, bool]:
-    """:func:`maybe_gunzip`, and whether ``data`` is clean gzip: every byte belongs to a gzip
-    member (no zero padding after the last one; such data is accepted, but not passed on)."""
-    if not data.startswith(GZIP_MAGIC):
-        return data, False
-    parts: list[bytes] = []
-    total = 0
-    rest = data
-    clean = True
-    while rest:
-        d = isal_zlib.decompressobj(wbits=31)
-        chunk = d.decompress(rest, max_bytes - total + 1)
-        total += len(chunk)
-        if total > max_bytes or d.unconsumed_tail:
-            raise ValueError(f"decompressed size exceeds {max_bytes} bytes")
-        if not d.eof:
-            raise gzip.BadGzipFile("truncated gzip stream")
-        parts.append(chunk)
-        rest = d.unused_data
-        if rest and not rest.startswith(GZIP_MAGIC):
-            if rest.strip(b"\x00"):
-                raise gzip.BadGzipFile("trailing garbage after gzip data")
-            clean = False
-            break
-    return (parts[0] if len(parts) == 1 else b"".join(parts)), clean
 
 
 def is_notification(doc: dict[str, Any]) -> bool:

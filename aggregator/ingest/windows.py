@@ -17,11 +17,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from aiobotocore.config import AioConfig
-
 from aggregator.archive import store as central
-from aggregator.aws.clients import Aws, SessionProvider, error_code, error_message
+from aggregator.aws.clients import Aws, SessionProvider
 from aggregator.aws.discovery import Source
+from aggregator.aws.errors import error_code, error_message
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, ObjectKind
 from aggregator.ingest.dedupe import key_and_bytes
@@ -48,7 +47,6 @@ from aggregator.state import ObjectOutcome, State
 log = get_logger("aggregator.ingest")
 
 LOOKUP_MAX_AGE_SECS = 90 * 86400  # LookupEvents keeps 90 days
-_LOOKUP_CONFIG = AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
 
 
 def lookup_source(account_id: str, region: str) -> Source:
@@ -108,8 +106,7 @@ class LookupWindows:
             # botocore must not retry throttling on its own: its retries would bypass the
             # token bucket (2 requests/s); LookupCollector retries through the bucket.
             session = await self.sessions.session_for(account_id)
-            kwargs = self.aws.client_kwargs(region)
-            kwargs["config"] = kwargs["config"].merge(_LOOKUP_CONFIG)
+            kwargs = self.aws.client_kwargs(region, attempts=1)
             client = await self._stack.enter_async_context(session.client("cloudtrail", **kwargs))
             self._clients[(account_id, region)] = client
         return client

@@ -11,11 +11,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-import aioboto3
-
 from aggregator.archive import store as central
-from aggregator.aws.clients import SessionProvider, error_code, error_message
+from aggregator.aws.clients import Session, SessionProvider
 from aggregator.aws.discovery import Source
+from aggregator.aws.errors import error_code, error_message
 from aggregator.ingest.collect import ObjectKind
 from aggregator.log import get_logger
 from aggregator.state import State
@@ -96,7 +95,7 @@ class Gate:
 
 async def session_or_skip(
     sessions: SessionProvider, state: State, account_id: str | None, failed: set[str]
-) -> aioboto3.Session | None:
+) -> Session | None:
     """The account's session, or None after recording (and logging once) why not."""
     try:
         return await sessions.session_for(account_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from aggregator.archive import store as central
+from aggregator.archive.codec import encode_records
 from aggregator.config import Settings
 from aggregator.ingest.collect import Decoded, ObjectKind
 from aggregator.ingest.work import CycleReport, Job
@@ -76,7 +77,7 @@ class CentralWriter:
                 if source is not None and decoded.verbatim and len(keep) == len(decoded.keys):
                     body = source
                 else:
-                    body = central.encode_records(
+                    body = encode_records(
                         [decoded.record_bytes(i) for i in keep],
                         self.settings.archive.compress_level,
                     )

@@ -19,7 +19,7 @@ from aggregator.archive.signing import (
     signing_string,
     verify_signature,
 )
-from aggregator.aws.clients import error_code, is_not_found
+from aggregator.aws.errors import error_code, is_not_found
 from aggregator.integrity.digest import (
     Digest,
     LogFileRef,
