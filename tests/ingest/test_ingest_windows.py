@@ -16,7 +16,6 @@ import aioboto3
 import pytest
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 from botocore.stub import Stubber
-from test_lookup import item
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.discovery import Account, Inventory, Source
@@ -25,6 +24,7 @@ from aggregator.ingest.cycle import Ingestor
 from aggregator.ingest.work import CycleReport
 from aggregator.state import State
 from aggregator.state.integrity import LookupCursors
+from tests.ingest.test_ingest_lookup import item
 
 A1, A2, A3 = "111111111111", "222222222222", "333333333333"
 R = "us-east-1"

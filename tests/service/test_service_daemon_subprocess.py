@@ -24,7 +24,7 @@ from awsfixtures import client, log_key, log_object, record
 
 from aggregator.state import State
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 A1 = "111111111111"
 LOG_ARCHIVE = "222222222222"
 ORG = "o-abcdefghij"

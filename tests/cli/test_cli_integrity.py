@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import yaml
 from awsfixtures import client
-from test_archive_digest import ingest, write_keypair
 
 from aggregator.aws.discovery import Account, Inventory
 from aggregator.cli import main
 from aggregator.config import load_settings
 from aggregator.integrity import jobs as integrity_jobs
 from aggregator.state import State
+from tests.archive.test_archive_digests import ingest, write_keypair
 
 A1 = "111111111111"
 

@@ -11,7 +11,7 @@ from aggregator.cli import main
 from aggregator.config import ConfigError, load_settings, parse_settings
 from aggregator.config.schema import json_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def problems(doc: object, env: dict[str, str] | None = None) -> list[str]:

@@ -28,7 +28,7 @@ from aggregator.aws.iam import (
     requests_for,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IAM = ROOT / "iam"
 CODE_DIRS = [ROOT / "aggregator", ROOT / "connectors"]
 

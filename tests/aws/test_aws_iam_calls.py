@@ -26,7 +26,7 @@ from aggregator.ingest.cycle import Ingestor
 from aggregator.integrity.doctor import Doctor
 from aggregator.service.daemon import MeteredState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MEMBER_ROLE = "OrganizationAccountAccessRole"  # the role awsfixtures.StsSessions assumes
 LOG_ARCHIVE = "222222222222"  # owns the organization trail bucket
 A1 = "111111111111"

@@ -19,9 +19,6 @@ import pytest
 from aiohttp import web
 from awsfixtures import client, log_key, log_object, make_source, record
 from prometheus_client.parser import text_string_to_metric_families
-from test_archive_digest import write_keypair
-from test_daemon import PipelineApp, get, series
-from test_daemon import settings as daemon_settings
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
 from aggregator.archive.digest_keys import load_public_key_file
@@ -33,7 +30,10 @@ from aggregator.ingest.cycle import Ingestor
 from aggregator.service.daemon import Daemon
 from aggregator.service.jobs import DEFAULT_INTERVALS, DetectionJobs, detect_floor, job_interval
 from aggregator.service.metrics import Metrics
+from tests.archive.test_archive_digests import write_keypair
 from tests.fakes.opensearch import FakeOpenSearch
+from tests.service.test_service_daemon import PipelineApp, get, series
+from tests.service.test_service_daemon import settings as daemon_settings
 
 A1 = "111111111111"
 TODAY = time.strftime("%Y%m%d", time.gmtime())
@@ -281,7 +281,7 @@ async def test_detection_start_from_newest_skips_archived_history(
     """``detect.start_from: newest`` on a service that already archived objects: the first start
     persists the cursor at the newest ledger id (retention's floor is past the history) and
     scans nothing old; a restart leaves the cursor where it is and scans what came meanwhile."""
-    from test_archive_digest import ingest, ingest_more
+    from tests.archive.test_archive_digests import ingest, ingest_more
 
     cfg = daemon_settings(
         tmp_path, detect={"start_from": "newest"}, integrity={"validate_digests": False}
@@ -317,7 +317,7 @@ async def test_detection_start_from_newest_skips_archived_history(
 async def test_retention_keeps_objects_detection_has_not_scanned(moto: str, tmp_path: Path) -> None:
     """Old central objects expire, but those past detection's cursor stay (and are not in the
     retention log); with detection disabled the same objects go."""
-    from test_archive_digest import ingest
+    from tests.archive.test_archive_digests import ingest
 
     cfg = daemon_settings(
         tmp_path,
