@@ -195,13 +195,13 @@ def main() -> None:
         "--gc",
         choices=["tuned", "default"],
         default="tuned",
-        help="tuned = what Forwarder.start() sets (aggregator.forward.tune_gc)",
+        help="tuned = what the daemon sets before its forwarder starts (service.runtime.tune_gc)",
     )
     args = ap.parse_args()
     global SCHEMA
     SCHEMA = args.schema
     if args.gc == "tuned":
-        from aggregator.forward.forwarder import tune_gc
+        from aggregator.service.runtime import tune_gc
 
         tune_gc()
     print(f"gc thresholds: {__import__('gc').get_threshold()}")

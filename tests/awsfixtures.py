@@ -10,7 +10,7 @@ from typing import Any
 import aioboto3
 import boto3
 
-from aggregator.aws.discovery import Source
+from aggregator.aws.inventory import Source
 
 REGION = "us-east-1"
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from aggregator.cli._common import config_arg, json_arg, load_or_exit
 
 if TYPE_CHECKING:
-    from aggregator.aws.discovery import Inventory
+    from aggregator.aws.inventory import Inventory
     from aggregator.integrity.doctor import DoctorReport, Row
 
 

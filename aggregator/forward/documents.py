@@ -15,7 +15,7 @@ from aggregator.normalize import EventContext, Normalizer
 from connectors.base import OutEvent, Schema
 
 if TYPE_CHECKING:
-    from aggregator.aws.discovery import Account
+    from aggregator.aws.inventory import Account
 
 
 # (record, schema, central key) -> the document, or the document already serialized (bytes)

@@ -25,8 +25,8 @@ from typing import Any
 
 from aggregator.archive import store as central
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
-from aggregator.aws.discovery import Inventory, Source
 from aggregator.aws.errors import error_code, error_message, is_not_found
+from aggregator.aws.inventory import Inventory, Source
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, ObjectKind, decode_log, fetch
 from aggregator.ingest.listing import Lister

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any
 
-from aggregator.aws.discovery import Source
 from aggregator.aws.errors import error_code, error_message
+from aggregator.aws.inventory import Source
 from aggregator.config import Settings
 from aggregator.ingest.collect import (
     classify,

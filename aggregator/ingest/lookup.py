@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
-from aggregator.aws.discovery import Inventory
 from aggregator.aws.errors import error_code, is_throttling
+from aggregator.aws.inventory import Inventory
 from aggregator.config import LookupSettings
 from aggregator.ingest.collect import Decoded
 from aggregator.log import get_logger

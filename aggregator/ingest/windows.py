@@ -19,8 +19,8 @@ from typing import Any
 
 from aggregator.archive import store as central
 from aggregator.aws.clients import Aws, SessionProvider
-from aggregator.aws.discovery import Source
 from aggregator.aws.errors import error_code, error_message
+from aggregator.aws.inventory import Source
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, ObjectKind
 from aggregator.ingest.dedupe import key_and_bytes

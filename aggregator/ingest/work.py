@@ -13,8 +13,8 @@ from typing import Any
 
 from aggregator.archive import store as central
 from aggregator.aws.clients import Session, SessionProvider
-from aggregator.aws.discovery import Source
 from aggregator.aws.errors import error_code, error_message
+from aggregator.aws.inventory import Source
 from aggregator.ingest.collect import ObjectKind
 from aggregator.log import get_logger
 from aggregator.state import State

@@ -34,8 +34,8 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator.aws.clients import SessionProvider
-from aggregator.aws.discovery import Inventory, Trail
 from aggregator.aws.errors import error_code, error_message, is_not_found
+from aggregator.aws.inventory import Inventory, Trail
 from aggregator.config import AuditSettings
 from aggregator.log import get_logger
 

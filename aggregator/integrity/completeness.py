@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from aggregator.aws.discovery import Source
+from aggregator.aws.inventory import Source
 from aggregator.integrity.digest import log_key_time
 from aggregator.integrity.public_keys import PublicKeyStore
 from aggregator.integrity.validator import DigestValidator

@@ -19,9 +19,9 @@ from typing import Any
 
 from aggregator.archive.store import archive_session
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
-from aggregator.aws.discovery import Inventory, Source
 from aggregator.aws.errors import error_code, error_message, is_access_denied
 from aggregator.aws.iam import missing_permission
+from aggregator.aws.inventory import Inventory, Source
 from aggregator.config import Settings
 from aggregator.log import get_logger
 

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
 from aggregator.aws.credentials import CredentialBroker
-from aggregator.aws.discovery import Inventory, Source, discover
+from aggregator.aws.discovery import discover
+from aggregator.aws.inventory import Inventory, Source
 from aggregator.config import Settings
 from aggregator.integrity import completeness as comp
 from aggregator.integrity.public_keys import PublicKeyStore, cloudtrail_key_lister

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from aggregator.aws.discovery import Account
+    from aggregator.aws.inventory import Account
 
 
 @dataclass(frozen=True, slots=True)

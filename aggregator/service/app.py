@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.credentials import CredentialBroker
-from aggregator.aws.discovery import Account, Inventory, discover
+from aggregator.aws.discovery import discover
+from aggregator.aws.inventory import Account, Inventory
 from aggregator.config import Settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.ingest.work import CycleReport

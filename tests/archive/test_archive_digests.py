@@ -25,7 +25,7 @@ from aggregator.archive.digests import ArchiveDigester
 from aggregator.archive.signing import signing_string
 from aggregator.archive.verify import verify_archive
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, Inventory
+from aggregator.aws.inventory import Account, Inventory
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.state import State

@@ -8,14 +8,14 @@ import pytest
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.credentials import CredentialBroker
-from aggregator.aws.discovery import (
+from aggregator.aws.discovery import discover
+from aggregator.aws.inventory import (
     Account,
     Inventory,
     Trail,
     account_is_active,
     account_selected,
     build_sources,
-    discover,
     own_trails,
     select_regions,
 )

@@ -19,8 +19,8 @@ from awsfixtures import StsSessions, client, log_key, log_object, make_source, r
 
 from aggregator.archive.retention import Retention
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, Inventory
 from aggregator.aws.iam import evaluate, load_policy, requests_for
+from aggregator.aws.inventory import Account, Inventory
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.integrity.doctor import Doctor

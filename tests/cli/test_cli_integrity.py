@@ -12,7 +12,7 @@ import pytest
 import yaml
 from awsfixtures import client
 
-from aggregator.aws.discovery import Account, Inventory
+from aggregator.aws.inventory import Account, Inventory
 from aggregator.cli import main
 from aggregator.config import load_settings
 from aggregator.integrity import jobs as integrity_jobs
@@ -136,7 +136,7 @@ async def test_validate_digests_and_completeness_commands(
     from cryptography.hazmat.primitives import serialization
     from trailgen import ACCOUNT, REGION, new_key, write_trail
 
-    from aggregator.aws.discovery import Source
+    from aggregator.aws.inventory import Source
 
     key = new_key()
     keydir = tmp_path / "keys"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from aggregator.aws.discovery import Account
+from aggregator.aws.inventory import Account
 from aggregator.config import parse_settings
 from aggregator.forward.documents import default_normalizer
 

@@ -13,7 +13,7 @@ import pytest
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, AccountFailure, Inventory, Source
+from aggregator.aws.inventory import Account, AccountFailure, Inventory, Source
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.state import State

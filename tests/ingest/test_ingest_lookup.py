@@ -14,7 +14,7 @@ import aioboto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from aggregator.aws.discovery import Account, Inventory, Source, Trail
+from aggregator.aws.inventory import Account, Inventory, Source, Trail
 from aggregator.config import LookupSettings
 from aggregator.ingest.dedupe import event_key
 from aggregator.ingest.lookup import (

@@ -18,7 +18,7 @@ from awsfixtures import StsSessions, client, log_key, log_object, make_source, r
 from botocore.stub import Stubber
 
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, Inventory, Source
+from aggregator.aws.inventory import Account, Inventory, Source
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.ingest.work import CycleReport

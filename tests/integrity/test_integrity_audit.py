@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 from prometheus_client import CollectorRegistry
 
 from aggregator.aws.clients import Aws, ClientPool
-from aggregator.aws.discovery import Account, Inventory, Trail
+from aggregator.aws.inventory import Account, Inventory, Trail
 from aggregator.cli.integrity import audit_csv, audit_json, print_audit_table
 from aggregator.config import AuditSettings, AwsSettings
 from aggregator.integrity.audit import (

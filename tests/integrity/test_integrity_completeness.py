@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from trailgen import ACCOUNT, REGION, new_key, write_trail
 
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, Inventory, Source
+from aggregator.aws.inventory import Account, Inventory, Source
 from aggregator.cli.integrity import completeness_csv, completeness_json, print_completeness_table
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor

@@ -13,7 +13,7 @@ from awsfixtures import REGION, StsSessions, client, log_key, log_object, make_s
 from rich.console import Console
 
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, AccountFailure, Inventory
+from aggregator.aws.inventory import Account, AccountFailure, Inventory
 from aggregator.cli.discover import render_table, render_text
 from aggregator.config import Settings, parse_settings
 from aggregator.integrity.doctor import PROBE_KEY, Doctor

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from aggregator.aws.discovery import Account
+from aggregator.aws.inventory import Account
 from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize import SCHEMAS, EventContext, Normalizer, normalize, serialized_size
 

@@ -15,7 +15,7 @@ from awsfixtures import StsSessions, client, log_key, log_object, make_source, r
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.aws.clients import Aws
-from aggregator.aws.discovery import Account, AccountFailure, Inventory
+from aggregator.aws.inventory import Account, AccountFailure, Inventory
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.service.daemon import Daemon, MeteredState

@@ -23,7 +23,7 @@ from trailgen import ACCOUNT, REGION, new_key, write_trail
 
 from aggregator.archive.digest_keys import load_public_key_file
 from aggregator.archive.verify import verify_archive
-from aggregator.aws.discovery import Account, Inventory, Source
+from aggregator.aws.inventory import Account, Inventory, Source
 from aggregator.detect.follow import CURSOR
 from aggregator.detect.store import DetectStore
 from aggregator.ingest.cycle import Ingestor
