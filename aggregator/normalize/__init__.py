@@ -52,7 +52,13 @@ _ECS_KEEP: tuple[str, ...] = ("@timestamp", "ecs", "event", "cloud", "source", "
 _OCSF_KEEP: tuple[str, ...] = (
     "class_uid", "class_name", "category_uid", "category_name", "activity_id", "activity_name",
     "type_uid", "type_name", "severity_id", "severity", "metadata", "time", "cloud", "api",
-    "status", "status_id",
+    "status", "status_id", "actor", "src_endpoint", "user", "service", "dst_endpoint",
+)  # fmt: skip
+# What OCSF 1.1.0 requires of the three classes (and Authentication's service/dst_endpoint):
+# kept, cut, even by the last-resort projection.
+_OCSF_REQUIRED: tuple[str, ...] = (
+    "class_uid", "category_uid", "activity_id", "type_uid", "severity_id", "time", "cloud",
+    "actor", "src_endpoint", "user", "service", "dst_endpoint",
 )  # fmt: skip
 _RAW_KEEP: tuple[str, ...] = (
     "eventVersion", "eventTime", "eventSource", "eventName", "awsRegion", "eventID",
@@ -288,10 +294,14 @@ def _last_resort(proj: dict[str, Any], schema: str) -> dict[str, Any]:
             cut({"@timestamp": proj.get("@timestamp"), "event": keep, "ctagg": proj["ctagg"]}),
         )
     if schema == "ocsf":
-        head: dict[str, Any] = {
-            k: proj[k] for k in ("class_uid", "activity_id", "type_uid", "time") if k in proj
+        head: dict[str, Any] = {k: proj[k] for k in _OCSF_REQUIRED if k in proj}
+        meta = proj.get("metadata", {})
+        head["metadata"] = {
+            k: meta[k] for k in ("uid", "version", "product", "profiles") if k in meta
         }
-        head["metadata"] = {"uid": proj.get("metadata", {}).get("uid"), "version": "1.1.0"}
+        api = proj.get("api")
+        if isinstance(api, dict) and "operation" in api:
+            head["api"] = {"operation": api["operation"]}
         head["unmapped"] = proj["unmapped"]
         return cast(dict[str, Any], cut(head))
     event = proj.get("event", {})
