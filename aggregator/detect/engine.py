@@ -70,6 +70,7 @@ def alert_for(
         source_ip=_s(record.get("sourceIPAddress")),
         detected_at=now,
         archive=archive,
+        request_id=_s(record.get("requestID")),
     )
 
 
