@@ -26,6 +26,7 @@ from aggregator.config_normalize import NormalizeSettings
 from aggregator.normalize._util import Flattener, epoch_ms, iso_z
 from aggregator.normalize.context import EventContext
 from aggregator.normalize.ecs import POLYMORPHIC, to_ecs
+from aggregator.normalize.geoip import GeoIP
 from aggregator.normalize.ocsf import to_ocsf
 from aggregator.normalize.raw import to_raw
 from aggregator.normalize.redact import DEFAULT_RULES, Redactor
@@ -112,6 +113,10 @@ class Normalizer:
             max_fields=s.flatten_max_fields, max_chars=s.flatten_max_bytes, max_value_chars=1024
         )
         self.max_event_bytes = s.max_event_bytes
+        self.parse_user_agent = s.parse_user_agent
+        geo = s.geoip
+        # The user's MaxMind-format files, opened once (memory-mapped); optional.
+        self.geoip = GeoIP(geo.city_db, geo.asn_db) if geo.city_db or geo.asn_db else None
         en = s.enrichment
         self._enrich_all = en.enabled and all(
             (en.account_name, en.ou_path, en.account_tags, en.organization_id)
@@ -156,7 +161,14 @@ class Normalizer:
         rec = self._redact(record)
         ctx = context if context is None or self._enrich_all else self._context(context)
         if schema == "ecs":
-            out = to_ecs(rec, now_iso=self._now_iso, context=ctx, flattener=self.flattener)
+            out = to_ecs(
+                rec,
+                now_iso=self._now_iso,
+                context=ctx,
+                flattener=self.flattener,
+                geoip=self.geoip,
+                user_agents=self.parse_user_agent,
+            )
         elif schema == "ocsf":
             out = to_ocsf(rec, now_ms=self._now_ms, context=ctx)
         elif schema == "raw":
