@@ -24,9 +24,9 @@ demo: install  ## run the real pipeline against an embedded moto server and prin
 	$(BIN)/ctagg demo
 
 # System programs the tests run for real (a real rsyslog for the syslog connector, openssl for
-# its TLS certificates). Installed with apt when running as root; otherwise the command to run
+# its TLS certificates, promtool for the chart's alert rules). Installed with apt when running as root; otherwise the command to run
 # is printed and the target fails, so a missing receiver is never a surprise later.
-SYSTEM_PROGRAMS := rsyslogd:rsyslog openssl:openssl
+SYSTEM_PROGRAMS := rsyslogd:rsyslog openssl:openssl promtool:prometheus
 SYSTEM_EXTRAS := rsyslog-gnutls rsyslog-openssl
 
 sysdeps:  ## install the system programs the tests need (apt, as root)

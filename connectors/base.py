@@ -33,7 +33,7 @@ SCHEMAS: tuple[Schema, ...] = ("ecs", "ocsf", "raw")
 class OutEvent:
     """One normalized event on its way to a sink.
 
-    ``id`` is the dedupe key text (``aggregator.dedupe.record_key_text``): stable across
+    ``id`` is the dedupe key text (``aggregator.ingest.dedupe.record_key_text``): stable across
     resends, so sinks that can (OpenSearch ``_id``) overwrite instead of duplicating.
     ``pointer`` names where the original record lives in the central archive
     (``s3://bucket/key#index``), for operators and for truncation markers.

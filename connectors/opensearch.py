@@ -21,10 +21,12 @@ nothing else here knows about AWS.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
@@ -119,128 +121,13 @@ def index_glob(pattern: str) -> str:
     return head + "*" if "%" in pattern else pattern
 
 
-# Explicit mappings for the ECS fields we emit. Type-stable by construction: everything whose
-# shape depends on the API call (request parameters, response elements, additional event
-# data, resources) is mapped as JSON text plus a flat_object (keys searchable as keywords, no
-# sub-field mappings that could conflict); ``aws.cloudtrail`` is not dynamically mapped, and
-# dynamically seen scalars elsewhere become keywords (a long first and a string later would
-# otherwise reject every later document).
-_KW = {"type": "keyword", "ignore_above": 1024}
-_TEXT_KW = {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}}}
-_TEXT = {"type": "text"}
-_FLAT = {"type": "flat_object"}
-_DATE = {"type": "date"}
-_IP = {"type": "ip", "ignore_malformed": True}
-
-
-_CT_SCALARS = (
-    "event_version", "event_type", "event_category", "request_id", "shared_event_id",
-    "api_version", "recipient_account_id", "vpc_endpoint_id", "vpc_endpoint_account_id",
-    "error_code", "session_credential_from_console", "aws_region", "invalid_event_time",
-    "management_event", "read_only", "flattened_truncated",
-)  # fmt: skip
-_CT_JSON_TEXT = (
-    "request_parameters", "response_elements", "additional_eventdata", "service_event_details",
-    "insight_details", "edge_device_details", "addendum", "unmapped",
-)  # fmt: skip
-
-
-def _obj(**props: Any) -> dict[str, Any]:
-    return {"properties": props}
-
-
-ECS_MAPPINGS: dict[str, Any] = {
-    "dynamic": True,
-    "date_detection": False,
-    "numeric_detection": False,
-    "dynamic_templates": [
-        {"strings_as_keyword": {"match_mapping_type": "string", "mapping": _KW}},
-        {"longs_as_keyword": {"match_mapping_type": "long", "mapping": _KW}},
-        {"doubles_as_keyword": {"match_mapping_type": "double", "mapping": _KW}},
-        {"booleans_as_keyword": {"match_mapping_type": "boolean", "mapping": _KW}},
-    ],
-    "properties": {
-        "@timestamp": _DATE,
-        "message": _TEXT,
-        "ecs": _obj(version=_KW),
-        "event": _obj(
-            id=_KW,
-            action=_KW,
-            provider=_KW,
-            outcome=_KW,
-            kind=_KW,
-            category=_KW,
-            type=_KW,
-            dataset=_KW,
-            module=_KW,
-            created=_DATE,
-            ingested=_DATE,
-            original={"type": "keyword", "index": False, "doc_values": False},
-        ),
-        "cloud": _obj(
-            provider=_KW,
-            region=_KW,
-            account=_obj(id=_KW, name=_KW),
-            service=_obj(name=_KW),
-            availability_zone=_KW,
-        ),
-        "source": _obj(address=_KW, ip=_IP, domain=_KW),
-        "user": _obj(
-            id=_KW,
-            name=_KW,
-            domain=_KW,
-            changes=_obj(name=_KW),
-            target=_obj(id=_KW, name=_KW),
-        ),
-        "user_agent": _obj(
-            original=_TEXT_KW, name=_KW, version=_KW, device=_obj(name=_KW), os=_obj(name=_KW)
-        ),
-        "error": _obj(code=_KW, message=_TEXT),
-        "related": _obj(user=_KW, ip=_IP, entity=_KW),
-        "tls": _obj(version=_KW, cipher=_KW, client=_obj(server_name=_KW)),
-        "tags": _KW,
-        "organization": _obj(id=_KW, name=_KW),
-        "ctagg": _obj(archive=_obj(bucket=_KW, key=_KW, event_id=_KW)),
-        "aws": _obj(
-            account=_obj(tags=_FLAT),
-            cloudtrail={
-                "dynamic": False,
-                "properties": {
-                    # scalars, always strings
-                    **dict.fromkeys(_CT_SCALARS, _KW),
-                    "error_message": _TEXT,
-                    # polymorphic objects: JSON text, plus one flat_object of dotted keys
-                    **dict.fromkeys(_CT_JSON_TEXT, _TEXT),
-                    "flattened": _FLAT,
-                    "resources": _FLAT,
-                    "tls_details": _FLAT,
-                    "console_login": _obj(additional_eventdata=_FLAT),
-                    "user_identity": {
-                        "dynamic": False,
-                        "properties": {
-                            "type": _KW,
-                            "arn": _KW,
-                            "principal_id": _KW,
-                            "account_id": _KW,
-                            "access_key_id": _KW,
-                            "invoked_by": _KW,
-                            "identity_provider": _KW,
-                            "session_context": _FLAT,
-                        },
-                    },
-                },
-            },
-        ),
-        # schema: raw (CloudTrail field names): the polymorphic parts as flat objects.
-        "requestParameters": _FLAT,
-        "responseElements": _FLAT,
-        "additionalEventData": _FLAT,
-        "serviceEventDetails": _FLAT,
-        "resources": _FLAT,
-        "userIdentity": _FLAT,
-        "eventTime": _DATE,
-    },
-}
+# The index mappings, generated from ECS 8.11 for the fields ctagg emits plus its own
+# type-stable aws.cloudtrail.* objects, OCSF's unmapped (one flat_object, under the field limit)
+# and raw documents (aggregator/normalize/mappings.py; a test keeps the file fresh).
+ECS_MAPPINGS: dict[str, Any] = json.loads(
+    resources.files("connectors").joinpath("opensearch_mappings.json").read_text("utf-8")
+)
+TOTAL_FIELDS_LIMIT = 2000
 
 
 def _sigv4_credentials() -> Any:
@@ -370,7 +257,7 @@ class OpenSearchConnector(Connector):
             "index_patterns": patterns,
             "priority": 200,
             "template": {
-                "settings": {"index": {"mapping": {"total_fields": {"limit": 2000}}}},
+                "settings": {"index": {"mapping": {"total_fields": {"limit": TOTAL_FIELDS_LIMIT}}}},
                 "mappings": ECS_MAPPINGS,
             },
             "_meta": {"managed_by": "ctagg"},

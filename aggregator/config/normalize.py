@@ -65,9 +65,28 @@ class EnrichmentSettings(_Strict):
     organization_id: bool = True
 
 
+class GeoIPSettings(_Strict):
+    city_db: str | None = Field(
+        default=None,
+        description=(
+            "MaxMind-format City or Country database (e.g. GeoLite2-City.mmdb) for ECS "
+            "source.geo.*; you supply the file, nothing is downloaded."
+        ),
+    )
+    asn_db: str | None = Field(
+        default=None,
+        description="MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb) for ECS source.as.*.",
+    )
+
+
 class NormalizeSettings(_Strict):
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
     enrichment: EnrichmentSettings = Field(default_factory=EnrichmentSettings)
+    geoip: GeoIPSettings = Field(default_factory=GeoIPSettings)
+    parse_user_agent: bool = Field(
+        default=True,
+        description="ECS user_agent.name/version/os/device parsed from userAgent (ua-parser).",
+    )
     max_event_bytes: int = Field(
         default=256 * 1024,
         ge=4096,

@@ -5,6 +5,8 @@ Pure code: time is passed in. Delivery lives in :mod:`aggregator.detect.sinks`.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from hashlib import blake2b
@@ -52,6 +54,7 @@ class Alert:
     archive: ArchivePointer | None = None
     kind: str = "rule"
     extra: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # the record's requestID (OCSF api.request.uid)
 
     @property
     def uid(self) -> str:
@@ -165,24 +168,17 @@ class Alert:
                 },
                 "log_name": "cloudtrail",
             },
-            "cloud": {
-                "provider": "AWS",
-                "region": self.region,
-                "account": {"uid": self.account_id},
-            },
+            "cloud": _cloud(self.account_id, self.region),
             "unmapped": {"cis": list(self.cis), "event_key": self.event_key},
         }
+        out["metadata"]["profiles"] = ["cloud"]  # cloud is a profile attribute in 1.1.0
         evidence: dict[str, Any] = {}
         if self.event_name or self.event_source:
-            evidence["api"] = {
-                "operation": self.event_name,
-                "service": {"name": self.event_source},
-                "request": {"uid": self.event_id} if self.event_id else {},
-            }
+            evidence["api"] = _api(self.event_name, self.event_source, self.request_id)
         if self.actor:
             evidence["actor"] = {"user": {"uid": self.actor, "name": self.actor.rsplit("/", 1)[-1]}}
         if self.source_ip:
-            evidence["src_endpoint"] = {"ip": self.source_ip}
+            evidence["src_endpoint"] = _endpoint(self.source_ip)
         if evidence:
             out["evidences"] = [evidence]
         if self.archive is not None:
@@ -198,6 +194,42 @@ def _is_technique(tag: str) -> bool:
 
 def _attack(tag: str) -> dict[str, Any]:
     return {"technique": {"uid": tag.upper()}, "version": "v14"}
+
+
+def _cloud(account_id: str | None, region: str | None) -> dict[str, Any]:
+    cloud: dict[str, Any] = {"provider": "AWS"}
+    if region:
+        cloud["region"] = region
+    if account_id:
+        cloud["account"] = {"uid": account_id}
+    return cloud
+
+
+def _api(operation: str | None, service: str | None, request_id: str | None) -> dict[str, Any]:
+    api: dict[str, Any] = {"operation": operation or "Unknown"}  # required by OCSF
+    if service:
+        api["service"] = {"name": service}
+    if request_id:
+        api["request"] = {"uid": request_id}
+    return api
+
+
+def _endpoint(source: str) -> dict[str, Any]:
+    """``sourceIPAddress`` as an OCSF endpoint: an IP (the first of several), an AWS service
+    (``cloudformation.amazonaws.com``, ``AWS Internal``), or, for anything else, its name."""
+    first = source.split(",", 1)[0].strip()
+    try:
+        ipaddress.ip_address(first)
+    except ValueError:
+        pass
+    else:
+        return {"ip": first}
+    if _SERVICE.match(source):
+        return {"svc_name": source, "domain": source}
+    return {"svc_name": source} if source == "AWS Internal" else {"name": source}
+
+
+_SERVICE = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)*\.amazonaws\.com$")
 
 
 def _epoch_ms(value: str | None) -> int | None:

@@ -1,6 +1,6 @@
 """The detector: rules over one record at a time, deduplicated into alerts.
 
-One alert per (rule, event key): the event key is :func:`aggregator.dedupe.record_key_text`,
+One alert per (rule, event key): the event key is :func:`aggregator.ingest.dedupe.record_key_text`,
 equal for the two copies of one event delivered by an organization trail and an account trail,
 so a duplicate delivery never raises a second alert.
 """
@@ -70,6 +70,7 @@ def alert_for(
         source_ip=_s(record.get("sourceIPAddress")),
         detected_at=now,
         archive=archive,
+        request_id=_s(record.get("requestID")),
     )
 
 

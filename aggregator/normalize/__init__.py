@@ -26,6 +26,7 @@ from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize._util import Flattener, epoch_ms, iso_z
 from aggregator.normalize.context import EventContext
 from aggregator.normalize.ecs import POLYMORPHIC, to_ecs
+from aggregator.normalize.geoip import GeoIP
 from aggregator.normalize.ocsf import to_ocsf
 from aggregator.normalize.raw import to_raw
 from aggregator.normalize.redact import DEFAULT_RULES, Redactor
@@ -52,7 +53,13 @@ _ECS_KEEP: tuple[str, ...] = ("@timestamp", "ecs", "event", "cloud", "source", "
 _OCSF_KEEP: tuple[str, ...] = (
     "class_uid", "class_name", "category_uid", "category_name", "activity_id", "activity_name",
     "type_uid", "type_name", "severity_id", "severity", "metadata", "time", "cloud", "api",
-    "status", "status_id",
+    "status", "status_id", "actor", "src_endpoint", "user", "service", "dst_endpoint",
+)  # fmt: skip
+# What OCSF 1.1.0 requires of the three classes (and Authentication's service/dst_endpoint):
+# kept, cut, even by the last-resort projection.
+_OCSF_REQUIRED: tuple[str, ...] = (
+    "class_uid", "category_uid", "activity_id", "type_uid", "severity_id", "time", "cloud",
+    "actor", "src_endpoint", "user", "service", "dst_endpoint",
 )  # fmt: skip
 _RAW_KEEP: tuple[str, ...] = (
     "eventVersion", "eventTime", "eventSource", "eventName", "awsRegion", "eventID",
@@ -106,6 +113,10 @@ class Normalizer:
             max_fields=s.flatten_max_fields, max_chars=s.flatten_max_bytes, max_value_chars=1024
         )
         self.max_event_bytes = s.max_event_bytes
+        self.parse_user_agent = s.parse_user_agent
+        geo = s.geoip
+        # The user's MaxMind-format files, opened once (memory-mapped); optional.
+        self.geoip = GeoIP(geo.city_db, geo.asn_db) if geo.city_db or geo.asn_db else None
         en = s.enrichment
         self._enrich_all = en.enabled and all(
             (en.account_name, en.ou_path, en.account_tags, en.organization_id)
@@ -150,7 +161,14 @@ class Normalizer:
         rec = self._redact(record)
         ctx = context if context is None or self._enrich_all else self._context(context)
         if schema == "ecs":
-            out = to_ecs(rec, now_iso=self._now_iso, context=ctx, flattener=self.flattener)
+            out = to_ecs(
+                rec,
+                now_iso=self._now_iso,
+                context=ctx,
+                flattener=self.flattener,
+                geoip=self.geoip,
+                user_agents=self.parse_user_agent,
+            )
         elif schema == "ocsf":
             out = to_ocsf(rec, now_ms=self._now_ms, context=ctx)
         elif schema == "raw":
@@ -288,10 +306,14 @@ def _last_resort(proj: dict[str, Any], schema: str) -> dict[str, Any]:
             cut({"@timestamp": proj.get("@timestamp"), "event": keep, "ctagg": proj["ctagg"]}),
         )
     if schema == "ocsf":
-        head: dict[str, Any] = {
-            k: proj[k] for k in ("class_uid", "activity_id", "type_uid", "time") if k in proj
+        head: dict[str, Any] = {k: proj[k] for k in _OCSF_REQUIRED if k in proj}
+        meta = proj.get("metadata", {})
+        head["metadata"] = {
+            k: meta[k] for k in ("uid", "version", "product", "profiles") if k in meta
         }
-        head["metadata"] = {"uid": proj.get("metadata", {}).get("uid"), "version": "1.1.0"}
+        api = proj.get("api")
+        if isinstance(api, dict) and "operation" in api:
+            head["api"] = {"operation": api["operation"]}
         head["unmapped"] = proj["unmapped"]
         return cast(dict[str, Any], cut(head))
     event = proj.get("event", {})

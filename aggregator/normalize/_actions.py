@@ -199,45 +199,56 @@ def _verb_type(name: str) -> str:
     return "change"
 
 
-@lru_cache(maxsize=8192)
-def ecs_category(source: str, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(event.category, event.type) for the common IAM, S3, EC2, STS, KMS and sign-in actions."""
-    if source == "signin.amazonaws.com":
-        if name in AUTH_END:
-            return (
-                "authentication",
-                "session",
-            ), ("end",)
-        if name in AUTH_START:
-            return (
-                "authentication",
-                "session",
-            ), ("start",)
-        return ("authentication",), ("info",)
-    if source == "sts.amazonaws.com":
-        if name in AUTH_START:
-            return (
-                "authentication",
-                "session",
-            ), ("start",)
-        return ("authentication",), ("info",)
-    vt = _verb_type(name)
-    if source == "iam.amazonaws.com" or source in (
+# IAM entity of an action, for event.type: a group action when a group is what changes
+# (AddUserToGroup, AttachGroupPolicy), else a user action for the user's credentials.
+_IAM_USER_NOUNS = (
+    "User", "LoginProfile", "AccessKey", "Password", "MFADevice", "SSHPublicKey",
+    "SigningCertificate", "ServiceSpecificCredential",
+)  # fmt: skip
+_IAM_SOURCES = frozenset(
+    {
+        "iam.amazonaws.com",
         "sso.amazonaws.com",
         "identitystore.amazonaws.com",
         "sso-directory.amazonaws.com",
-    ):
-        types: list[str] = [vt]
-        if "User" in name:
-            types.append("user")
-        if "Group" in name:
-            types.append("group")
-        if vt != "info" and ("Policy" in name or "PermissionsBoundary" in name):
-            types.append("admin")
-        return ("iam",), tuple(types)
+    }
+)
+_S3_BUCKET_LIFECYCLE = frozenset({"CreateBucket", "DeleteBucket"})
+
+
+def _iam_types(name: str, vt: str) -> tuple[str, ...]:
+    if "Group" in name and "ForUser" not in name:
+        return ("group", vt)
+    if any(noun in name for noun in _IAM_USER_NOUNS):
+        return ("user", vt)
+    if vt != "info" and ("Policy" in name or "PermissionsBoundary" in name):
+        return ("admin", vt)
+    return (vt,)
+
+
+@lru_cache(maxsize=8192)
+def ecs_category(source: str, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(event.category, event.type) per action family, as Elastic's CloudTrail integration
+    sets them where it does (sign-in and STS: authentication/info; IAM: iam + user/group +
+    the verb; S3 objects and bucket create/delete: file), the verb type elsewhere."""
+    if source == "signin.amazonaws.com":
+        if name in AUTH_END:
+            return ("authentication", "session"), ("end",)
+        if name == "SwitchRole":
+            return ("authentication", "session"), ("start",)
+        return ("authentication",), ("info",)
+    if source == "sts.amazonaws.com":
+        if name in AUTH_START or name.startswith("AssumeRole"):
+            return ("authentication",), ("info",)
+        return ("iam",), ("info",)
+    vt = _verb_type(name)
+    if source in _IAM_SOURCES:
+        return ("iam",), _iam_types(name, vt)
     if source == "s3.amazonaws.com":
         if any(p in name for p in _S3_DATA):
             return ("file",), ("creation",) if name in _S3_CREATE else (vt,)
+        if name in _S3_BUCKET_LIFECYCLE:
+            return ("file",), (vt,)
         return ("configuration",), (vt,)
     if source == "ec2.amazonaws.com":
         if name in _EC2_START:
@@ -245,10 +256,7 @@ def ecs_category(source: str, name: str) -> tuple[tuple[str, ...], tuple[str, ..
         if name in _EC2_END:
             return ("host",), ("end",)
         if "SecurityGroup" in name or "NetworkAcl" in name or "Route" in name:
-            return (
-                "network",
-                "configuration",
-            ), (vt,)
+            return ("network", "configuration"), (vt,)
         return ("configuration",), (vt,)
     if source == "kms.amazonaws.com":
         if vt == "access" or name in ("Encrypt", "ReEncrypt", "Sign", "Verify"):

@@ -27,8 +27,33 @@ from aggregator.normalize._util import (
     stable_dict,
 )
 from aggregator.normalize.context import EventContext
+from aggregator.normalize.geoip import GeoIP
+from aggregator.normalize.useragent import user_agent as parse_user_agent
 
 ECS_VERSION = "8.11.0"
+
+# Every ECS field ctagg may emit (outside its own aws.* and ctagg.* namespaces). A test checks
+# that the normalized test data sets nothing else and that each is an ECS 8.11 field; the
+# OpenSearch index template is generated from these names and ecs_flat.yml.
+ECS_FIELDS: tuple[str, ...] = (
+    "@timestamp", "tags", "ecs.version",
+    "event.action", "event.category", "event.created", "event.dataset", "event.id",
+    "event.kind", "event.module", "event.outcome", "event.provider", "event.type",
+    "error.code", "error.message",
+    "cloud.account.id", "cloud.account.name", "cloud.provider", "cloud.region",
+    "cloud.service.name", "organization.id",
+    "source.address", "source.domain", "source.ip",
+    "source.geo.city_name", "source.geo.continent_name", "source.geo.country_iso_code",
+    "source.geo.country_name", "source.geo.location", "source.geo.postal_code",
+    "source.geo.region_iso_code", "source.geo.region_name", "source.geo.timezone",
+    "source.as.number", "source.as.organization.name",
+    "related.ip", "related.user",
+    "user.id", "user.name", "user.roles", "user.target.id", "user.target.name",
+    "user.changes.name", "group.id", "group.name",
+    "user_agent.original", "user_agent.name", "user_agent.version", "user_agent.device.name",
+    "user_agent.os.name", "user_agent.os.version", "user_agent.os.full",
+    "tls.version", "tls.version_protocol", "tls.cipher", "tls.client.server_name",
+)  # fmt: skip
 
 # Polymorphic objects: CloudTrail key → name under aws.cloudtrail (JSON text) and
 # aws.cloudtrail.flattened (dotted keys → strings).
@@ -158,8 +183,20 @@ _identity_cache: dict[bytes, tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
 def _identity_uncached(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(``stable(userIdentity)``, the ECS ``user`` fields it gives)."""
-    return stable_dict(ui), _user(ui, ui.get("type"))
+    """(``stable(userIdentity)``, the ECS ``user`` fields it gives).
+
+    ``sessionContext.attributes.*`` sit directly under ``session_context`` (``mfa_authenticated``,
+    ``creation_date``), the names Elastic's CloudTrail detection rules query."""
+    stable_ui = stable_dict(ui)
+    sc = stable_ui.get("session_context")
+    if type(sc) is dict and type(sc.get("attributes")) is dict:
+        sc = {k: v for k, v in sc.items() if k != "attributes"} | sc["attributes"]
+        created = sc.get("creation_date")
+        t = parse_time(created) if type(created) is str else None
+        if t is not None:
+            sc["creation_date"] = t[1]
+        stable_ui["session_context"] = sc
+    return stable_ui, _user(ui, ui.get("type"))
 
 
 def _identity(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,17 +217,20 @@ def _identity(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _user(ui: dict[str, Any], utype: Any) -> dict[str, Any]:
+    """ECS ``user``: ``user.name`` by Elastic's precedence (``userName``, then the session
+    issuer's ``userName``, then the ARN's last part); a root identity without them is
+    ``root`` and an AWS service its ``invokedBy``."""
     user: dict[str, Any] = {}
     name = ui.get("userName")
     sc = ui.get("sessionContext")
     issuer = sc.get("sessionIssuer") if isinstance(sc, dict) else None
     if not (isinstance(name, str) and name):
-        name = None
-        if utype in ("AssumedRole", "FederatedUser"):
-            name = arn_tail(ui.get("arn"))
-        elif utype == "Root":
+        name = issuer.get("userName") if isinstance(issuer, dict) else None
+    if not (isinstance(name, str) and name):
+        name = arn_tail(ui.get("arn"))
+        if name is None and utype == "Root":
             name = "root"
-        elif utype == "AWSService":
+        elif name is None and utype == "AWSService":
             inv = ui.get("invokedBy")
             name = inv if isinstance(inv, str) and inv else None
     if name is not None:
@@ -236,6 +276,8 @@ def to_ecs(
     now_iso: str,
     context: EventContext | None,
     flattener: Flattener,
+    geoip: GeoIP | None = None,
+    user_agents: bool = True,
 ) -> dict[str, Any]:
     """Map one CloudTrail record to an ECS document."""
     get = record.get
@@ -342,25 +384,33 @@ def to_ecs(
         source: dict[str, Any] = {"address": raw_src}
         if ips:
             source["ip"] = ips[0]
+            if geoip is not None:
+                geo, asn = geoip.lookup(ips[0])
+                if geo is not None:
+                    source["geo"] = geo
+                if asn is not None:
+                    source["as"] = asn
         elif is_hostname(raw_src):
             source["domain"] = raw_src
         doc["source"] = source
 
     ua = get("userAgent")
     if ua is not None:
-        doc["user_agent"] = {"original": ua if type(ua) is str else as_str(ua)}
+        ua_text = ua if type(ua) is str else as_str(ua)
+        doc["user_agent"] = parse_user_agent(ua_text) if user_agents else {"original": ua_text}
+
+    tls = get("tlsDetails")
+    if type(tls) is dict:
+        tls_out = _tls(tls)
+        if tls_out:
+            doc["tls"] = tls_out
 
     related_users: list[str] = []
     ui = get("userIdentity")
     if isinstance(ui, dict):
         stable_ui, user = _identity(ui)
         if isinstance(source_name, str) and source_name == "iam.amazonaws.com":
-            rp = get("requestParameters")
-            if isinstance(rp, dict):
-                target = rp.get("userName")
-                if isinstance(target, str) and target:
-                    user = {**user, "target": {"name": target}}
-                    related_users.append(target)
+            user = _iam_subjects(record, user, doc, related_users)
         if user:
             doc["user"] = user
             if "name" in user:
@@ -513,6 +563,65 @@ def to_ecs(
     if context is not None:
         _enrich(doc, cloud, context)
     return doc
+
+
+def _iam_subjects(
+    record: dict[str, Any], user: dict[str, Any], doc: dict[str, Any], related: list[str]
+) -> dict[str, Any]:
+    """IAM user and group changes: ``user.target.*`` (the user acted on), ``user.changes.name``
+    (a rename), ``group.*``; the names also go to ``related.user``."""
+    rp = record.get("requestParameters")
+    if not isinstance(rp, dict):
+        return user
+    re_ = record.get("responseElements")
+    resp = re_ if isinstance(re_, dict) else {}
+    target = rp.get("userName")
+    if isinstance(target, str) and target:
+        tgt: dict[str, Any] = {"name": target}
+        created = resp.get("user")
+        if isinstance(created, dict) and isinstance(created.get("userId"), str):
+            tgt["id"] = created["userId"]
+        user = {**user, "target": tgt}
+        related.append(target)
+        new_name = rp.get("newUserName")
+        if isinstance(new_name, str) and new_name:
+            user["changes"] = {"name": new_name}
+            related.append(new_name)
+    group_name = rp.get("groupName")
+    if isinstance(group_name, str) and group_name:
+        group: dict[str, Any] = {"name": group_name}
+        made = resp.get("group")
+        if isinstance(made, dict) and isinstance(made.get("groupId"), str):
+            group["id"] = made["groupId"]
+        doc["group"] = group
+    return user
+
+
+_TLS_VERSIONS: dict[str, tuple[str, str]] = {}
+
+
+def _tls(details: dict[str, Any]) -> dict[str, Any]:
+    """``tlsDetails`` as ECS ``tls.*``: ``TLSv1.2`` → version ``1.2``, version_protocol
+    ``tls``; the cipher suite and the host header the client sent (``client.server_name``)."""
+    out: dict[str, Any] = {}
+    version = details.get("tlsVersion")
+    if type(version) is str and version:
+        hit = _TLS_VERSIONS.get(version)
+        if hit is None:
+            low = version.lower()
+            proto, _, number = low.partition("v")
+            hit = (number, proto) if number and proto in ("tls", "ssl") else ("", "")
+            if len(_TLS_VERSIONS) < 64:
+                _TLS_VERSIONS[version] = hit
+        if hit[0]:
+            out["version"], out["version_protocol"] = hit
+    cipher = details.get("cipherSuite")
+    if type(cipher) is str and cipher:
+        out["cipher"] = cipher
+    host = details.get("clientProvidedHostHeader")
+    if type(host) is str and host:
+        out["client"] = {"server_name": host}
+    return out
 
 
 def _enrich(doc: dict[str, Any], cloud: dict[str, Any], ctx: EventContext) -> None:

@@ -22,6 +22,11 @@ from aggregator.normalize.context import EventContext
 
 OCSF_VERSION = "1.1.0"
 PROFILES = ("cloud", "datetime")
+# In 1.1.0 ``actor`` is an attribute of Authentication and Account Change only through the
+# ``host`` profile (API Activity has it natively).
+PROFILES_HOST = ("cloud", "datetime", "host")
+UNKNOWN = "Unknown"  # a value OCSF requires that the record does not give
+INSIGHTS_SERVICE = "cloudtrail.amazonaws.com"
 
 # Top-level CloudTrail keys fully represented by mapped OCSF attributes.
 CONSUMED = frozenset(
@@ -96,9 +101,15 @@ def _actor(ui: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     acct = get("accountId")
     if acct is not None:
         user["account"] = {"uid": acct}
+    invoked_by = get("invokedBy")
+    if "name" not in user and "uid" not in user and "account" not in user:
+        # OCSF needs a name, uid or account: an AWS service is named by invokedBy; an
+        # assumed role with nothing else by its userName (never invented beyond that).
+        name = get("userName") or (invoked_by if utype == "AWSService" else None)
+        user["name"] = name if isinstance(name, str) and name else UNKNOWN
     _put(user, "credential_uid", get("accessKeyId"))
     actor: dict[str, Any] = {"user": user}
-    _put(actor, "invoked_by", get("invokedBy"))
+    _put(actor, "invoked_by", invoked_by)
     idp = get("identityProvider")
     if idp is not None:
         actor["idp"] = {"name": idp}
@@ -129,16 +140,30 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _actor_user(actor: dict[str, Any] | None) -> dict[str, Any]:
+    """The acting user as the subject of an Authentication or Account Change."""
+    au = (actor or {}).get("user", {})
+    user = {k: au[k] for k in ("uid", "uid_alt", "name", "type") if k in au}
+    if "account" in au:
+        user["account"] = au["account"]
+    if not ("uid" in user or "name" in user or "account" in user):
+        user["name"] = UNKNOWN
+    return user
+
+
 def _authentication(
     out: dict[str, Any], record: dict[str, Any], name: Any, actor: dict[str, Any] | None
 ) -> None:
     rp = _dict(record.get("requestParameters"))
     re_ = _dict(record.get("responseElements"))
+    source = record.get("eventSource")
+    if isinstance(source, str):  # what the user authenticates to (at least service or dst)
+        out["service"] = {"name": source}
     if isinstance(name, str) and name.startswith("AssumeRole"):
         user: dict[str, Any] = {}
         _put(user, "uid", rp.get("roleArn"))
         _put(user, "name", rp.get("roleSessionName"))
-        out["user"] = user
+        out["user"] = user if user else _actor_user(actor)
         session: dict[str, Any] = {}
         aru = _dict(re_.get("assumedRoleUser"))
         _put(session, "uid", aru.get("arn"))
@@ -155,11 +180,7 @@ def _authentication(
             out["auth_protocol"] = "OpenID"
         return
     # Sign-in and session-token events: the authenticating user is the actor.
-    au = (actor or {}).get("user", {})
-    user = {k: au[k] for k in ("uid", "uid_alt", "name", "type") if k in au}
-    if "account" in au:
-        user["account"] = au["account"]
-    out["user"] = user
+    out["user"] = _actor_user(actor)
     creds = _dict(re_.get("credentials"))
     if creds:
         session = {}
@@ -175,9 +196,13 @@ def _authentication(
     login_to = aed.get("LoginTo")
     if login_to is not None:
         out["dst_endpoint"] = {"svc_name": login_to}
+    if "service" not in out and "dst_endpoint" not in out:
+        out["service"] = {"name": UNKNOWN}
 
 
-def _account_change(out: dict[str, Any], record: dict[str, Any]) -> None:
+def _account_change(
+    out: dict[str, Any], record: dict[str, Any], actor: dict[str, Any] | None
+) -> None:
     rp = _dict(record.get("requestParameters"))
     re_ = _dict(record.get("responseElements"))
     user: dict[str, Any] = {}
@@ -185,7 +210,8 @@ def _account_change(out: dict[str, Any], record: dict[str, Any]) -> None:
     created = _dict(re_.get("user")) or _dict(re_.get("role"))
     _put(user, "uid", created.get("arn"))
     _put(user, "uid_alt", created.get("userId") or created.get("roleId"))
-    out["user"] = user
+    # No subject in the request (requestParameters null): the actor changed itself.
+    out["user"] = user if ("name" in user or "uid" in user) else _actor_user(actor)
     policy: dict[str, Any] = {}
     _put(policy, "uid", rp.get("policyArn"))
     _put(policy, "name", rp.get("policyName"))
@@ -225,7 +251,7 @@ def to_ocsf(
     metadata: dict[str, Any] = {
         "version": OCSF_VERSION,
         "product": product,
-        "profiles": list(PROFILES),
+        "profiles": list(PROFILES if class_uid == API_ACTIVITY else PROFILES_HOST),
         "processed_time": now_ms,
     }
     _put(metadata, "uid", get("eventID"))
@@ -266,8 +292,7 @@ def to_ocsf(
         cloud["account"] = {"uid": recipient}
     out["cloud"] = cloud
 
-    api: dict[str, Any] = {}
-    _put(api, "operation", name)
+    api: dict[str, Any] = {"operation": name if isinstance(name, str) and name else UNKNOWN}
     if source is not None:
         api["service"] = {"name": source}
     request_id = get("requestID")
@@ -302,50 +327,57 @@ def to_ocsf(
             unmapped["userIdentity"] = leftover
     elif ui is not None:
         unmapped["userIdentity"] = ui
+    if actor is None:  # OCSF requires an actor; an Insights event is CloudTrail's own
+        if isinstance(insight, dict):
+            actor = {"invoked_by": INSIGHTS_SERVICE}
+        else:
+            actor = {"user": {"name": UNKNOWN}}
+        out["actor"] = actor
 
     ua = get("userAgent")
     if ua is not None:
         out["http_request"] = {"user_agent": ua}
 
     ips, raw_src = split_source(get("sourceIPAddress"))
+    src: dict[str, Any]
     if raw_src is not None:
-        src: dict[str, Any] = {}
         if ips:
-            src["ip"] = ips[0]
+            src = {"ip": ips[0]}
             if len(ips) > 1:
                 src["intermediate_ips"] = ips[1:]
-            if raw_src != ips[0] and not (len(ips) > 1):
+            elif raw_src != ips[0]:
                 unmapped["sourceIPAddress"] = raw_src
-        elif is_hostname(raw_src):
-            src["domain"] = raw_src
-        else:
+        elif is_hostname(raw_src):  # an AWS service acting (cloudformation.amazonaws.com)
+            src = {"svc_name": raw_src, "domain": raw_src}
+        elif raw_src == "AWS Internal":
+            src = {"svc_name": raw_src}
+        else:  # not an IP (225.01.00.16, placeholders): named as given, kept verbatim
+            src = {"name": raw_src}
             unmapped["sourceIPAddress"] = raw_src
-        if src:
-            out["src_endpoint"] = src
-    elif get("sourceIPAddress") is not None:
-        unmapped["sourceIPAddress"] = get("sourceIPAddress")
+    else:
+        if get("sourceIPAddress") is not None:
+            unmapped["sourceIPAddress"] = get("sourceIPAddress")
+        by = actor.get("invoked_by")  # an AWS service, or CloudTrail for Insights
+        src = {"svc_name": by} if isinstance(by, str) and by else {"name": UNKNOWN}
+    out["src_endpoint"] = src
 
     resources = get("resources")
-    if isinstance(resources, list):
-        res = []
-        for r in resources:
-            if isinstance(r, dict):
-                item: dict[str, Any] = {}
-                _put(item, "uid", r.get("ARN"))
-                _put(item, "type", r.get("type"))
-                acct = r.get("accountId")
-                if acct is not None:
-                    item["owner"] = {"account": {"uid": acct}}
-                res.append(item)
+    if class_uid == AUTHENTICATION:  # Authentication has no resources in 1.1.0
+        if resources is not None:
+            unmapped["resources"] = resources
+    elif isinstance(resources, list):
+        res, rest = _resources(resources)
         if res:
             out["resources"] = res
+        if rest:
+            unmapped["resources"] = rest
     elif resources is not None:
         unmapped["resources"] = resources
 
     if class_uid == AUTHENTICATION:
         _authentication(out, record, name, actor)
     elif class_uid == ACCOUNT_CHANGE:
-        _account_change(out, record)
+        _account_change(out, record, actor)
 
     for key, value in record.items():
         if key not in CONSUMED and value is not None:
@@ -358,13 +390,31 @@ def to_ocsf(
     return out
 
 
+def _resources(resources: list[Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(OCSF resources, entries without an ARN or ARN prefix, which stay in ``unmapped``)."""
+    res: list[dict[str, Any]] = []
+    rest: list[Any] = []
+    for r in resources:
+        if not isinstance(r, dict):
+            rest.append(r)
+            continue
+        arn = r.get("ARN") or r.get("arn")
+        prefix = r.get("ARNPrefix")
+        if not (isinstance(arn, str) and arn) and not (isinstance(prefix, str) and prefix):
+            rest.append(r)
+            continue
+        item: dict[str, Any] = {"uid": arn} if isinstance(arn, str) and arn else {"name": prefix}
+        _put(item, "type", r.get("type"))
+        acct = r.get("accountId")
+        if acct is not None:
+            item["owner"] = {"account": {"uid": acct}}
+        res.append(item)
+    return res, rest
+
+
 def _enrich(cloud: dict[str, Any], unmapped: dict[str, Any], ctx: EventContext) -> None:
-    if ctx.account_name or ctx.account_tags:
-        account = cloud.setdefault("account", {})
-        if ctx.account_name:
-            account["name"] = ctx.account_name
-        if ctx.account_tags:
-            account["labels"] = [f"{k}:{v}" for k, v in ctx.account_tags.items()]
+    if ctx.account_name:
+        cloud.setdefault("account", {})["name"] = ctx.account_name
     if ctx.organization_id or ctx.ou_path or ctx.ou_ids:
         org: dict[str, Any] = {}
         if ctx.organization_id:
@@ -374,5 +424,10 @@ def _enrich(cloud: dict[str, Any], unmapped: dict[str, Any], ctx: EventContext) 
         if ctx.ou_ids:
             org["ou_uid"] = ctx.ou_ids[-1]
         cloud["org"] = org
+    ours: dict[str, Any] = {}
+    if ctx.account_tags:  # cloud.account.labels is OCSF 1.2; 1.1.0 has no place for tags
+        ours["account_tags"] = {str(k): str(v) for k, v in ctx.account_tags.items()}
     if ctx.archive_bucket is not None or ctx.archive_key is not None:
-        unmapped["ctagg"] = {"archive": {"bucket": ctx.archive_bucket, "key": ctx.archive_key}}
+        ours["archive"] = {"bucket": ctx.archive_bucket, "key": ctx.archive_key}
+    if ours:
+        unmapped["ctagg"] = ours

@@ -95,7 +95,7 @@ def test_stdin_and_config(tmp_path: Path) -> None:
     assert proc.returncode == 1
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["metadata"]["uid"] for d in docs] == ["0", "1", "2"]
-    assert all("operation" not in d["api"] for d in docs)  # eventName dropped before mapping
+    assert {d["api"]["operation"] for d in docs} == {"Unknown"}  # eventName dropped first
     assert b"<stdin>:4: invalid JSON" in proc.stderr
 
 

@@ -44,7 +44,8 @@ async def test_open_installs_template_and_retention_policy_idempotently(
     assert props["@timestamp"]["type"] == "date"
     ct = props["aws"]["properties"]["cloudtrail"]["properties"]
     assert ct["flattened"]["type"] == "flat_object"
-    assert ct["request_parameters"]["type"] == "text"
+    assert ct["request_parameters"]["type"] == "keyword"  # JSON text: keyword + .text
+    assert ct["request_parameters"]["fields"]["text"]["type"] == "text"
     policy = fake.policies["ctagg-cloudtrail-retention"]
     assert policy["_version"] == 1
     states = policy["policy"]["states"]

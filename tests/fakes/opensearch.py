@@ -7,8 +7,8 @@
   ``409 version_conflict_engine_exception``; data streams accept only ``create``.
 * A light mapping check: fields mapped by an installed index template are type-checked
   (keyword/text/date/ip/boolean reject objects; ``flat_object`` accepts any object; a
-  ``dynamic: false`` object ignores unknown fields), and dynamically seen fields keep the kind
-  (object vs value) they were first seen with: a clash is a
+  ``dynamic: false`` object ignores unknown fields; ``enabled: false`` takes any value), and
+  dynamically seen fields keep the kind (object vs value) they were first seen with: a clash is a
   ``400 mapper_parsing_exception`` for that item, as in OpenSearch.
 * ``_index_template``, ``_plugins/_ism/policies`` (with ``if_seq_no``/``if_primary_term``),
   ``_count``, ``_cat/indices``, ``DELETE /{index}``, ``GET /``.
@@ -201,11 +201,17 @@ class FakeOpenSearch(LocalServer):
                     return f"failed to parse field [{path}] of type [flat_object]"
                 continue
             if mtype == "object":
-                if not isinstance(value, dict):
-                    return f"object mapping for [{path}] tried to parse as object, but got value"
-                err = self._check(value, m, path + ".", kinds, dynamic=m.get("dynamic", dynamic))
-                if err:
-                    return err
+                if m.get("enabled") is False:  # stored, never parsed: any value
+                    continue
+                for item in value if isinstance(value, list) else [value]:
+                    if not isinstance(item, dict):
+                        return (
+                            f"object mapping for [{path}] tried to parse as object, but got value"
+                        )
+                    dyn = m.get("dynamic", dynamic)
+                    err = self._check(item, m, path + ".", kinds, dynamic=dyn)
+                    if err:
+                        return err
                 continue
             values = value if isinstance(value, list) else [value]
             for v in values:

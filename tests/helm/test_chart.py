@@ -34,6 +34,7 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["selector", "endpoints"],
             "properties": {
+                "jobLabel": {"type": "string"},
                 "selector": {"type": "object", "required": ["matchLabels"]},
                 "namespaceSelector": {"type": "object"},
                 "endpoints": {
@@ -206,9 +207,10 @@ def test_rendered_config_is_a_valid_ctagg_config(
     """The ConfigMap's config.yaml passes ctagg's own strict validation, with the state on the
     volume and the health port matching the container port."""
     _, docs = rendered
-    (cm,) = by_kind(docs, "ConfigMap")
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "config.yaml" in c.get("data", {})]
     doc = yaml.safe_load(cm["data"]["config.yaml"])
-    settings = parse_settings(doc, env={"CTAGG_EXTERNAL_ID": "planted-external-id"})
+    env = {"CTAGG_EXTERNAL_ID": "planted-external-id", "CTAGG_SPLUNK_TOKEN": "planted-token"}
+    settings = parse_settings(doc, env=env)
     assert settings.state.path == "/var/lib/ctagg/state.db"
     (sts,) = by_kind(docs, "StatefulSet")
     (port,) = sts["spec"]["template"]["spec"]["containers"][0]["ports"]
@@ -323,3 +325,214 @@ def test_notes_mention_probes_and_doctor() -> None:
     text = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
     assert "/readyz" in text
     assert "ctagg doctor" in text
+
+
+# ----------------------------------------------------------------- issue 16: extension points
+
+EXTRAS = Path(__file__).parent / "values-extras.yaml"
+
+
+def test_values_schema_embeds_the_config_schema() -> None:
+    """values.schema.json carries config/schema.json (fresh: regenerate with
+    `python -m tests.helm.values_schema` after `make schema`)."""
+    from tests.helm.values_schema import CONFIG_SCHEMA, VALUES_SCHEMA, embedded, render
+
+    current = json.loads(VALUES_SCHEMA.read_text())
+    want = embedded(current, json.loads(CONFIG_SCHEMA.read_text()))
+    assert VALUES_SCHEMA.read_text() == render(want)
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"archive": {"bucket": "bucket-a"}, "bogus": 1}, "bogus"),
+        ({"archive": {"bucket": "bucket-a", "bukcet_prefix": "x"}}, "bukcet_prefix"),
+        (
+            {"archive": {"bucket": "bucket-a"}, "normalize": {"max_event_bytes": "big"}},
+            "max_event_bytes",
+        ),
+        ({"archive": {"bucket": "bucket-a", "prefix": 5}}, "prefix"),
+    ],
+)
+def test_a_bad_config_fails_at_install(config: dict[str, Any], needle: str) -> None:
+    """The config is checked by ctagg's own schema when the chart is rendered."""
+    chart = helm_python.Chart.load(str(CHART))
+    with pytest.raises(helm_python.HelmError) as err:
+        chart.render({"config": config}, name="ctagg", namespace="security")
+    assert needle in str(err.value)
+
+
+def test_extension_points_reach_the_pod() -> None:
+    """extraVolumes/extraVolumeMounts, extraEnv (valueFrom), envFrom, podLabels,
+    podAnnotations, topologySpreadConstraints (templated) and commonLabels on every object."""
+    values = load_values(EXTRAS)
+    docs = render(values)
+    (sts,) = by_kind(docs, "StatefulSet")
+    pod = sts["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["siem-tls"]["secret"]["secretName"] == "ctagg-siem-tls"
+    assert volumes["geoip"]["configMap"]["name"] == "ctagg-geoip"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/ctagg/tls"] == {
+        "name": "siem-tls",
+        "mountPath": "/etc/ctagg/tls",
+        "readOnly": True,
+    }
+    assert "/var/lib/geoip" in mounts
+    env = {e["name"]: e for e in c["env"]}
+    assert env["CTAGG_SPLUNK_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ctagg-splunk",
+        "key": "token",
+    }
+    assert env["TZ"] == {"name": "TZ", "value": "UTC"}
+    assert c["envFrom"] == values["envFrom"]
+    labels = pod["metadata"]["labels"]
+    assert labels["sidecar.istio.io/inject"] == "false"
+    assert labels["team"] == "security"
+    assert (
+        pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    )
+    (spread,) = pod["spec"]["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "ctagg"
+    extra = [d for d in docs if d["metadata"]["name"] in ("ctagg-tuning", "ctagg-extra")]
+    assert {(d["kind"], d["metadata"]["namespace"]) for d in extra} == {
+        ("ConfigMap", "security"),
+        ("Secret", "security"),
+    }
+    ours = [d for d in docs if d not in extra]
+    assert all(d["metadata"]["labels"]["team"] == "security" for d in ours)
+    assert all(d["metadata"]["labels"]["cost-center"] == "4711" for d in ours)
+
+
+def _egress(values: dict[str, Any]) -> list[dict[str, Any]]:
+    (np,) = by_kind(render(values), "NetworkPolicy")
+    return list(np["spec"]["egress"])
+
+
+def _to(rules: list[dict[str, Any]], port: int) -> set[str]:
+    return {
+        peer["ipBlock"]["cidr"]
+        for rule in rules
+        if any(p["port"] == port for p in rule.get("ports", []))
+        for peer in rule.get("to", [])
+    }
+
+
+def test_network_policy_egress_defaults_allow_pod_identity_and_imds() -> None:
+    base = {"config": {"archive": {"bucket": "bucket-a"}}, "networkPolicy": {"enabled": True}}
+    rules = _egress(base)
+    assert _to(rules, 80) == {"169.254.170.23/32", "fd00:ec2::23/128", "169.254.169.254/32",
+                              "fd00:ec2::254/128"}  # fmt: skip
+    assert _to(rules, 443) == {"0.0.0.0/0"}
+    assert any(p["port"] == 53 for r in rules for p in r.get("ports", []))
+    off = {
+        **base,
+        "networkPolicy": {"enabled": True, "allowImds": False, "allowPodIdentity": False},
+    }
+    assert _to(_egress(off), 80) == set()
+    replaced = _egress(load_values(EXTRAS))
+    assert replaced == load_values(EXTRAS)["networkPolicy"]["egress"]
+
+
+def test_alert_rules_select_the_service_monitor_job() -> None:
+    """The job label the rules select is the one the ServiceMonitor gives (jobLabel → the
+    scraped Service's label), default or set."""
+    for values in (
+        load_values(EXTRAS),
+        load_values(Path(__file__).parent / "values-production.yaml"),
+    ):
+        docs = render(values)
+        (sm,) = by_kind(docs, "ServiceMonitor")
+        wanted = sm["spec"]["selector"]["matchLabels"].items()
+        (svc,) = [s for s in by_kind(docs, "Service") if wanted <= s["metadata"]["labels"].items()]
+        job = svc["metadata"]["labels"][sm["spec"]["jobLabel"]]
+        (rule,) = by_kind(docs, "PrometheusRule")
+        for r in rule["spec"]["groups"][0]["rules"]:
+            assert re.findall(r'job="([^"]*)"', r["expr"]) == [job], r["expr"]
+    assert job == "ctagg-cloudtrail-aggregator"  # production: the release's full name
+    assert "ctagg-metrics" in json.dumps(by_kind(render(load_values(EXTRAS)), "PrometheusRule"))
+
+
+def _promtool() -> str:
+    import shutil
+
+    tool = shutil.which("promtool")
+    if tool is None:  # `make test` installs it (make sysdeps): missing is a failure, not a skip
+        pytest.fail("promtool missing: run `make sysdeps` (the Debian package prometheus)")
+    return tool
+
+
+def _rules_file(tmp_path: Path, values: dict[str, Any]) -> Path:
+    (rule,) = by_kind(render(values), "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    return path
+
+
+def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
+    import subprocess
+
+    tool = _promtool()
+    for name in ("values-production.yaml", "values-extras.yaml"):
+        rules = _rules_file(tmp_path, load_values(Path(__file__).parent / name))
+        proc = subprocess.run(
+            [tool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ingest_alert_fires_when_ingest_never_succeeded(tmp_path: Path) -> None:
+    """promtool test rules: no success gauge at all (ingest never succeeded) fires
+    CtaggIngestNotSucceeding after ingestFailingAfterSecs; an old success fires it too; a
+    recent one does not."""
+    import subprocess
+
+    tool = _promtool()
+    values = {"config": {"archive": {"bucket": "bucket-a"}}, "prometheusRule": {"enabled": True,
+              "ingestFailingAfterSecs": 600}}  # fmt: skip
+    rules = _rules_file(tmp_path, values)
+    selector = '{job="ctagg-cloudtrail-aggregator", job_name="ingest"}'
+    up = {
+        "series": 'ctagg_build_info{job="ctagg-cloudtrail-aggregator", version="x"}',
+        "values": "1+0x60",
+    }
+    alert = {"alertname": "CtaggIngestNotSucceeding"}
+    labels = {"severity": "critical", "job": "ctagg-cloudtrail-aggregator", "job_name": "ingest"}
+    never = {
+        "summary": "No successful ingest cycle since ctagg started (or its metrics are not scraped)"
+    }
+    stale = {"summary": "No successful ingest cycle for 30m 0s"}
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {  # never succeeded: absent() for 10 minutes
+                "interval": "1m",
+                "input_series": [up],
+                "alert_rule_test": [
+                    {**alert, "eval_time": "5m", "exp_alerts": []},
+                    {**alert, "eval_time": "15m",
+                     "exp_alerts": [{"exp_labels": labels, "exp_annotations": never}]},
+                ],
+            },
+            {  # succeeded at t=0, then never again: 600 s later + for 10m
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"ctagg_job_last_success_timestamp_seconds{selector}",
+                     "values": "0+0x60"},
+                ],
+                "alert_rule_test": [
+                    {**alert, "eval_time": "5m", "exp_alerts": []},
+                    {**alert, "eval_time": "30m",
+                     "exp_alerts": [{"exp_labels": labels, "exp_annotations": stale}]},
+                ],
+            },
+        ],
+    }  # fmt: skip
+    spec = tmp_path / "tests.yaml"
+    spec.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [tool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -55,11 +55,9 @@ def test_raw_is_the_record_unchanged_with_sink_metadata() -> None:
 
 def test_ocsf_accounts_and_multi_ip_source() -> None:
     out = normalize(_record(), "ocsf", now=NOW, context=CTX)
-    assert out["cloud"]["account"] == {
-        "uid": "111111111111",
-        "name": "prod",
-        "labels": ["env:prod"],
-    }
+    # cloud.account.labels is OCSF 1.2: account tags sit under unmapped.ctagg in 1.1.0
+    assert out["cloud"]["account"] == {"uid": "111111111111", "name": "prod"}
+    assert out["unmapped"]["ctagg"]["account_tags"] == {"env": "prod"}
     assert out["actor"]["user"]["account"] == {"uid": "222222222222"}
     assert out["cloud"]["org"] == {"uid": "o-abcdefghij", "ou_name": "Root/Prod", "ou_uid": "ou-1"}
     assert out["src_endpoint"] == {"ip": "198.51.100.1", "intermediate_ips": ["10.1.2.3"]}

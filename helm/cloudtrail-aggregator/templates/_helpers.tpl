@@ -26,6 +26,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: aggregator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The Prometheus job label of ctagg's metrics: the ServiceMonitor sets it (jobLabel) and the
+alert rules select it, from this one definition. */}}
+{{- define "ctagg.metricsJob" -}}
+{{- default (include "ctagg.fullname" .) .Values.serviceMonitor.jobName | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "ctagg.serviceAccountName" -}}
