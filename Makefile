@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m aggregator.detect.lint
 	$(BIN)/python -m aggregator.config --check-schema config/schema.json
 
 fmt: install

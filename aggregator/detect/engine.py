@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from aggregator.dedupe import record_key_text
 from aggregator.detect.alerts import Alert, ArchivePointer, actor_of
+from aggregator.detect.derive import DERIVED_KEY, with_derived
 from aggregator.detect.rules import Rule, RuleSet
 
 
@@ -50,7 +51,11 @@ def alert_for(
     key: str,
     now: float,
     archive: ArchivePointer | None = None,
+    *,
+    derived: dict[str, Any] | None = None,
 ) -> Alert:
+    """The alert ``rule`` raises on ``record``; ``derived`` (the record's derived fields) is kept
+    under ``extra["ctagg"]``."""
     return Alert(
         rule_id=rule.id,
         title=rule.title,
@@ -70,6 +75,7 @@ def alert_for(
         source_ip=_s(record.get("sourceIPAddress")),
         detected_at=now,
         archive=archive,
+        extra={DERIVED_KEY: dict(derived)} if derived else {},
     )
 
 
@@ -90,12 +96,16 @@ class Detector:
     def detect(self, record: dict[str, Any], archive: ArchivePointer | None = None) -> list[Alert]:
         """Alerts this record raises that were not raised before (empty for most records)."""
         self.records += 1
-        hits = self.rules.match(record)
+        view = with_derived(record)
+        hits = self.rules.match_view(view)
         if not hits:
             return []
         key = record_key_text(record)
         now = self.clock()
         self.matches += len(hits)
-        out = self.log.record([alert_for(r, record, key, now, archive) for r in hits])
+        derived = view.get(DERIVED_KEY) if view is not record else None
+        out = self.log.record(
+            [alert_for(r, record, key, now, archive, derived=derived) for r in hits]
+        )
         self.duplicates += len(hits) - len(out)
         return out

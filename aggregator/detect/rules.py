@@ -2,8 +2,12 @@
 
 A rule file holds one Sigma rule (or several YAML documents, one rule each) with logsource
 ``product: aws, service: cloudtrail``, an ``id`` (UUID) and a ``level``. Tags carry the
-MITRE ATT&CK ids (``attack.t1562.008``, ``attack.defense-evasion``) and the CIS AWS Foundations
-Benchmark control ids (``cis.4.3``: our own tag namespace, see docs/detect.md).
+MITRE ATT&CK ids (``attack.t1562.008``, ``attack.defense-evasion``). The CIS AWS Foundations
+Benchmark controls the built-in rules monitor are listed by rule id in ``rules/cis.json`` (SigmaHQ
+conventions allow neither a custom attribute nor a ``cis`` tag namespace); users' rules may still
+carry ``cis.4.3`` tags or a ``cis: ["4.3"]`` attribute (see docs/detect.md).
+
+Rules match the record with its derived fields (:mod:`aggregator.detect.derive`) under ``ctagg``.
 
 Every problem of every file is collected and raised together (:class:`RuleLoadError`), each
 naming its file, like config errors.
@@ -11,8 +15,10 @@ naming its file, like config errors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from aggregator.detect.compile import Predicate, UnsupportedRule, compile_rule, pinned_values
+from aggregator.detect.derive import with_derived
 
 LEVELS = ("informational", "low", "medium", "high", "critical")
 
@@ -49,7 +56,8 @@ class Rule:
     event_sources: frozenset[str] | None = None
 
     def matches(self, record: dict[str, Any]) -> bool:
-        return self.predicate(record)
+        """Does the rule match ``record`` (its derived fields included)?"""
+        return self.predicate(with_derived(record))
 
 
 def builtin_rules_dir() -> Path:
@@ -69,7 +77,7 @@ def _rule_from_sigma(sr: SigmaRule, where: str) -> Rule:
         raise UnsupportedRule(f"missing 'level' (one of {', '.join(LEVELS)})")
     predicate, tree = compile_rule(sr)
     tags = tuple(str(t) for t in sr.tags)
-    cis = tuple(t.name for t in sr.tags if t.namespace == "cis")
+    cis = _cis_controls(sr, where)
     attack = tuple(t.name for t in sr.tags if t.namespace == "attack")
     return Rule(
         id=str(sr.id),
@@ -84,6 +92,24 @@ def _rule_from_sigma(sr: SigmaRule, where: str) -> Rule:
         event_names=pinned_values(tree, "eventName"),
         event_sources=pinned_values(tree, "eventSource"),
     )
+
+
+@cache
+def pack_cis_controls() -> dict[str, tuple[str, ...]]:
+    """CIS controls of the built-in rules, by rule id (``rules/cis.json``)."""
+    doc = json.loads((builtin_rules_dir() / "cis.json").read_text(encoding="utf-8"))
+    return {rid: tuple(entry["controls"]) for rid, entry in doc["rules"].items()}
+
+
+def _cis_controls(sr: SigmaRule, where: str) -> tuple[str, ...]:
+    raw = sr.custom_attributes.get("cis", [])
+    values = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
+        raise UnsupportedRule(f"'cis' must be a list of control ids like \"4.3\" (got {raw!r})")
+    from_attribute = [str(v) for v in values]
+    from_tags = [t.name for t in sr.tags if t.namespace == "cis"]
+    from_pack = list(pack_cis_controls().get(str(sr.id), ()))
+    return tuple(dict.fromkeys(from_pack + from_attribute + from_tags))
 
 
 def load_rule_text(text: str, where: str) -> list[Rule]:
@@ -200,4 +226,9 @@ class RuleSet:
         return [*a, *b, *self.always]
 
     def match(self, record: dict[str, Any]) -> list[Rule]:
-        return [r for r in self.candidates(record) if r.predicate(record)]
+        """Rules matching ``record``, its derived fields included."""
+        return self.match_view(with_derived(record))
+
+    def match_view(self, view: dict[str, Any]) -> list[Rule]:
+        """Rules matching a record that already carries its derived fields."""
+        return [r for r in self.candidates(view) if r.predicate(view)]
