@@ -8,8 +8,8 @@ that carry such a thing (one dict lookup on ``eventName`` for every other record
     The request grants public access: a resource policy (:func:`policy.policy_is_public`), an
     S3 ACL (:func:`policy.acl_is_public`), or a sharing attribute (``group: all`` on an EBS
     snapshot or AMI, ``all`` in an RDS snapshot's ``restore`` attribute, a CodeBuild project made
-    ``PUBLIC_READ``, an RDS instance or cluster made ``publiclyAccessible``). Present, true or
-    false, on every event that was evaluated; absent on others.
+    ``PUBLIC_READ``, an RDS instance or cluster made, or restored, ``publiclyAccessible``). Present,
+    true or false, on every event that was evaluated; absent on others.
 ``public_via`` (``policy`` | ``acl`` | ``attribute``)
     What made it public; only when ``public`` is true.
 ``ingress_cidrs`` (list of str)
@@ -148,7 +148,12 @@ def _codebuild_visibility(record: dict[str, Any]) -> Derived | None:
 
 
 def _rds_publicly_accessible(record: dict[str, Any]) -> Derived | None:
+    """The request's ``publiclyAccessible``, else the resulting state in the response (a restore
+    from a snapshot inherits it without asking)."""
     value = _params(record).get("publiclyAccessible")
+    if value is None:
+        response = record.get("responseElements")
+        value = response.get("publiclyAccessible") if isinstance(response, dict) else None
     if value is None:
         return None
     return _verdict(value is True or str(value).lower() == "true", "attribute")

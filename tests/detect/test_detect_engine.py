@@ -88,11 +88,14 @@ def test_ocsf_detection_finding(ruleset: RuleSet, stop_logging: dict[str, Any]) 
     assert f["finding_info"]["analytic"]["uid"] == alert.rule_id
     assert f["finding_info"]["uid"] == alert.uid
     assert f["finding_info"]["src_url"] == "s3://central/AWSLogs/x.json.gz"
-    assert {
-        "technique": {"uid": "T1562.008"},
-        "version": "v14",
-        "tactics": [{"name": "Defense Evasion"}],
-    } in f["finding_info"]["attacks"]
+    assert f["finding_info"]["attacks"] == [
+        {
+            "version": "v17.0",
+            "technique": {"uid": "T1562", "name": "Impair Defenses"},
+            "sub_technique": {"uid": "T1562.008", "name": "Disable or Modify Cloud Logs"},
+            "tactic": {"uid": "TA0005", "name": "Defense Evasion"},
+        }
+    ]
     assert f["cloud"]["account"]["uid"] == stop_logging["recipientAccountId"]
     assert f["evidences"][0]["api"]["operation"] == "StopLogging"
     want = datetime.fromisoformat(stop_logging["eventTime"].replace("Z", "+00:00"))

@@ -43,9 +43,15 @@ PANTHER_FAMILIES: dict[str, tuple[str, ...]] = {
     "AWS.CloudTrail.LoginProfileCreatedOrModified": ("aws_iam_login_profile_for_other_user",),
     "AWS.User.Login.Profile.Modified": ("aws_iam_login_profile_for_other_user",),
     "AWS.IAM.BackdoorRole": ("aws_iam_role_trust_allows_aws_principals",),
-    "AWS.CloudTrail.AMIModifiedForPublicAccess": ("aws_ec2_ami_public_or_shared",),
-    "AWS.CloudTrail.SnapshotMadePublic": ("aws_ec2_snapshot_public_or_shared",),
-    "AWS.RDS.SnapshotShared": ("aws_ec2_snapshot_public_or_shared",),
+    "AWS.CloudTrail.AMIModifiedForPublicAccess": (
+        "aws_ec2_ami_public",
+        "aws_ec2_ami_shared_with_account",
+    ),
+    "AWS.CloudTrail.SnapshotMadePublic": (
+        "aws_ec2_snapshot_public",
+        "aws_ec2_snapshot_shared_with_account",
+    ),
+    "AWS.RDS.SnapshotShared": ("aws_ec2_snapshot_shared_with_account",),
     "AWS.CloudTrail.AttemptToLeaveOrg": ("aws_organizations_leave",),
     "AWS.VPCFlow.LogsDeleted": ("aws_vpc_flow_logs_deleted",),
     "AWS.CloudTrail.DNSLogsDeleted": ("aws_route53_resolver_query_logs_deleted",),
@@ -92,9 +98,9 @@ STRATUS_TECHNIQUES: dict[str, str] = {
     "aws.exfiltration.ec2-security-group-open-port-22-ingress": (
         "aws_ec2_security_group_open_to_world"
     ),
-    "aws.exfiltration.ec2-share-ami": "aws_ec2_ami_public_or_shared",
-    "aws.exfiltration.ec2-share-ebs-snapshot": "aws_ec2_snapshot_public_or_shared",
-    "aws.exfiltration.rds-share-snapshot": "aws_ec2_snapshot_public_or_shared",
+    "aws.exfiltration.ec2-share-ami": "aws_ec2_ami_shared_with_account",
+    "aws.exfiltration.ec2-share-ebs-snapshot": "aws_ec2_snapshot_shared_with_account",
+    "aws.exfiltration.rds-share-snapshot": "aws_ec2_snapshot_shared_with_account",
     "aws.initial-access.console-login-without-mfa": "aws_cis_4_02_console_login_without_mfa",
     "aws.persistence.iam-backdoor-role": "aws_iam_role_trust_allows_aws_principals",
     "aws.persistence.iam-backdoor-user": "aws_iam_access_key_created_for_other_user",
