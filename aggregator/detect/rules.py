@@ -54,6 +54,7 @@ class Rule:
     predicate: Predicate = field(repr=False, compare=False)
     event_names: frozenset[str] | None = None
     event_sources: frozenset[str] | None = None
+    identity_types: frozenset[str] | None = None
 
     def matches(self, record: dict[str, Any]) -> bool:
         """Does the rule match ``record`` (its derived fields included)?"""
@@ -91,6 +92,7 @@ def _rule_from_sigma(sr: SigmaRule, where: str) -> Rule:
         predicate=predicate,
         event_names=pinned_values(tree, "eventName"),
         event_sources=pinned_values(tree, "eventSource"),
+        identity_types=pinned_values(tree, "userIdentity.type"),
     )
 
 
@@ -191,12 +193,14 @@ def load_rules(
 
 
 class RuleSet:
-    """Rules indexed by the eventName (or else eventSource) they pin, for few tests per record."""
+    """Rules indexed by the eventName (or else eventSource, or else userIdentity.type) they pin,
+    for few tests per record."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
         self.by_name: dict[str, list[Rule]] = {}
         self.by_source: dict[str, list[Rule]] = {}
+        self.by_identity: dict[str, list[Rule]] = {}
         self.always: list[Rule] = []
         for r in self.rules:
             if r.event_names is not None:
@@ -205,6 +209,9 @@ class RuleSet:
             elif r.event_sources is not None:
                 for s in r.event_sources:
                     self.by_source.setdefault(s, []).append(r)
+            elif r.identity_types is not None:  # e.g. the root rules
+                for t in r.identity_types:
+                    self.by_identity.setdefault(t, []).append(r)
             else:
                 self.always.append(r)
         self._empty: list[Rule] = []
@@ -221,9 +228,15 @@ class RuleSet:
             if isinstance(source, str)
             else self._empty
         )
-        if not a and not b:
+        c = self._empty
+        if self.by_identity:
+            ui = record.get("userIdentity")
+            kind = ui.get("type") if isinstance(ui, dict) else None
+            if isinstance(kind, str):
+                c = self.by_identity.get(kind.lower(), self._empty)
+        if not a and not b and not c:
             return self.always
-        return [*a, *b, *self.always]
+        return [*a, *b, *c, *self.always]
 
     def match(self, record: dict[str, Any]) -> list[Rule]:
         """Rules matching ``record``, its derived fields included."""
