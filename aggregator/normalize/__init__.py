@@ -23,6 +23,7 @@ from typing import Any, Literal, cast, get_args
 import orjson
 
 from aggregator.config_normalize import NormalizeSettings
+from aggregator.detect.derive import derive
 from aggregator.normalize._util import Flattener, epoch_ms, iso_z
 from aggregator.normalize.context import EventContext
 from aggregator.normalize.ecs import POLYMORPHIC, to_ecs
@@ -157,6 +158,13 @@ class Normalizer:
             out = to_raw(rec, now_ms=self._now_ms, now_iso=self._now_iso, context=ctx)
         else:
             raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(SCHEMAS)}")
+        # Detection's derived fields (docs/detect.md), when they say something: no "public: false".
+        derived = {k: v for k, v in (derive(record) or {}).items() if v is not False}
+        if derived and schema == "ecs":
+            out["ctagg"] = {**out.get("ctagg", {}), **derived}
+        elif derived and schema == "ocsf":
+            unmapped = out.get("unmapped", {})
+            out["unmapped"] = {**unmapped, "ctagg": {**unmapped.get("ctagg", {}), **derived}}
         return out, rec, ctx
 
     def normalize(
