@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m aggregator.detect.lint
 	$(BIN)/python -m aggregator.config --check-schema config/schema.json
 
 fmt: install

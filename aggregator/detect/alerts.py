@@ -13,6 +13,7 @@ from hashlib import blake2b
 from typing import Any
 
 from aggregator import __version__
+from aggregator.detect.attack import attack_data
 
 SEVERITY_IDS = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 OCSF_VERSION = "1.1.0"
@@ -117,8 +118,7 @@ class Alert:
     def to_ocsf(self) -> dict[str, Any]:
         """An OCSF 1.1 Detection Finding (class_uid 2004)."""
         time_ms = _epoch_ms(self.event_time) or int(self.detected_at * 1000)
-        attacks = [_attack(t) for t in self.attack if _is_technique(t)]
-        tactics = [t for t in self.attack if not _is_technique(t)]
+        attacks = attack_objects(self.attack)
         finding: dict[str, Any] = {
             "uid": self.uid,
             "title": self.title,
@@ -135,9 +135,6 @@ class Alert:
             },
         }
         if attacks:
-            for a in attacks:
-                if tactics:
-                    a["tactics"] = [{"name": t.replace("-", " ").title()} for t in tactics]
             finding["attacks"] = attacks
         if self.archive is not None:
             finding["src_url"] = self.archive.url
@@ -192,8 +189,43 @@ def _is_technique(tag: str) -> bool:
     return tag[:1] in ("t", "T") and tag[1:2].isdigit()
 
 
-def _attack(tag: str) -> dict[str, Any]:
-    return {"technique": {"uid": tag.upper()}, "version": "v14"}
+def attack_objects(tags: tuple[str, ...]) -> list[dict[str, Any]]:
+    """OCSF 1.1 ``attack`` objects for a rule's ATT&CK tags, from pySigma's ATT&CK data.
+
+    One object per (technique, tactic) pair, ``tactic`` (singular, 1.1) being each of the
+    technique's *own* tactics; a sub-technique is ``sub_technique`` under its parent
+    ``technique``. A tactic tag no technique accounts for stands alone; an id unknown to the data
+    keeps its uid and no tactic."""
+    data = attack_data()
+    version = f"v{data.version}"
+    out: list[dict[str, Any]] = []
+    covered: set[str] = set()
+    for tag in tags:
+        if not _is_technique(tag):
+            continue
+        tech = data.techniques.get(tag.upper())
+        base: dict[str, Any] = {"version": version}
+        if tech is None:
+            out.append({**base, "technique": {"uid": tag.upper()}})
+            continue
+        if "." in tech.uid:
+            parent = data.techniques.get(tech.parent)
+            base["technique"] = {"uid": tech.parent, **({"name": parent.name} if parent else {})}
+            base["sub_technique"] = {"uid": tech.uid, "name": tech.name}
+        else:
+            base["technique"] = {"uid": tech.uid, "name": tech.name}
+        for tactic in tech.tactics or (None,):
+            obj = dict(base)
+            if tactic is not None:
+                obj["tactic"] = {"uid": tactic.uid, "name": tactic.name}
+                covered.add(tactic.shortname)
+            out.append(obj)
+    for tag in tags:
+        tactic = data.tactics.get(tag.lower())
+        if tactic is not None and tactic.shortname not in covered:
+            covered.add(tactic.shortname)
+            out.append({"version": version, "tactic": {"uid": tactic.uid, "name": tactic.name}})
+    return out
 
 
 def _cloud(account_id: str | None, region: str | None) -> dict[str, Any]:

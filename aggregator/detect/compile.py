@@ -98,7 +98,7 @@ def make_getter(path: str) -> Getter:
 
         return get1
 
-    def get(rec: Record) -> list[Any]:
+    def fanout(rec: Record) -> list[Any]:
         cur: list[Any] = [rec]
         for p in parts:
             nxt: list[Any] = []
@@ -115,6 +115,18 @@ def make_getter(path: str) -> Getter:
                 return nxt
             cur = nxt
         return cur
+
+    def get(rec: Record) -> list[Any]:
+        # Most paths meet only dicts: walk them directly, fan out only when a list shows up.
+        v: Any = rec
+        for p in parts:
+            if isinstance(v, dict):
+                v = v.get(p)
+                if v is None:
+                    return []
+            else:
+                return fanout(rec) if isinstance(v, list) else []
+        return v if isinstance(v, list) else [v]
 
     return get
 

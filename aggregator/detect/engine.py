@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from aggregator.detect.alerts import Alert, ArchivePointer, actor_of
 from aggregator.detect.rules import Rule, RuleSet
 from aggregator.ingest.dedupe import record_key_text
+from aggregator.normalize.derive import DERIVED_KEY, with_derived
 
 
 class AlertLog(Protocol):
@@ -50,7 +51,11 @@ def alert_for(
     key: str,
     now: float,
     archive: ArchivePointer | None = None,
+    *,
+    derived: dict[str, Any] | None = None,
 ) -> Alert:
+    """The alert ``rule`` raises on ``record``; ``derived`` (the record's derived fields) is kept
+    under ``extra["ctagg"]``."""
     return Alert(
         rule_id=rule.id,
         title=rule.title,
@@ -71,6 +76,7 @@ def alert_for(
         detected_at=now,
         archive=archive,
         request_id=_s(record.get("requestID")),
+        extra={DERIVED_KEY: dict(derived)} if derived else {},
     )
 
 
@@ -91,12 +97,16 @@ class Detector:
     def detect(self, record: dict[str, Any], archive: ArchivePointer | None = None) -> list[Alert]:
         """Alerts this record raises that were not raised before (empty for most records)."""
         self.records += 1
-        hits = self.rules.match(record)
+        view = with_derived(record)
+        hits = self.rules.match_view(view)
         if not hits:
             return []
         key = record_key_text(record)
         now = self.clock()
         self.matches += len(hits)
-        out = self.log.record([alert_for(r, record, key, now, archive) for r in hits])
+        derived = view.get(DERIVED_KEY) if view is not record else None
+        out = self.log.record(
+            [alert_for(r, record, key, now, archive, derived=derived) for r in hits]
+        )
         self.duplicates += len(hits) - len(out)
         return out

@@ -2,8 +2,12 @@
 
 A rule file holds one Sigma rule (or several YAML documents, one rule each) with logsource
 ``product: aws, service: cloudtrail``, an ``id`` (UUID) and a ``level``. Tags carry the
-MITRE ATT&CK ids (``attack.t1562.008``, ``attack.defense-evasion``) and the CIS AWS Foundations
-Benchmark control ids (``cis.4.3``: our own tag namespace, see docs/detect.md).
+MITRE ATT&CK ids (``attack.t1562.008``, ``attack.defense-evasion``). The CIS AWS Foundations
+Benchmark controls the built-in rules monitor are listed by rule id in ``rules/cis.json`` (SigmaHQ
+conventions allow neither a custom attribute nor a ``cis`` tag namespace); users' rules may still
+carry ``cis.4.3`` tags or a ``cis: ["4.3"]`` attribute (see docs/detect.md).
+
+Rules match the record with its derived fields (:mod:`aggregator.normalize.derive`) under ``ctagg``.
 
 Every problem of every file is collected and raised together (:class:`RuleLoadError`), each
 naming its file, like config errors.
@@ -11,8 +15,10 @@ naming its file, like config errors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from aggregator.detect.compile import Predicate, UnsupportedRule, compile_rule, pinned_values
+from aggregator.normalize.derive import with_derived
 
 LEVELS = ("informational", "low", "medium", "high", "critical")
 
@@ -47,9 +54,11 @@ class Rule:
     predicate: Predicate = field(repr=False, compare=False)
     event_names: frozenset[str] | None = None
     event_sources: frozenset[str] | None = None
+    identity_types: frozenset[str] | None = None
 
     def matches(self, record: dict[str, Any]) -> bool:
-        return self.predicate(record)
+        """Does the rule match ``record`` (its derived fields included)?"""
+        return self.predicate(with_derived(record))
 
 
 def builtin_rules_dir() -> Path:
@@ -69,7 +78,7 @@ def _rule_from_sigma(sr: SigmaRule, where: str) -> Rule:
         raise UnsupportedRule(f"missing 'level' (one of {', '.join(LEVELS)})")
     predicate, tree = compile_rule(sr)
     tags = tuple(str(t) for t in sr.tags)
-    cis = tuple(t.name for t in sr.tags if t.namespace == "cis")
+    cis = _cis_controls(sr, where)
     attack = tuple(t.name for t in sr.tags if t.namespace == "attack")
     return Rule(
         id=str(sr.id),
@@ -83,7 +92,26 @@ def _rule_from_sigma(sr: SigmaRule, where: str) -> Rule:
         predicate=predicate,
         event_names=pinned_values(tree, "eventName"),
         event_sources=pinned_values(tree, "eventSource"),
+        identity_types=pinned_values(tree, "userIdentity.type"),
     )
+
+
+@cache
+def pack_cis_controls() -> dict[str, tuple[str, ...]]:
+    """CIS controls of the built-in rules, by rule id (``rules/cis.json``)."""
+    doc = json.loads((builtin_rules_dir() / "cis.json").read_text(encoding="utf-8"))
+    return {rid: tuple(entry["controls"]) for rid, entry in doc["rules"].items()}
+
+
+def _cis_controls(sr: SigmaRule, where: str) -> tuple[str, ...]:
+    raw = sr.custom_attributes.get("cis", [])
+    values = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
+        raise UnsupportedRule(f"'cis' must be a list of control ids like \"4.3\" (got {raw!r})")
+    from_attribute = [str(v) for v in values]
+    from_tags = [t.name for t in sr.tags if t.namespace == "cis"]
+    from_pack = list(pack_cis_controls().get(str(sr.id), ()))
+    return tuple(dict.fromkeys(from_pack + from_attribute + from_tags))
 
 
 def load_rule_text(text: str, where: str) -> list[Rule]:
@@ -165,12 +193,14 @@ def load_rules(
 
 
 class RuleSet:
-    """Rules indexed by the eventName (or else eventSource) they pin, for few tests per record."""
+    """Rules indexed by the eventName (or else eventSource, or else userIdentity.type) they pin,
+    for few tests per record."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
         self.by_name: dict[str, list[Rule]] = {}
         self.by_source: dict[str, list[Rule]] = {}
+        self.by_identity: dict[str, list[Rule]] = {}
         self.always: list[Rule] = []
         for r in self.rules:
             if r.event_names is not None:
@@ -179,6 +209,9 @@ class RuleSet:
             elif r.event_sources is not None:
                 for s in r.event_sources:
                     self.by_source.setdefault(s, []).append(r)
+            elif r.identity_types is not None:  # e.g. the root rules
+                for t in r.identity_types:
+                    self.by_identity.setdefault(t, []).append(r)
             else:
                 self.always.append(r)
         self._empty: list[Rule] = []
@@ -195,9 +228,20 @@ class RuleSet:
             if isinstance(source, str)
             else self._empty
         )
-        if not a and not b:
+        c = self._empty
+        if self.by_identity:
+            ui = record.get("userIdentity")
+            kind = ui.get("type") if isinstance(ui, dict) else None
+            if isinstance(kind, str):
+                c = self.by_identity.get(kind.lower(), self._empty)
+        if not a and not b and not c:
             return self.always
-        return [*a, *b, *self.always]
+        return [*a, *b, *c, *self.always]
 
     def match(self, record: dict[str, Any]) -> list[Rule]:
-        return [r for r in self.candidates(record) if r.predicate(record)]
+        """Rules matching ``record``, its derived fields included."""
+        return self.match_view(with_derived(record))
+
+    def match_view(self, view: dict[str, Any]) -> list[Rule]:
+        """Rules matching a record that already carries its derived fields."""
+        return [r for r in self.candidates(view) if r.predicate(view)]

@@ -38,6 +38,7 @@ from aggregator.aws.errors import error_code, error_message, is_not_found
 from aggregator.aws.inventory import Inventory, Trail
 from aggregator.config import AuditSettings
 from aggregator.log import get_logger
+from aggregator.normalize.policy import policy_is_public
 
 log = get_logger("aggregator.audit")
 
@@ -164,25 +165,6 @@ _PUBLIC_GRANTEES = (
     "http://acs.amazonaws.com/groups/global/AllUsers",
     "http://acs.amazonaws.com/groups/global/AuthenticatedUsers",
 )
-
-
-def policy_is_public(policy: dict[str, Any]) -> bool:
-    """An Allow statement to everyone (``*``) without a Condition."""
-    statements = policy.get("Statement") or []
-    if isinstance(statements, dict):
-        statements = [statements]
-    for st in statements:
-        if st.get("Effect") != "Allow" or st.get("Condition"):
-            continue
-        principal = st.get("Principal")
-        if principal == "*":
-            return True
-        if isinstance(principal, dict):
-            aws = principal.get("AWS")
-            values = aws if isinstance(aws, list) else [aws]
-            if "*" in values:
-                return True
-    return False
 
 
 # ---------------------------------------------------------------------------- gathering

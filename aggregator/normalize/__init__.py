@@ -25,6 +25,7 @@ import orjson
 from aggregator.config.normalize import NormalizeSettings
 from aggregator.normalize._util import Flattener, epoch_ms, iso_z
 from aggregator.normalize.context import EventContext
+from aggregator.normalize.derive import derive
 from aggregator.normalize.ecs import POLYMORPHIC, to_ecs
 from aggregator.normalize.geoip import GeoIP
 from aggregator.normalize.ocsf import to_ocsf
@@ -175,6 +176,13 @@ class Normalizer:
             out = to_raw(rec, now_ms=self._now_ms, now_iso=self._now_iso, context=ctx)
         else:
             raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(SCHEMAS)}")
+        # Detection's derived fields (docs/detect.md), when they say something: no "public: false".
+        derived = {k: v for k, v in (derive(record) or {}).items() if v is not False}
+        if derived and schema == "ecs":
+            out["ctagg"] = {**out.get("ctagg", {}), **derived}
+        elif derived and schema == "ocsf":
+            unmapped = out.get("unmapped", {})
+            out["unmapped"] = {**unmapped, "ctagg": {**unmapped.get("ctagg", {}), **derived}}
         return out, rec, ctx
 
     def normalize(

@@ -65,8 +65,8 @@ def test_every_envelope(tmp_path: Path, stop_record: dict[str, Any]) -> None:
         assert err == ""
         assert len(lines) == 2 * n_events
         assert titles(lines) == {
-            "CloudTrail logging stopped or trail deleted",
-            "CloudTrail configuration changed",
+            "CloudTrail Logging Stopped or Trail Deleted",
+            "CloudTrail Configuration Changed",
         }
         for line in lines:
             for field in ("rule_id", "title", "severity", "event_id", "account_id", "region"):
@@ -151,5 +151,5 @@ def test_entry_point_over_stratus_files(testdata: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
-    assert "Account tried to leave the Organization" in titles(lines)
+    assert "Account Tried to Leave the Organization" in titles(lines)
     assert len({x["alert_id"] for x in lines}) == len(lines)

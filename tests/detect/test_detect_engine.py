@@ -41,8 +41,8 @@ def test_one_alert_per_rule_and_event(ruleset: RuleSet, stop_logging: dict[str, 
     first = det.detect(stop_logging)
     again = det.detect(copy.deepcopy(stop_logging))
     assert {a.title for a in first} == {
-        "CloudTrail logging stopped or trail deleted",
-        "CloudTrail configuration changed",
+        "CloudTrail Logging Stopped or Trail Deleted",
+        "CloudTrail Configuration Changed",
     }
     assert again == []
     assert det.duplicates == 2
@@ -56,7 +56,7 @@ def test_alert_fields(ruleset: RuleSet, stop_logging: dict[str, Any]) -> None:
     det = Detector(ruleset, clock=lambda: 1_700_000_000.0)
     ptr = ArchivePointer("central", "AWSLogs/o-1/123/CloudTrail/us-east-1/2024/07/30/x.json.gz")
     alerts = {a.title: a for a in det.detect(stop_logging, archive=ptr)}
-    line = alerts["CloudTrail configuration changed"].to_line()
+    line = alerts["CloudTrail Configuration Changed"].to_line()
     assert line["severity"] == "medium"
     assert line["cis"] == ["4.5"]
     assert line["event_id"] == stop_logging["eventID"]
@@ -66,7 +66,7 @@ def test_alert_fields(ruleset: RuleSet, stop_logging: dict[str, Any]) -> None:
     assert line["event_time"] == stop_logging["eventTime"]
     assert line["event_key"] == record_key_text(stop_logging)
     assert line["archive"] == {"bucket": ptr.bucket, "key": ptr.key}
-    crit = alerts["CloudTrail logging stopped or trail deleted"].to_line()
+    crit = alerts["CloudTrail Logging Stopped or Trail Deleted"].to_line()
     assert crit["severity"] == "critical"
     assert crit["cis"] == []
     assert "t1562.008" in crit["attack"]
@@ -88,11 +88,14 @@ def test_ocsf_detection_finding(ruleset: RuleSet, stop_logging: dict[str, Any]) 
     assert f["finding_info"]["analytic"]["uid"] == alert.rule_id
     assert f["finding_info"]["uid"] == alert.uid
     assert f["finding_info"]["src_url"] == "s3://central/AWSLogs/x.json.gz"
-    assert {
-        "technique": {"uid": "T1562.008"},
-        "version": "v14",
-        "tactics": [{"name": "Defense Evasion"}],
-    } in f["finding_info"]["attacks"]
+    assert f["finding_info"]["attacks"] == [
+        {
+            "version": "v17.0",
+            "technique": {"uid": "T1562", "name": "Impair Defenses"},
+            "sub_technique": {"uid": "T1562.008", "name": "Disable or Modify Cloud Logs"},
+            "tactic": {"uid": "TA0005", "name": "Defense Evasion"},
+        }
+    ]
     assert f["cloud"]["account"]["uid"] == stop_logging["recipientAccountId"]
     assert f["evidences"][0]["api"]["operation"] == "StopLogging"
     want = datetime.fromisoformat(stop_logging["eventTime"].replace("Z", "+00:00"))

@@ -37,7 +37,7 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
     ("rule", "record", "fires"),
     [
         (
-            "s3_acl_public",
+            "aws_s3_acl_public",
             rec(
                 S3,
                 "PutBucketAcl",
@@ -62,7 +62,7 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             True,
         ),
         (
-            "s3_acl_public",
+            "aws_s3_acl_public",
             rec(
                 S3,
                 "PutBucketAcl",
@@ -77,20 +77,20 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             ),
             False,
         ),
-        ("s3_acl_public", rec(S3, "PutObject", {"x-amz-acl": ["public-read"]}), True),
-        ("s3_acl_public", rec(S3, "PutObjectAcl", {"x-amz-acl": ["private"]}), False),
+        ("aws_s3_acl_public", rec(S3, "PutObject", {"x-amz-acl": ["public-read"]}), True),
+        ("aws_s3_acl_public", rec(S3, "PutObjectAcl", {"x-amz-acl": ["private"]}), False),
         (
-            "s3_acl_public",
+            "aws_s3_acl_public",
             rec(S3, "PutObjectAcl", {"x-amz-grant-read": f'uri="{ALL_USERS}"'}),
             True,
         ),
         (
-            "s3_acl_public",
+            "aws_s3_acl_public",
             rec(S3, "PutBucketAcl", {"x-amz-acl": ["public-read"]}, errorCode="AccessDenied"),
             False,
         ),
         (
-            "ec2_security_group_open_to_world",
+            "aws_ec2_security_group_open_to_world",
             rec(
                 EC2,
                 "AuthorizeSecurityGroupIngress",
@@ -109,7 +109,7 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             True,
         ),
         (
-            "ec2_security_group_open_to_world",
+            "aws_ec2_security_group_open_to_world",
             rec(
                 EC2,
                 "AuthorizeSecurityGroupIngress",
@@ -128,34 +128,34 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             False,
         ),
         (
-            "ec2_security_group_open_to_world",
+            "aws_ec2_security_group_open_to_world",
             rec(EC2, "AuthorizeSecurityGroupEgress", {"cidrIp": "0.0.0.0/0"}),
             False,
         ),
         (
-            "guardduty_disabled",
+            "aws_guardduty_disabled",
             rec("guardduty.amazonaws.com", "UpdateDetector", {"enable": False}),
             True,
         ),
         (
-            "guardduty_disabled",
+            "aws_guardduty_disabled",
             rec("guardduty.amazonaws.com", "UpdateDetector", {"enable": True}),
             False,
         ),
         (
-            "guardduty_disabled",
+            "aws_guardduty_disabled",
             rec("guardduty.amazonaws.com", "DeleteDetector", {"detectorId": "d"}),
             True,
         ),
-        ("securityhub_disabled", rec("securityhub.amazonaws.com", "DisableSecurityHub"), True),
-        ("securityhub_disabled", rec("securityhub.amazonaws.com", "GetFindings"), False),
+        ("aws_securityhub_disabled", rec("securityhub.amazonaws.com", "DisableSecurityHub"), True),
+        ("aws_securityhub_disabled", rec("securityhub.amazonaws.com", "GetFindings"), False),
         (
-            "cis_4_01_unauthorized_api_calls",
+            "aws_cis_4_01_unauthorized_api_calls",
             rec(EC2, "RunInstances", errorCode="Client.UnauthorizedOperation"),
             True,
         ),
         (
-            "cis_4_01_unauthorized_api_calls",
+            "aws_cis_4_01_unauthorized_api_calls",
             rec(
                 S3,
                 "PutObject",
@@ -164,9 +164,13 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             ),
             False,
         ),
-        ("cis_4_01_unauthorized_api_calls", rec(S3, "HeadBucket", errorCode="AccessDenied"), False),
         (
-            "cis_4_03_root_account_usage",
+            "aws_cis_4_01_unauthorized_api_calls",
+            rec(S3, "HeadBucket", errorCode="AccessDenied"),
+            False,
+        ),
+        (
+            "aws_cis_4_03_root_account_usage",
             {
                 "userIdentity": {"type": "Root", "invokedBy": "support.amazonaws.com"},
                 "eventName": "X",
@@ -174,17 +178,17 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             False,
         ),
         (
-            "cis_4_06_console_auth_failures",
+            "aws_cis_4_06_console_auth_failures",
             rec("signin.amazonaws.com", "ConsoleLogin", errorMessage="Failed authentication"),
             True,
         ),
         (
-            "cis_4_15_organizations_changes",
+            "aws_cis_4_15_organizations_changes",
             rec("organizations.amazonaws.com", "MoveAccount", {"accountId": "1"}),
             True,
         ),
         (
-            "cloudtrail_event_selectors_reduced",
+            "aws_cloudtrail_event_selectors_reduced",
             rec(
                 "cloudtrail.amazonaws.com",
                 "PutEventSelectors",
@@ -201,7 +205,7 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
             True,
         ),
         (
-            "iam_root_access_key_created",
+            "aws_iam_root_access_key_created",
             {
                 "eventSource": "iam.amazonaws.com",
                 "eventName": "CreateAccessKey",

@@ -66,7 +66,7 @@ detection:
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     """Duplicate ids, broken files and missing directories are all listed, each with its path."""
-    good = (builtin_rules_dir() / "aws" / "organizations_leave.yml").read_text()
+    good = (builtin_rules_dir() / "aws" / "aws_organizations_leave.yml").read_text()
     (tmp_path / "copy.yml").write_text(good)
     (tmp_path / "broken.yml").write_text("title: [")
     with pytest.raises(RuleLoadError) as info:

@@ -109,6 +109,6 @@ def test_disabled_rules_and_sinks_from_settings(testdata: Path, tmp_path: Path) 
     state = State(tmp_path / "s.db")
     svc = DetectionService(settings, state)
     alerts = svc.process(stratus(testdata, "defense-evasion.organizations-leave"))
-    assert [a.title for a in alerts] == ["Account tried to leave the Organization"]
+    assert [a.title for a in alerts] == ["Account Tried to Leave the Organization"]
     assert svc.anomalies is None
     state.close()

@@ -23,10 +23,10 @@ from aggregator.integrity.audit import (
     AuditReport,
     Finding,
     audit_metrics,
-    policy_is_public,
     pool_client_for,
     run_audit,
 )
+from aggregator.normalize.policy import policy_is_public
 
 GOOD, BAD, PUB = "111111111111", "222222222222", "333333333333"
 R1, R2 = "us-east-1", "eu-west-1"
@@ -272,10 +272,13 @@ async def test_outputs_and_metrics(seeded: Inventory, pool: ClientPool, tmp_path
 
 
 def test_policy_is_public() -> None:
+    """The audit reads bucket policies as detection does (aggregator/normalize/policy.py): a
+    Condition narrows a grant to everyone only when it names who may come in."""
     allow = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
     assert policy_is_public({"Statement": [dict(allow, Principal="*")]})
     assert policy_is_public({"Statement": dict(allow, Principal={"AWS": ["*"]})})
-    assert not policy_is_public(
-        {"Statement": [dict(allow, Principal="*", Condition={"StringEquals": {"aws:x": "y"}})]}
-    )
+    narrowed = {"StringEquals": {"aws:SourceAccount": "111111111111"}}
+    assert not policy_is_public({"Statement": [dict(allow, Principal="*", Condition=narrowed)]})
+    unrelated = {"StringEquals": {"s3:prefix": "public/"}}
+    assert policy_is_public({"Statement": [dict(allow, Principal="*", Condition=unrelated)]})
     assert not policy_is_public({"Statement": [dict(allow, Principal={"Service": "cloudtrail"})]})
