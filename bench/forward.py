@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aggregator.config import ForwardSettings
+from aggregator.forward.documents import default_normalizer
 from aggregator.forward.forwarder import Forwarder
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
 from tests.fakes.events import stratus_records
@@ -103,7 +104,9 @@ async def run_forward(conn: dict[str, Any], n: int, batch: int, tmp: Path) -> tu
     settings = ForwardSettings.model_validate(
         {"connectors": [conn], "batch_max_events": batch, "batch_max_wait_secs": 0}
     )
-    fwd = Forwarder(settings, state, archive, bucket="central")
+    fwd = Forwarder(
+        settings, state, archive, bucket="central", normalize=default_normalizer("central")
+    )
     # open (template install) outside the timing
     lane = fwd.lanes[conn["name"]]
     await lane._ensure_open()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Schema = Literal["ecs", "ocsf", "raw"]
 SCHEMAS: tuple[Schema, ...] = ("ecs", "ocsf", "raw")
@@ -106,6 +106,46 @@ class Fatal(Exception):
     """No event can succeed until an operator acts (bad credentials, missing index...)."""
 
 
+class EventCondition(BaseModel):
+    """One condition over an event's fields; every field given must match (AND). Strings are
+    shell-style patterns (``Describe*``, ``*.amazonaws.com``), a list matches when any item
+    does. ``ou`` matches the account's OU path (``Root/Prod/*``) or one of its OU ids
+    (``ou-ab12-*``); ``tag`` matches an account tag as ``key=value`` (``env=prod``,
+    ``env=*``) or a bare key that must be present."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_source: str | list[str] | None = Field(
+        default=None, description="CloudTrail eventSource, e.g. ec2.amazonaws.com."
+    )
+    event_name: str | list[str] | None = Field(
+        default=None, description="CloudTrail eventName, e.g. Describe*."
+    )
+    read_only: bool | None = Field(default=None, description="CloudTrail readOnly.")
+    account_id: str | list[str] | None = Field(
+        default=None, description="recipientAccountId (the account that logged the event)."
+    )
+    region: str | list[str] | None = Field(default=None, description="CloudTrail awsRegion.")
+    event_type: str | list[str] | None = Field(
+        default=None, description="CloudTrail eventType, e.g. AwsApiCall, AwsServiceEvent."
+    )
+    error_code: str | list[str] | None = Field(
+        default=None, description="CloudTrail errorCode ('' matches events without one)."
+    )
+    ou: str | list[str] | None = Field(
+        default=None, description="The account's OU path (Root/Prod/*) or an OU id, from discovery."
+    )
+    tag: str | list[str] | None = Field(
+        default=None, description="An account tag key=value (or a key), from discovery."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> EventCondition:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("a condition needs at least one field")
+        return self
+
+
 class ConnectorSettings(BaseModel):
     """Fields every connector entry in ``forward.connectors`` has."""
 
@@ -126,6 +166,20 @@ class ConnectorSettings(BaseModel):
         alias="schema",
         description="Output schema; null = the connector's default (OpenSearch: ecs, "
         "Splunk HEC: raw, syslog: ocsf).",
+    )
+    include: list[EventCondition] = Field(
+        default_factory=list,
+        description="Forward only events matching one of these conditions (empty = all).",
+    )
+    exclude: list[EventCondition] = Field(
+        default_factory=list,
+        description="Never forward events matching one of these conditions (the archive "
+        "keeps them; they count as handled).",
+    )
+    block_ingest_when_fatal: bool | None = Field(
+        default=None,
+        description="While this connector is stopped by a fatal error, a full backlog still "
+        "pauses collection (true) or not (false); null = forward.block_ingest_when_fatal.",
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from aggregator.config import Settings
 from aggregator.config.normalize import NormalizeSettings
 from aggregator.ingest.dedupe import record_key_text
 from aggregator.normalize import EventContext, Normalizer
@@ -67,6 +68,35 @@ def default_normalizer(
         return out
 
     return adapter
+
+
+def normalizer_for(
+    settings: Settings,
+    *,
+    accounts: AccountLookup | None = None,
+    organization_id: Callable[[], str | None] | None = None,
+) -> NormalizeFn:
+    """The normalizer of a config: the one every path to a sink uses (the daemon's lanes,
+    ``ctagg replay``, dead-letter retries), so redaction, enrichment and schema are the same
+    whichever path sent an event."""
+    return default_normalizer(
+        settings.archive.bucket,
+        settings.normalize,
+        accounts=accounts,
+        organization_id=organization_id,
+    )
+
+
+def account_of_record(accounts: AccountLookup | None) -> Callable[[dict[str, Any]], Account | None]:
+    """The account of a record (``recipientAccountId``) through ``accounts``, for filters."""
+
+    def lookup(record: dict[str, Any]) -> Account | None:
+        if accounts is None:
+            return None
+        account_id = record.get("recipientAccountId")
+        return accounts(account_id) if isinstance(account_id, str) else None
+
+    return lookup
 
 
 def to_out_event(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -108,11 +109,21 @@ class DetectionJobs:
         from aggregator.archive import store as archive
         from aggregator.detect.follow import DetectionFollower
         from aggregator.detect.service import DetectionService
+        from aggregator.normalize import redactor_for
 
         sinks = self._sinks()
+        # the same redaction as forwarded events: alerts leave ctagg too
+        redact = redactor_for(self.settings.normalize).apply
         # compiling the rule pack is CPU work: keep the loop (health, other jobs) free
         self.service = await asyncio.to_thread(
-            DetectionService, self.settings.detect, self.state, sinks, self.clock
+            functools.partial(
+                DetectionService,
+                self.settings.detect,
+                self.state,
+                sinks,
+                self.clock,
+                redact=redact,
+            )
         )
         stack.push_async_callback(self.close)
         for sink in sinks:
