@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from aggregator import log
+from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import State
 from tests.fakes.opensearch import FakeOpenSearch
 from tests.fakes.splunk_hec import FakeSplunkHec
@@ -161,3 +162,35 @@ async def test_fatal_connector_probes_again_and_resumes_when_fixed(
     (row,) = fwd.store.connectors()
     assert row.state == "ok"
     assert len(hec.indexed) == sum(len(v) for v in archive.objects.values())
+
+
+async def test_hec_poison_costs_no_backoff_and_no_duplicates(
+    tmp_path: Path, testdata: Path
+) -> None:
+    """1% poison events with indexer acks: each bad one is dead-lettered, the others are
+    indexed exactly once, and the lane never waits a backoff (5 s here) on their account."""
+    import time
+
+    hec = FakeSplunkHec({TOKEN}, ack=True)
+    await hec.start()
+    state = State(tmp_path / "s.db")
+    archive = MemoryArchive()
+    load_ledger(state, archive, testdata)
+    recs = [r for rs in archive.objects.values() for r in rs]
+    bad = {r["eventID"] for r in recs[::100]}
+    hec.invalid = lambda e: isinstance(e, dict) and e.get("eventID") in bad
+    conn = hec_conn(hec.url, ack=True, ack_poll_interval_secs=0.02)
+    fwd = fwd_of(settings(conn, backoff_initial_secs=5.0, backoff_max_secs=5.0), state, archive,
+                 bucket="c")  # fmt: skip
+    started = time.monotonic()
+    try:
+        await fwd.drain()
+    finally:
+        await hec.stop()
+    assert time.monotonic() - started < 4.0
+    assert {d["event_id"] for d in fwd.store.dead_letters("hec")} == {
+        record_key_text(r) for r in recs if r["eventID"] in bad
+    }
+    ids = [e["event"]["eventID"] for e in hec.indexed]
+    assert sorted(ids) == sorted(r["eventID"] for r in recs if r["eventID"] not in bad)
+    assert fwd.backlog("hec") == 0
