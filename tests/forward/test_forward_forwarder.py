@@ -465,3 +465,48 @@ async def test_later_batch_acknowledged_first_still_commits_in_order(
     assert order[0] != 0  # the second batch was acknowledged before the first
     assert fwd.store.cursor("os") == Cursor(8, 0)
     assert fake_os.all_ids() == unique
+
+
+async def test_backpressure_holds_its_limit_within_one_object_per_worker(
+    moto: str, tmp_path: Path
+) -> None:
+    """A sink that is down and max_backlog_objects 5, with 4 ingest workers and 30 new source
+    objects: collection pauses with at most 5 + 4 - 1 objects behind the cursor (the listing
+    queue does not add to it); once the predicate clears, the cycle archives the rest."""
+    from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+
+    from aggregator.aws.clients import Aws
+    from aggregator.aws.inventory import Account, Inventory
+    from aggregator.config import parse_settings
+    from aggregator.ingest.cycle import Ingestor
+
+    a1 = "111111111111"
+    client("s3").create_bucket(Bucket="central")
+    client("s3").create_bucket(Bucket="org-trail")
+    src = make_source("org-trail", a1)
+    for i in range(30):
+        key = log_key(src.prefix, a1, "us-east-1", f"20240501T{i // 60:02d}{i % 60:02d}Z", f"K{i}")
+        client("s3").put_object(Bucket="org-trail", Key=key, Body=log_object([record(f"e{i}", a1)]))
+    cfg = parse_settings(
+        {"state": {"path": str(tmp_path / "s.db")}, "archive": {"bucket": "central"},
+         "collect": {"max_concurrency": 4},
+         "forward": {"max_backlog_objects": 5,
+                     "connectors": [os_conn("http://127.0.0.1:9")]}}
+    )  # fmt: skip
+    state = State(cfg.state.path)
+    fwd = fwd_of(cfg.forward, state, MemoryArchive(), bucket="central")
+    fwd.store.cursor("os")
+    ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), should_pause=fwd.backpressure)
+    inv = Inventory([Account(a1)], {a1: ["us-east-1"]}, [], [src], [])
+    cycle = asyncio.create_task(ing.run(inv))
+    seen = -1
+    while seen != state.ledger.max_id():  # until collection stopped growing the backlog
+        seen = state.ledger.max_id()
+        await asyncio.sleep(0.6)
+    assert 5 <= fwd.backlog("os") <= 5 + 4 - 1
+    assert not cycle.done()
+    ing.should_pause = lambda: False  # the sink caught up
+    report = await asyncio.wait_for(cycle, 30)
+    assert report.objects == 30
+    assert fwd.backlog("os") == 30
+    state.close()
