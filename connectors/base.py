@@ -29,12 +29,14 @@ Schema = Literal["ecs", "ocsf", "raw"]
 SCHEMAS: tuple[Schema, ...] = ("ecs", "ocsf", "raw")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutEvent:
-    """One normalized event on its way to a sink.
+    """One normalized event on its way to a sink (read-only for connectors; not frozen only
+    because a frozen dataclass costs a microsecond per event to build).
 
     ``id`` is the dedupe key text (``aggregator.ingest.dedupe.record_key_text``): stable across
-    resends, so sinks that can (OpenSearch ``_id``) overwrite instead of duplicating.
+    resends, so sinks that can (OpenSearch ``_id``) overwrite instead of duplicating; empty
+    for a connector that declares it does not use it (:attr:`Connector.uses_event_id`).
     ``pointer`` names where the original record lives in the central archive
     (``s3://bucket/key#index``), for operators and for truncation markers.
     """
@@ -47,6 +49,7 @@ class OutEvent:
     pointer: str
     event_name: str = ""
     data: bytes = b""  # the document as compact JSON when the forwarder already serialized it
+    body: bytes = b""  # the record inside an envelope ``doc``, serialized by the forwarder
 
     def json(self) -> bytes:
         """The document as compact UTF-8 JSON (serialized once by the forwarder)."""
@@ -62,8 +65,14 @@ class OutEvent:
     def record_json(self) -> bytes:
         """The document for sinks without an envelope: the document, or the record inside a
         Splunk-style envelope."""
+        if self.body:
+            return self.body
         inner = envelope_event(self.doc) if self.doc is not None else None
         return self.json() if inner is None else orjson.dumps(inner)
+
+    def size(self) -> int:
+        """Serialized bytes (what batching counts)."""
+        return len(self.body or self.data) or len(self.json())
 
 
 HEC_ENVELOPE_KEYS = frozenset({"time", "host", "source", "sourcetype", "index", "event", "fields"})
@@ -198,6 +207,9 @@ class Connector(ABC):
     @property
     def schema(self) -> Schema:
         return self.settings.schema_ or self.default_schema
+
+    uses_event_id: ClassVar[bool] = True
+    """False when the sink never sees ``OutEvent.id`` (the forwarder then skips computing it)."""
 
     @property
     def max_in_flight(self) -> int:

@@ -82,6 +82,7 @@ class SplunkHecConnector(Connector):
     type_name: ClassVar[str] = "splunk_hec"
     default_schema: ClassVar[Schema] = "raw"
     settings_model: ClassVar[type[ConnectorSettings]] = SplunkHecSettings
+    uses_event_id: ClassVar[bool] = False  # HEC cannot deduplicate: no id is sent
 
     @property
     def max_in_flight(self) -> int:
@@ -167,7 +168,7 @@ class SplunkHecConnector(Connector):
                 env.update(meta)
                 if "source" in doc:
                     env["source"] = doc["source"]
-                body = dumps(inner)
+                body = ev.body or dumps(inner)
             if ev.time and "time" not in env:
                 env["time"] = round(ev.time, 3)
             if host is None and ev.account_id:

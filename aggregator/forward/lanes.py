@@ -43,6 +43,7 @@ from connectors.base import (
     OutEvent,
     Rejected,
     Retry,
+    envelope_event,
 )
 
 log = get_logger("aggregator.forward")
@@ -65,6 +66,14 @@ class Item:
     central_key: str
     index: int
     event_time: str | None
+    record: dict[str, Any] | None = None  # kept when the event carries no id
+
+    @property
+    def event_id(self) -> str:
+        """The event's dedupe key text (computed now when the connector did not need it)."""
+        if self.event.id or self.record is None:
+            return self.event.id
+        return record_key_text(self.record)
 
 
 @dataclass(slots=True)
@@ -280,20 +289,30 @@ class Lane:
                 f"normalize: {type(exc).__name__}: {exc}"[:500],
             )
         doc: dict[str, Any] | None
+        data = body = b""
         if type(out) is bytes:
             doc, data = None, out
         else:
             assert isinstance(out, dict)
             doc = out
-            try:
-                data = orjson.dumps(doc)
+            inner = envelope_event(doc)
+            try:  # an envelope's sinks send the record inside it: serialize only that
+                if inner is not None:
+                    body = orjson.dumps(inner)
+                else:
+                    data = orjson.dumps(doc)
             except TypeError as exc:
                 return DeadLetter(
                     record_key_text(record), central_key, index, None, f"serialize: {exc}"[:500]
                 )
-        ev = to_out_event(record, doc, self.bucket, central_key, index, data=data)
+        with_id = self.connector.uses_event_id
+        ev = to_out_event(
+            record, doc, self.bucket, central_key, index, data=data, body=body, with_id=with_id
+        )
         et = record.get("eventTime")
-        return Item(ev, central_key, index, et if isinstance(et, str) else None)
+        return Item(
+            ev, central_key, index, et if type(et) is str else None, None if with_id else record
+        )
 
     async def fill(
         self,
@@ -327,7 +346,7 @@ class Lane:
                     scanned += 1
                     if type(got) is Item:
                         items.append(got)
-                        nbytes += len(got.event.data) + 100
+                        nbytes += len(got.event.body or got.event.data) + 100
                     elif got is None:
                         batch.filtered += 1
                     else:
@@ -419,7 +438,7 @@ class Lane:
                 elif isinstance(out, Rejected):
                     rejected += 1
                     dead.append(
-                        DeadLetter(it.event.id, it.central_key, it.index, it.event_time, out.reason)
+                        DeadLetter(it.event_id, it.central_key, it.index, it.event_time, out.reason)
                     )
                 else:
                     retry.append(it)

@@ -73,7 +73,7 @@ class _Sender:
             report.rejected += 1
             return
         self.batch.append(got)
-        self.nbytes += len(got.event.data) + 100
+        self.nbytes += len(got.event.body or got.event.data) + 100
         s = self.settings
         if len(self.batch) >= s.batch_max_events or self.nbytes >= s.batch_max_bytes:
             await self.flush()
@@ -88,7 +88,7 @@ class _Sender:
         self.report.rejected += len(dead)
         if self.has_dead:
             bad = {d.event_id for d in dead}
-            ok = [it.event.id for it in batch if it.event.id not in bad]
+            ok = [i for i in (it.event_id for it in batch) if i not in bad]
             self.report.resolved += self.store.resolve(self.lane.name, ok)
 
 
@@ -157,7 +157,7 @@ async def retry_dead_letters(
                 i = int(r["record_index"])
                 rec = records[i] if 0 <= i < len(records) else None
                 got = lane.item(rec, key, i) if rec is not None else None
-                if rec is None or (isinstance(got, Item) and got.event.id != r["event_id"]):
+                if rec is None or (isinstance(got, Item) and got.event_id != r["event_id"]):
                     store.note_retry(name, str(r["event_id"]), "not found in the archive")
                     report.events += 1
                     report.rejected += 1
