@@ -240,6 +240,7 @@ class Daemon:
             stopping=self.scheduler.stopping,
             clock=self.clock,
             sessions=self.app.broker,
+            accounts=self._accounts.get,
         )
         await det.start(stack)
         self.detection = det

@@ -40,6 +40,7 @@ def canary_inventory(testdata: Path) -> Inventory:
         ev["requestParameters"] = {**(ev.get("requestParameters") or {}), "canary": CANARY}
         ev["userIdentity"] = {**ev["userIdentity"], "arn": f"arn:aws:iam::{A1}:user/{CANARY}"}
         ev["sourceIPAddress"] = CANARY
+        ev["recipientAccountId"] = A1  # the account whose trail delivered it, as in life
     key = log_key(src.prefix, A1, "us-east-1", f"{TODAY}T0105Z", "Canary0000000001")
     s3.put_object(Bucket="org-trail", Key=key, Body=log_object(events))
     account = Account(A1, name="payments-prod", ou_path="Root/Prod", tags={"env": "prod"})
@@ -147,7 +148,12 @@ async def test_a_redacted_canary_never_leaves_by_any_path(
     sent = json.dumps([hec.indexed, search.indices, hook.posts])
     assert CANARY not in sent
     assert "[REDACTED]" in sent  # masked, not dropped: the field is there
-    assert len(alerts([e["event"] for e in hec.indexed if isinstance(e["event"], dict)])) >= 1
+    hec_alerts = alerts([e["event"] for e in hec.indexed if isinstance(e["event"], dict)])
+    assert hec_alerts
+    # alerts are enriched as events are: the account's name from discovery
+    assert {a["cloud"]["account"]["name"] for a in [*hec_alerts, *alerts(os_docs())]} == {
+        "payments-prod"
+    }
 
 
 async def test_without_a_snapshot_replay_discovers_once_or_warns(
