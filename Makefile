@@ -23,18 +23,24 @@ lock:  ## re-resolve requirements.lock (dev), requirements-runtime.lock (image) 
 demo: install  ## run the real pipeline against an embedded moto server and print a summary
 	$(BIN)/ctagg demo
 
-# System programs the tests run for real (a real rsyslog for the syslog connector, openssl for
-# its TLS certificates, promtool for the chart's alert rules). Installed with apt when running as root; otherwise the command to run
-# is printed and the target fails, so a missing receiver is never a surprise later.
+# System programs the tests run for real (a real rsyslog for the syslog connector, with TLS and
+# RELP (imrelp) inputs, openssl for its TLS certificates, promtool for the chart's alert rules).
+# Installed with apt when running as root; otherwise the command to run is printed and the
+# target fails, so a missing receiver is never a surprise later.
 SYSTEM_PROGRAMS := rsyslogd:rsyslog openssl:openssl promtool:prometheus
-SYSTEM_EXTRAS := rsyslog-gnutls rsyslog-openssl
+SYSTEM_EXTRAS := rsyslog-gnutls rsyslog-openssl rsyslog-relp
 
 sysdeps:  ## install the system programs the tests need (apt, as root)
 	@missing=""; for pair in $(SYSTEM_PROGRAMS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
+	for pkg in $(SYSTEM_EXTRAS); do \
+	  if command -v dpkg-query >/dev/null 2>&1; then \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	  fi; \
+	done; \
 	if [ -n "$$missing" ]; then \
-	  pkgs="$$missing $(SYSTEM_EXTRAS)"; \
+	  pkgs="$$missing"; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$pkgs"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \

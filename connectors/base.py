@@ -23,18 +23,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Schema = Literal["ecs", "ocsf", "raw"]
 SCHEMAS: tuple[Schema, ...] = ("ecs", "ocsf", "raw")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutEvent:
-    """One normalized event on its way to a sink.
+    """One normalized event on its way to a sink (read-only for connectors; not frozen only
+    because a frozen dataclass costs a microsecond per event to build).
 
     ``id`` is the dedupe key text (``aggregator.ingest.dedupe.record_key_text``): stable across
-    resends, so sinks that can (OpenSearch ``_id``) overwrite instead of duplicating.
+    resends, so sinks that can (OpenSearch ``_id``) overwrite instead of duplicating; empty
+    for a connector that declares it does not use it (:attr:`Connector.uses_event_id`).
     ``pointer`` names where the original record lives in the central archive
     (``s3://bucket/key#index``), for operators and for truncation markers.
     """
@@ -47,6 +49,7 @@ class OutEvent:
     pointer: str
     event_name: str = ""
     data: bytes = b""  # the document as compact JSON when the forwarder already serialized it
+    body: bytes = b""  # the record inside an envelope ``doc``, serialized by the forwarder
 
     def json(self) -> bytes:
         """The document as compact UTF-8 JSON (serialized once by the forwarder)."""
@@ -62,8 +65,14 @@ class OutEvent:
     def record_json(self) -> bytes:
         """The document for sinks without an envelope: the document, or the record inside a
         Splunk-style envelope."""
+        if self.body:
+            return self.body
         inner = envelope_event(self.doc) if self.doc is not None else None
         return self.json() if inner is None else orjson.dumps(inner)
+
+    def size(self) -> int:
+        """Serialized bytes (what batching counts)."""
+        return len(self.body or self.data) or len(self.json())
 
 
 HEC_ENVELOPE_KEYS = frozenset({"time", "host", "source", "sourcetype", "index", "event", "fields"})
@@ -106,6 +115,46 @@ class Fatal(Exception):
     """No event can succeed until an operator acts (bad credentials, missing index...)."""
 
 
+class EventCondition(BaseModel):
+    """One condition over an event's fields; every field given must match (AND). Strings are
+    shell-style patterns (``Describe*``, ``*.amazonaws.com``), a list matches when any item
+    does. ``ou`` matches the account's OU path (``Root/Prod/*``) or one of its OU ids
+    (``ou-ab12-*``); ``tag`` matches an account tag as ``key=value`` (``env=prod``,
+    ``env=*``) or a bare key that must be present."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_source: str | list[str] | None = Field(
+        default=None, description="CloudTrail eventSource, e.g. ec2.amazonaws.com."
+    )
+    event_name: str | list[str] | None = Field(
+        default=None, description="CloudTrail eventName, e.g. Describe*."
+    )
+    read_only: bool | None = Field(default=None, description="CloudTrail readOnly.")
+    account_id: str | list[str] | None = Field(
+        default=None, description="recipientAccountId (the account that logged the event)."
+    )
+    region: str | list[str] | None = Field(default=None, description="CloudTrail awsRegion.")
+    event_type: str | list[str] | None = Field(
+        default=None, description="CloudTrail eventType, e.g. AwsApiCall, AwsServiceEvent."
+    )
+    error_code: str | list[str] | None = Field(
+        default=None, description="CloudTrail errorCode ('' matches events without one)."
+    )
+    ou: str | list[str] | None = Field(
+        default=None, description="The account's OU path (Root/Prod/*) or an OU id, from discovery."
+    )
+    tag: str | list[str] | None = Field(
+        default=None, description="An account tag key=value (or a key), from discovery."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> EventCondition:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("a condition needs at least one field")
+        return self
+
+
 class ConnectorSettings(BaseModel):
     """Fields every connector entry in ``forward.connectors`` has."""
 
@@ -127,6 +176,20 @@ class ConnectorSettings(BaseModel):
         description="Output schema; null = the connector's default (OpenSearch: ecs, "
         "Splunk HEC: raw, syslog: ocsf).",
     )
+    include: list[EventCondition] = Field(
+        default_factory=list,
+        description="Forward only events matching one of these conditions (empty = all).",
+    )
+    exclude: list[EventCondition] = Field(
+        default_factory=list,
+        description="Never forward events matching one of these conditions (the archive "
+        "keeps them; they count as handled).",
+    )
+    block_ingest_when_fatal: bool | None = Field(
+        default=None,
+        description="While this connector is stopped by a fatal error, a full backlog still "
+        "pauses collection (true) or not (false); null = forward.block_ingest_when_fatal.",
+    )
 
 
 class Connector(ABC):
@@ -144,6 +207,9 @@ class Connector(ABC):
     @property
     def schema(self) -> Schema:
         return self.settings.schema_ or self.default_schema
+
+    uses_event_id: ClassVar[bool] = True
+    """False when the sink never sees ``OutEvent.id`` (the forwarder then skips computing it)."""
 
     @property
     def max_in_flight(self) -> int:

@@ -67,6 +67,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         forward.run_replay,
     ),
     (
+        "dead-letters",
+        "list the events sinks rejected for good; --retry sends them again",
+        forward.add_dead_letter_args,
+        forward.run_dead_letters,
+    ),
+    (
         "normalize",
         "print CloudTrail events as ECS, OCSF or raw JSON lines",
         normalize_cmd.add_arguments,

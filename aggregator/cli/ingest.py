@@ -33,6 +33,7 @@ def run_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from datetime import UTC, datetime
 
+    from aggregator.cli.forward import forwarding_status
     from aggregator.state import State
 
     settings = load_or_exit(args.config)
@@ -60,6 +61,7 @@ def run_status(args: argparse.Namespace) -> int:
             print(json_line({**asdict(r), "lag_secs": lag(r.newest_event_time)}))
         for f in failures:
             print(json_line({"failure": f}))
+        forwarding_status(settings, as_json=True)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -93,6 +95,7 @@ def run_status(args: argparse.Namespace) -> int:
         console.print(
             f"[red]account {f['account_id']}[/red] {f['stage']}: {f['reason']} (x{f['count']})"
         )
+    forwarding_status(settings, as_json=False)
     return 0
 
 

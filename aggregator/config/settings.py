@@ -307,6 +307,31 @@ class ForwardSettings(Strict):
         description="Ledger rows behind a connector's cursor before collection pauses.",
     )
     poll_interval_secs: float = Field(default=2.0, gt=0)
+    warn_after_secs: float = Field(
+        default=30.0,
+        ge=0,
+        description="A connector that delivers nothing for this long while it has events to "
+        "deliver is failing: logged at WARNING with the reason, its up gauge goes to 0.",
+    )
+    warn_interval_secs: float = Field(
+        default=300.0, gt=0, description="While a connector keeps failing, repeat the WARNING."
+    )
+    fatal_retry_secs: float = Field(
+        default=300.0,
+        gt=0,
+        description="A connector stopped by a fatal error (bad token, no permission) tries "
+        "again this often, logging the ERROR again each time, and resumes once the sink works.",
+    )
+    block_ingest_when_fatal: bool = Field(
+        default=False,
+        description="A fatal connector's full backlog pauses collection too (false: the archive "
+        "keeps growing, the connector's cursor waits). Each connector may override it.",
+    )
+    not_ready_when: Literal["never", "fatal", "failing"] = Field(
+        default="fatal",
+        description="/readyz fails when a connector is fatal, also when one is failing, or "
+        "never (connectors are named in /readyz in every case).",
+    )
 
     @field_validator("connectors")
     @classmethod

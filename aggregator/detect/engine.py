@@ -86,7 +86,12 @@ class Detector:
         rules: RuleSet | Iterable[Rule],
         log: AlertLog | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        """``redact``: the configured redaction (``aggregator.normalize.redactor_for``),
+        applied to what an alert copies from its record."""
+        self.redact = redact
         self.rules = rules if isinstance(rules, RuleSet) else RuleSet(list(rules))
         self.log: AlertLog = log if log is not None else MemoryAlertLog()
         self.clock = clock
@@ -105,8 +110,14 @@ class Detector:
         now = self.clock()
         self.matches += len(hits)
         derived = view.get(DERIVED_KEY) if view is not record else None
+        # Rules see the whole record; what an alert carries out of ctagg (actor, source IP,
+        # derived fields) comes from the redacted one, as forwarded events do.
+        shown = self.redact(record) if self.redact is not None else record
+        if shown is not record:
+            again = with_derived(shown)
+            derived = again.get(DERIVED_KEY) if again is not shown else None
         out = self.log.record(
-            [alert_for(r, record, key, now, archive, derived=derived) for r in hits]
+            [alert_for(r, shown, key, now, archive, derived=derived) for r in hits]
         )
         self.duplicates += len(hits) - len(out)
         return out

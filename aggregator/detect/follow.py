@@ -16,7 +16,7 @@ connector (OpenSearch, Splunk HEC, syslog), so alerts land where the events land
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -113,11 +113,25 @@ class DetectionFollower:
 
 
 class ConnectorAlertSink:
-    """An AlertSink sending each alert's OCSF Detection Finding through a connector."""
+    """An AlertSink sending each alert's OCSF Detection Finding through a connector.
 
-    def __init__(self, connector: Connector) -> None:
+    ``account_name`` (discovery's view, as forwarded events are enriched) names the account
+    in ``cloud.account.name``."""
+
+    def __init__(
+        self, connector: Connector, account_name: Callable[[str], str | None] | None = None
+    ) -> None:
         self.connector = connector
         self.name = f"connector:{connector.name}"
+        self.account_name = account_name
+
+    def document(self, alert: Alert) -> dict[str, Any]:
+        doc = alert.to_ocsf()
+        if self.account_name is not None and alert.account_id:
+            name = self.account_name(alert.account_id)
+            if name:
+                doc["cloud"].setdefault("account", {})["name"] = name
+        return doc
 
     async def open(self) -> None:
         await self.connector.open()
@@ -127,7 +141,7 @@ class ConnectorAlertSink:
             OutEvent(
                 id=a.uid,
                 doc=None,
-                data=orjson.dumps(a.to_ocsf()),
+                data=orjson.dumps(self.document(a)),
                 time=float(a.event_epoch),
                 account_id=a.account_id or "",
                 region=a.region or "",

@@ -57,7 +57,11 @@ class DetectionService:
         state: State,
         sinks: Sequence[AlertSink] = (),
         clock: Callable[[], float] = time.time,
+        *,
+        redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        """``redact``: the ``normalize:`` section's redaction (the daemon passes it), applied
+        to what alerts copy from their events before any sink sees them."""
         self.settings = settings
         self.sinks = {s.name: s for s in sinks}
         self.store = DetectStore(state, sinks=list(self.sinks))
@@ -66,7 +70,7 @@ class DetectionService:
             builtin=settings.builtin_rules,
             disabled_ids=settings.disabled_rule_ids,
         )
-        self.detector = Detector(RuleSet(rules), log=self.store, clock=clock)
+        self.detector = Detector(RuleSet(rules), log=self.store, clock=clock, redact=redact)
         a = settings.anomaly
         self.anomalies: RateAnomalies | None = (
             RateAnomalies(

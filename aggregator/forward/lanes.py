@@ -1,12 +1,20 @@
 """One lane per connector: it reads central objects in ledger order (``ledger.id`` is the
-position), normalizes each record to the connector's schema, batches by count / bytes / time,
-and hands batches to ``connector.send``.
+position), drops what the connector's ``include`` / ``exclude`` conditions filter out,
+normalizes each record to the connector's schema, batches by count / bytes / time, and hands
+batches to ``connector.send``.
 
 Per event the connector answers delivered, retry or rejected: retries are sent again after
 exponential backoff with jitter (only the events that need it), rejections go to the dead
 letters with the reason, and only when every event of a batch is acknowledged one way or the
 other does the cursor move, in the same transaction as the dead letters. A crash or restart in
 between sends the batch again (OpenSearch overwrites by ``_id``; nothing is lost anywhere).
+
+The lane also says how it is doing (:class:`LaneStatus`): a connector that has not delivered
+for ``forward.warn_after_secs`` while it had something to deliver is *failing* (WARNING with
+the reason, repeated every ``forward.warn_interval_secs``), one stopped by
+:class:`~connectors.base.Fatal` is *fatal* (ERROR with what to fix; the lane probes the sink
+again every ``forward.fatal_retry_secs`` and resumes when it answers). The state is persisted
+on each change, for ``ctagg status`` in another process.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import orjson
 
 from aggregator.config import ForwardSettings
 from aggregator.forward.documents import NormalizeFn, to_out_event
+from aggregator.forward.filters import EventFilter
 from aggregator.forward.store import Cursor, DeadLetter, ForwardStore
 from aggregator.ingest.dedupe import record_key_text
 from aggregator.log import get_logger
@@ -34,9 +43,15 @@ from connectors.base import (
     OutEvent,
     Rejected,
     Retry,
+    envelope_event,
 )
 
 log = get_logger("aggregator.forward")
+
+FATAL_HINT = (
+    "fix the connector's settings (token, credentials, index) or the sink; the lane tries "
+    "again every forward.fatal_retry_secs and resumes by itself, or restart after a config change"
+)
 
 
 class ArchiveReader(Protocol):
@@ -51,6 +66,14 @@ class Item:
     central_key: str
     index: int
     event_time: str | None
+    record: dict[str, Any] | None = None  # kept when the event carries no id
+
+    @property
+    def event_id(self) -> str:
+        """The event's dedupe key text (computed now when the connector did not need it)."""
+        if self.event.id or self.record is None:
+            return self.event.id
+        return record_key_text(self.record)
 
 
 @dataclass(slots=True)
@@ -59,10 +82,14 @@ class Batch:
     dead: list[DeadLetter]
     end: Cursor  # the cursor once every item of the batch is acknowledged
     more: bool  # more rows were available right away (worth preparing the next batch)
+    filtered: int = 0  # events the connector's conditions dropped (handled, not sent)
 
 
 @dataclass
 class LaneStatus:
+    """How a lane is doing, in memory (the metrics and ``/readyz`` read it live). The totals
+    count since the process started; the persisted ones are in ``forward_cursors``."""
+
     name: str
     backlog: int = 0
     fatal: str | None = None
@@ -70,10 +97,37 @@ class LaneStatus:
     last_error: str | None = None
     running: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    delivered: int = 0
+    rejected: int = 0
+    filtered: int = 0
+    failing_since: float | None = None  # wall time of the first failure since a delivery
+    warned: bool = False  # the failure lasted past warn_after_secs (and was logged)
+    last_delivered_at: float | None = None  # wall time a sink last acknowledged an event
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def state(self) -> str:
+        """``fatal``, ``failing`` (no delivery for longer than forward.warn_after_secs) or
+        ``ok``."""
+        if self.fatal is not None:
+            return "fatal"
+        return "failing" if self.warned else "ok"
+
+    @property
+    def up(self) -> bool:
+        return self.state == "ok"
+
+    def reason(self) -> str | None:
+        return self.fatal if self.fatal is not None else self.last_error
 
 
 class _Stopped(Exception):
     """The lane was asked to stop while a batch was still unacknowledged."""
+
+
+class GaveUp(Exception):
+    """A bounded delivery (a one-shot command) ran out of attempts; the reason is the last
+    transient failure."""
 
 
 class Lane:
@@ -86,6 +140,7 @@ class Lane:
         *,
         normalize: NormalizeFn,
         bucket: str,
+        event_filter: EventFilter | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.connector = connector
@@ -95,12 +150,102 @@ class Lane:
         self.archive = archive
         self.normalize = normalize
         self.bucket = bucket
+        self.filter = event_filter or EventFilter.for_connector(connector.settings)
         self.status = LaneStatus(connector.name)
         self.stop = asyncio.Event()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._cache: tuple[str, list[dict[str, Any]]] | None = None
         self._opened = False
         self._open_lock = asyncio.Lock()
+        self._warned_at = 0.0
+        self.persist_state = True  # one-shot commands (replay) leave the daemon's state alone
+
+    # -------------------------------------------------------------- health
+
+    def _failed(self, reason: str) -> None:
+        """A delivery (or the open, or the archive read it needs) failed for now."""
+        st = self.status
+        now = time.time()
+        st.last_error = reason[:300]
+        if st.failing_since is None:
+            st.failing_since = now
+        s = self.settings
+        down = now - st.failing_since
+        if down < s.warn_after_secs:
+            return
+        if not st.warned or now - self._warned_at >= s.warn_interval_secs:
+            first = not st.warned
+            st.warned = True
+            self._warned_at = now
+            log.warning(
+                "forward.connector_failing",
+                connector=self.name,
+                reason=st.last_error,
+                failing_secs=round(down),
+                last_delivered_secs=(
+                    round(now - st.last_delivered_at) if st.last_delivered_at else None
+                ),
+            )
+            if first:
+                self._persist("failing", st.last_error, st.failing_since)
+
+    def _answered(self, delivered: int) -> None:
+        """The sink answered for some events (delivered, or rejected for good): it works."""
+        st = self.status
+        now = time.time()
+        if delivered:
+            st.last_delivered_at = now
+        if st.fatal is not None:
+            self._unfatal()
+        elif st.failing_since is not None:
+            self._recovered(now)
+
+    def _idle(self) -> None:
+        """Nothing to deliver: not failing (a fatal connector stays fatal until it answers)."""
+        if self.status.fatal is None and self.status.failing_since is not None:
+            self._recovered(time.time())
+
+    def _recovered(self, now: float) -> None:
+        st = self.status
+        if st.warned and st.failing_since is not None:
+            log.warning(
+                "forward.connector_recovered",
+                connector=self.name,
+                failing_secs=round(now - st.failing_since),
+            )
+            self._persist("ok", None, now)
+        st.failing_since, st.warned = None, False
+
+    def _fatal(self, exc: Fatal) -> None:
+        st = self.status
+        first = st.fatal is None
+        st.fatal = str(exc)[:500]
+        log.error(
+            "forward.connector_fatal",
+            connector=self.name,
+            error_type=st.fatal[:300],
+            hint=FATAL_HINT,
+            retry_secs=self.settings.fatal_retry_secs,
+        )
+        if first:
+            self._persist("fatal", st.fatal, time.time())
+
+    def _unfatal(self) -> None:
+        st = self.status
+        if st.fatal is not None:
+            log.warning("forward.connector_resumed", connector=self.name)
+            st.fatal = None
+            st.failing_since, st.warned = None, False
+            self._persist("ok", None, time.time())
+
+    def _persist(self, state: str, reason: str | None, since: float) -> None:
+        if not self.persist_state:
+            return
+        try:
+            self.store.cursor(self.name, self.connector.settings.start_from)
+            self.store.set_state(self.name, state, reason, since)
+        except Exception as exc:  # the state is for operators; never stop a lane for it
+            log.warning("forward.state_write_failed", connector=self.name, error_type=str(exc))
 
     # -------------------------------------------------------------- reading
 
@@ -114,7 +259,7 @@ class Lane:
                 break
             except Exception as exc:
                 attempt += 1
-                self.status.last_error = f"archive read: {type(exc).__name__}"
+                self._failed(f"archive read: {type(exc).__name__}: {exc}"[:300])
                 log.error(
                     "forward.archive_read_failed",
                     connector=self.name,
@@ -126,9 +271,13 @@ class Lane:
         self._cache = (central_key, records)
         return records
 
-    def item(self, record: Any, central_key: str, index: int) -> Item | DeadLetter:
+    def item(self, record: Any, central_key: str, index: int) -> Item | DeadLetter | None:
+        """The event for ``record``, its dead letter, or None when the connector's
+        conditions filter it out."""
         if not isinstance(record, dict):
             return DeadLetter("", central_key, index, None, "not a JSON object")
+        if not self.filter.accept(record):
+            return None
         try:
             out = self.normalize(record, self.connector.schema, central_key)
         except Exception as exc:
@@ -140,37 +289,52 @@ class Lane:
                 f"normalize: {type(exc).__name__}: {exc}"[:500],
             )
         doc: dict[str, Any] | None
+        data = body = b""
         if type(out) is bytes:
             doc, data = None, out
         else:
             assert isinstance(out, dict)
             doc = out
-            try:
-                data = orjson.dumps(doc)
+            inner = envelope_event(doc)
+            try:  # an envelope's sinks send the record inside it: serialize only that
+                if inner is not None:
+                    body = orjson.dumps(inner)
+                else:
+                    data = orjson.dumps(doc)
             except TypeError as exc:
                 return DeadLetter(
                     record_key_text(record), central_key, index, None, f"serialize: {exc}"[:500]
                 )
-        ev = to_out_event(record, doc, self.bucket, central_key, index, data=data)
+        with_id = self.connector.uses_event_id
+        ev = to_out_event(
+            record, doc, self.bucket, central_key, index, data=data, body=body, with_id=with_id
+        )
         et = record.get("eventTime")
-        return Item(ev, central_key, index, et if isinstance(et, str) else None)
+        return Item(
+            ev, central_key, index, et if type(et) is str else None, None if with_id else record
+        )
 
     async def fill(
         self,
         start: Cursor,
-        items: list[Item],
-        dead: list[DeadLetter],
+        batch: Batch,
         *,
         max_events: int,
         max_bytes: int,
         nbytes: int = 0,
-    ) -> tuple[Cursor, int, bool]:
-        """Append items from ``start`` until a limit; (next position, bytes, more_available)."""
+    ) -> tuple[int, bool]:
+        """Append items from ``start`` to ``batch`` until a limit (events, bytes, or records
+        read: a filter may drop most of them); moves ``batch.end``. Returns (bytes,
+        more_available)."""
+        items, dead = batch.items, batch.dead
         pos = start
+        scanned = 0
+        max_scan = max(max_events * 8, 4096)
         while True:
             rows = self.store.ledger.from_id(pos.ledger_id, limit=16)
             if not rows:
-                return pos, nbytes, False
+                batch.end = pos
+                return nbytes, False
             for row in rows:
                 rid, key = int(row["id"]), str(row["central_key"])
                 if rid != pos.ledger_id:
@@ -179,17 +343,22 @@ class Lane:
                 n = len(records)
                 for i in range(pos.offset, n):
                     got = self.item(records[i], key, i)
+                    scanned += 1
                     if type(got) is Item:
                         items.append(got)
-                        nbytes += len(got.event.data) + 100
+                        nbytes += len(got.event.body or got.event.data) + 100
+                    elif got is None:
+                        batch.filtered += 1
                     else:
                         assert isinstance(got, DeadLetter)
                         dead.append(got)
-                    if len(items) >= max_events or nbytes >= max_bytes:
+                    if len(items) >= max_events or nbytes >= max_bytes or scanned >= max_scan:
                         if i + 1 >= n:  # row finished: point past it
                             self._cache = None
-                            return Cursor(rid + 1, 0), nbytes, True
-                        return Cursor(rid, i + 1), nbytes, True
+                            batch.end = Cursor(rid + 1, 0)
+                        else:
+                            batch.end = Cursor(rid, i + 1)
+                        return nbytes, True
                 pos = Cursor(rid + 1, 0)
                 self._cache = None
 
@@ -209,11 +378,11 @@ class Lane:
             return
         raise _Stopped
 
-    async def _ensure_open(self) -> None:
+    async def _ensure_open(self, max_attempts: int | None = None) -> None:
         async with self._open_lock:
-            await self._open_with_retries()
+            await self._open_with_retries(max_attempts)
 
-    async def _open_with_retries(self) -> None:
+    async def _open_with_retries(self, max_attempts: int | None = None) -> None:
         attempt = 0
         while not self._opened:
             try:
@@ -223,18 +392,24 @@ class Lane:
                 raise
             except Exception as exc:
                 attempt += 1
-                self.status.last_error = f"open: {type(exc).__name__}"
-                log.warning(
+                reason = f"open: {type(exc).__name__}: {exc}"[:300]
+                self._failed(reason)
+                log.info(
                     "forward.open_failed",
                     connector=self.name,
                     error_type=type(exc).__name__,
                     attempts=attempt,
                 )
+                if max_attempts is not None and attempt >= max_attempts:
+                    raise GaveUp(reason) from None
                 await self._sleep(self._backoff(attempt))
 
-    async def deliver(self, items: Sequence[Item]) -> tuple[int, list[DeadLetter]]:
-        """Send until every item is delivered or rejected; (delivered, dead letters)."""
-        await self._ensure_open()
+    async def deliver(
+        self, items: Sequence[Item], *, max_attempts: int | None = None
+    ) -> tuple[int, list[DeadLetter]]:
+        """Send until every item is delivered or rejected; (delivered, dead letters).
+        ``max_attempts`` bounds the rounds (one-shot commands): :class:`GaveUp` after that."""
+        await self._ensure_open(max_attempts)
         pending = list(items)
         delivered = 0
         dead: list[DeadLetter] = []
@@ -256,29 +431,40 @@ class Lane:
                 outs = [Retry("connector returned a wrong number of outcomes")] * len(batch)
             retry: list[Item] = []
             reasons: set[str] = set()
+            ok = rejected = 0
             for it, out in zip(pending, outs, strict=True):
                 if isinstance(out, Delivered):
-                    delivered += 1
+                    ok += 1
                 elif isinstance(out, Rejected):
+                    rejected += 1
                     dead.append(
-                        DeadLetter(it.event.id, it.central_key, it.index, it.event_time, out.reason)
+                        DeadLetter(it.event_id, it.central_key, it.index, it.event_time, out.reason)
                     )
                 else:
                     retry.append(it)
                     reasons.add(out.reason)
+            delivered += ok
             log.info(
                 "forward.batch_sent",
                 connector=self.name,
                 events=len(batch),
-                delivered=len(batch) - len(retry) - sum(isinstance(o, Rejected) for o in outs),
-                rejected=sum(isinstance(o, Rejected) for o in outs),
+                delivered=ok,
+                rejected=rejected,
                 retries=len(retry),
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+            if ok or rejected:  # the sink answered for some events: it works
+                self._answered(ok)
             if retry:
                 attempt += 1
                 self.status.retries += len(retry)
-                self.status.last_error = sorted(reasons)[0][:300]
+                reason = sorted(reasons)[0][:300]
+                if ok or rejected:
+                    self.status.last_error = reason
+                else:
+                    self._failed(reason)
+                if max_attempts is not None and attempt >= max_attempts:
+                    raise GaveUp(reason)
                 await self._sleep(self._backoff(attempt))
             pending = retry
         return delivered, dead
@@ -288,35 +474,39 @@ class Lane:
     async def prepare(self, start: Cursor) -> Batch | None:
         """The next batch from ``start`` (None when the ledger has nothing more)."""
         s = self.settings
-        items: list[Item] = []
-        dead: list[DeadLetter] = []
-        pos, nbytes, more = await self.fill(
-            start, items, dead, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
+        batch = Batch([], [], start, False)
+        nbytes, more = await self.fill(
+            start, batch, max_events=s.batch_max_events, max_bytes=s.batch_max_bytes
         )
-        if not items and not dead:
+        if batch.end == start:
             return None
         # time-based batching: wait a little for more rows to fill a small batch
         deadline = time.monotonic() + s.batch_max_wait_secs
-        while not more and len(items) < s.batch_max_events and time.monotonic() < deadline:
+        while not more and len(batch.items) < s.batch_max_events and time.monotonic() < deadline:
             await self._sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            pos, nbytes, more = await self.fill(
-                pos,
-                items,
-                dead,
+            nbytes, more = await self.fill(
+                batch.end,
+                batch,
                 max_events=s.batch_max_events,
                 max_bytes=s.batch_max_bytes,
                 nbytes=nbytes,
             )
-        return Batch(items, dead, pos, more)
+        batch.more = more
+        return batch
 
     def _commit(self, batch: Batch, delivered: int, rejected: list[DeadLetter]) -> None:
-        self.store.commit(self.name, batch.end, delivered, [*batch.dead, *rejected])
-        if rejected or batch.dead:
+        dead = [*batch.dead, *rejected]
+        self.store.commit(self.name, batch.end, delivered, dead, filtered=batch.filtered)
+        st = self.status
+        st.delivered += delivered
+        st.rejected += len(dead)
+        st.filtered += batch.filtered
+        if dead:
             log.warning(
                 "forward.dead_lettered",
                 connector=self.name,
-                count=len(rejected) + len(batch.dead),
-                reason=(rejected or batch.dead)[0].reason[:200],
+                count=len(dead),
+                reason=dead[0].reason[:200],
             )
 
     async def step(self) -> bool:
@@ -327,6 +517,11 @@ class Lane:
         delivered, rejected = await self.deliver(batch.items) if batch.items else (0, [])
         self._commit(batch, delivered, rejected)
         return True
+
+    async def _send(self, batch: Batch) -> tuple[int, list[DeadLetter]]:
+        if not batch.items:
+            return 0, []
+        return await self.deliver(batch.items)
 
     async def pump(self) -> bool:
         """Forward batches until the ledger is exhausted; False when there was nothing.
@@ -344,7 +539,7 @@ class Lane:
         try:
             while ready is not None or inflight:
                 while ready is not None and len(inflight) < limit:
-                    inflight.append((ready, asyncio.create_task(self.deliver(ready.items))))
+                    inflight.append((ready, asyncio.create_task(self._send(ready))))
                     await asyncio.sleep(0)  # let the send start before the CPU-bound prepare
                     more = ready.more
                     ready = await self.prepare(next_start) if more else None
@@ -373,7 +568,15 @@ class Lane:
                     worked = await self.pump()
                 except _Stopped:
                     break
-                except (Fatal, asyncio.CancelledError):
+                except Fatal as exc:
+                    self._fatal(exc)
+                    await self.close()
+                    try:  # probe again later: a fixed sink resumes without a restart
+                        await self._sleep(self.settings.fatal_retry_secs)
+                    except _Stopped:
+                        break
+                    continue
+                except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug or a state DB problem: log, back off, go on
                     crashes += 1
@@ -393,13 +596,11 @@ class Lane:
                     continue
                 crashes = 0
                 if not worked:
+                    self._idle()
                     try:
                         await self._sleep(self.settings.poll_interval_secs)
                     except _Stopped:
                         break
-        except Fatal as exc:
-            self.status.fatal = str(exc)[:500]
-            log.error("forward.connector_fatal", connector=self.name, error_type=str(exc)[:300])
         finally:
             self.status.running = False
             await self.close()

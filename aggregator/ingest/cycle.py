@@ -200,6 +200,11 @@ class Ingestor:
                     return
                 if self.stop.is_set():
                     continue  # abandoned: not committed, picked up again next run
+                # backpressure is checked per object, by the worker about to archive it, so a
+                # full backlog is overshot by at most one object per worker (not the queue)
+                await self.gate.wait_unpaused()
+                if self.stop.is_set():
+                    continue
                 await self._handle(job, pool, archive, cycle)
             finally:
                 queue.task_done()

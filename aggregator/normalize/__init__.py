@@ -42,6 +42,7 @@ __all__ = [
     "Redactor",
     "Schema",
     "normalize",
+    "redactor_for",
     "serialized_size",
     "to_json",
 ]
@@ -98,17 +99,23 @@ def _shrink(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def redactor_for(settings: NormalizeSettings | None = None) -> Redactor:
+    """The redaction rules of the ``normalize:`` section (built-in rules unless switched off,
+    plus the configured ones): what every output of ctagg applies, events and alerts alike."""
+    red = (settings or NormalizeSettings()).redaction
+    rules: list[tuple[str, str]] = list(DEFAULT_RULES) if red.defaults else []
+    rules += [(r.path, r.action) for r in red.rules]
+    key = red.hmac_key.get_secret_value().encode() if red.hmac_key is not None else None
+    return Redactor(rules, mask=red.mask, hmac_key=key)
+
+
 class Normalizer:
     """Redaction, mapping, enrichment and the oversize policy, configured once."""
 
     def __init__(self, settings: NormalizeSettings | None = None) -> None:
         s = settings or NormalizeSettings()
         self.settings = s
-        red = s.redaction
-        rules: list[tuple[str, str]] = list(DEFAULT_RULES) if red.defaults else []
-        rules += [(r.path, r.action) for r in red.rules]
-        key = red.hmac_key.get_secret_value().encode() if red.hmac_key is not None else None
-        self.redactor = Redactor(rules, mask=red.mask, hmac_key=key)
+        self.redactor = redactor_for(s)
         self._redact = self.redactor.apply
         self.flattener = Flattener(
             max_fields=s.flatten_max_fields, max_chars=s.flatten_max_bytes, max_value_chars=1024

@@ -20,6 +20,7 @@ from aggregator.config import Settings
 from aggregator.forward.store import ForwardStore
 from aggregator.integrity.jobs import CompletenessJob
 from aggregator.log import get_logger
+from aggregator.service.forwarding import ConnectorsReady
 from aggregator.service.forwarding import running as forwarding
 from aggregator.service.health import Condition, Health, HealthServer, Probe, Recency, build_app
 from aggregator.service.jobs import (
@@ -146,7 +147,7 @@ class Daemon:
         self.detection: DetectionJobs | None = None
         self._detect_stack = contextlib.AsyncExitStack()
         self.forwarder: Any = None
-        self._forward_seen: dict[str, dict[str, int]] = {}
+        self._accounts: dict[str, Any] = {}  # discovery's accounts by id, for enrichment
         self.server = HealthServer(
             build_app(self.health, self.metrics),
             svc.health_host,
@@ -170,6 +171,16 @@ class Daemon:
             True, f"{len(inventory.accounts)} accounts, {len(inventory.sources)} sources"
         )
         self._discovered_event.set()
+        self._accounts.clear()  # in place: the lanes hold its lookup
+        self._accounts.update({a.id: a for a in inventory.accounts})
+        if any(c.enabled for c in self.settings.forward.connectors):
+            # replay and dead-letter retries enrich from this snapshot, as the lanes do
+            try:
+                ForwardStore(self.app.state).save_accounts(
+                    inventory.accounts, getattr(inventory, "organization_id", None)
+                )
+            except Exception as exc:
+                log.warning("forward.accounts_not_saved", error_type=type(exc).__name__)
 
     async def _ingest(self) -> Any:
         if not self.discovery_done.ok:
@@ -229,6 +240,7 @@ class Daemon:
             stopping=self.scheduler.stopping,
             clock=self.clock,
             sessions=self.app.broker,
+            accounts=self._accounts.get,
         )
         await det.start(stack)
         self.detection = det
@@ -272,24 +284,6 @@ class Daemon:
         )
         return await job.run()
 
-    async def _forward_metrics(self) -> None:
-        """Backlog per connector, and delivered / retried / rejected as counters (from the
-        cursors' persisted totals and the lanes' retry counts)."""
-        fwd = self.forwarder
-        if fwd is None:
-            return
-        for st in await asyncio.to_thread(fwd.status):
-            self.metrics.forward_backlog.labels(st.name).set(st.backlog)
-            seen = self._forward_seen.setdefault(st.name, {})
-            totals = {
-                "delivered": int(st.extra.get("delivered", 0)),
-                "rejected": int(st.extra.get("rejected", 0)),
-                "retried": int(st.retries),
-            }
-            deltas = {k: max(0, v - seen.get(k, 0)) for k, v in totals.items()}
-            seen.update(totals)
-            self.metrics.forward_result(st.name, **deltas)
-
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, install_signals: bool = True) -> int:
@@ -301,7 +295,7 @@ class Daemon:
                     self.settings,
                     app.state,
                     # discovery's account names, OU paths and tags enrich forwarded events
-                    accounts=getattr(app, "account", None),
+                    accounts=self._accounts.get,
                     organization_id=lambda: getattr(app.inventory, "organization_id", None),
                     sessions=app.broker,
                 )
@@ -316,7 +310,8 @@ class Daemon:
                 log.error("daemon.detect_start_failed", error_type=type(start_err).__name__)
         if fwd is not None:  # collection pauses while a sink's backlog is full
             self.app.ingestor.should_pause = fwd.backpressure
-            self.scheduler.register("forward", self._forward_metrics)
+            self.metrics.forward.forwarder = fwd  # live: read from the lanes at each scrape
+            self.health.add_ready(ConnectorsReady(fwd, self.settings.forward.not_ready_when))
         port = await self.server.start()
         log.info("daemon.started", port=port, count=len(fwd.lanes) if fwd else 0)
         self.scheduler.on_shutdown(self.server.stop)

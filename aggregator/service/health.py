@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -80,7 +80,14 @@ class Probe:
             return False, f"{type(exc).__name__}"
 
 
-Check = Condition | Recency | Probe
+class Check(Protocol):
+    """A named readiness or liveness check (:class:`Condition`, :class:`Recency`,
+    :class:`Probe`, or one of the app's own, such as the forwarding connectors')."""
+
+    @property
+    def name(self) -> str: ...
+
+    def status(self, now: float) -> tuple[bool, str]: ...
 
 
 class Health:

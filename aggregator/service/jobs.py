@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -77,13 +78,16 @@ class DetectionJobs:
         clock: Callable[[], float] = time.time,
         batch: int = 32,
         sessions: SessionProvider | None = None,
+        accounts: Callable[[str], Any] | None = None,
     ) -> None:
         """``sessions``: the app's credential broker, for the archive's identity
-        (``archive.archive_session``); a broker of its own when None."""
+        (``archive.archive_session``); a broker of its own when None. ``accounts``:
+        discovery's accounts by id, to name them in alerts sent through connectors."""
         self.settings = settings
         self.state = state
         self.aws = aws
         self.sessions = sessions
+        self.accounts = accounts
         self.metrics = metrics
         self.stopping = stopping or asyncio.Event()
         self.clock = clock
@@ -100,19 +104,35 @@ class DetectionJobs:
         cfg = self.settings.detect
         sinks: list[Any] = list(sinks_from_settings(cfg, self.aws))
         by_name = {c.name: c for c in self.settings.forward.connectors}
+
+        def account_name(account_id: str) -> str | None:
+            account = self.accounts(account_id) if self.accounts is not None else None
+            en = self.settings.normalize.enrichment
+            return getattr(account, "name", None) if en.enabled and en.account_name else None
+
         for name in cfg.connectors:  # a separate instance: alerts never share a lane's client
-            sinks.append(ConnectorAlertSink(connectors.build(by_name[name])))
+            sinks.append(ConnectorAlertSink(connectors.build(by_name[name]), account_name))
         return sinks
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         from aggregator.archive import store as archive
         from aggregator.detect.follow import DetectionFollower
         from aggregator.detect.service import DetectionService
+        from aggregator.normalize import redactor_for
 
         sinks = self._sinks()
+        # the same redaction as forwarded events: alerts leave ctagg too
+        redact = redactor_for(self.settings.normalize).apply
         # compiling the rule pack is CPU work: keep the loop (health, other jobs) free
         self.service = await asyncio.to_thread(
-            DetectionService, self.settings.detect, self.state, sinks, self.clock
+            functools.partial(
+                DetectionService,
+                self.settings.detect,
+                self.state,
+                sinks,
+                self.clock,
+                redact=redact,
+            )
         )
         stack.push_async_callback(self.close)
         for sink in sinks:

@@ -12,6 +12,7 @@ process shows growing ages instead of frozen ones.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,7 +26,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -110,6 +111,111 @@ class FreshnessCollector(Collector):
         yield from (event_age, object_age, failing, quarantine)
 
 
+class ForwardCollector(Collector):
+    """Per connector series read from the forwarder's lanes on every collect (live: nothing
+    is sampled on a timer). Counters count since the process started, from the lanes' commits;
+    the backlog is read from the state."""
+
+    def __init__(self) -> None:
+        self.forwarder: Any = None
+        self.now: float | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        gauges, counters = self._families()
+        yield from gauges
+        yield from counters
+
+    def _families(self) -> tuple[list[GaugeMetricFamily], list[CounterMetricFamily]]:
+        c = ["connector"]
+        gauges = [
+            GaugeMetricFamily(
+                "ctagg_forward_backlog_objects",
+                "Central objects written but not yet acknowledged by this connector.",
+                labels=c,
+            ),
+            GaugeMetricFamily(
+                "ctagg_forward_up",
+                "1 when the connector delivers (or has nothing to deliver); 0 when it is fatal "
+                "or has failed to deliver for longer than forward.warn_after_secs.",
+                labels=c,
+            ),
+            GaugeMetricFamily(
+                "ctagg_forward_state",
+                "1 for the connector's current state (ok, failing, fatal).",
+                labels=["connector", "state"],
+            ),
+            GaugeMetricFamily(
+                "ctagg_forward_seconds_since_last_delivery",
+                "Seconds since the sink last acknowledged an event (since ctagg started when "
+                "it has not yet); alert on it together with a backlog above 0.",
+                labels=c,
+            ),
+            GaugeMetricFamily(
+                "ctagg_forward_holding_ingest",
+                "1 while this connector's full backlog pauses collection (backpressure).",
+                labels=c,
+            ),
+        ]
+        counters = [
+            CounterMetricFamily(
+                "ctagg_forward_delivered", "Events acknowledged by a sink.", labels=c
+            ),
+            CounterMetricFamily(
+                "ctagg_forward_retried",
+                "Events a sink asked to retry (transient failures).",
+                labels=c,
+            ),
+            CounterMetricFamily(
+                "ctagg_forward_rejected",
+                "Events a sink rejected permanently (sent to the dead-letter store).",
+                labels=c,
+            ),
+            CounterMetricFamily(
+                "ctagg_forward_filtered",
+                "Events a connector's include / exclude conditions kept from its sink.",
+                labels=c,
+            ),
+            CounterMetricFamily(
+                "ctagg_forward_resent",
+                "Events sent again by a connector itself after a broken connection (syslog's "
+                "unconfirmed tail): possible duplicates at the receiver.",
+                labels=c,
+            ),
+        ]
+        return gauges, counters
+
+    def collect(self) -> Iterator[Metric]:
+        gauges, counters = self._families()
+        fwd = self.forwarder
+        if fwd is not None:
+            self._fill(fwd, gauges, counters)
+        yield from gauges
+        yield from counters
+
+    def _fill(
+        self, fwd: Any, gauges: list[GaugeMetricFamily], counters: list[CounterMetricFamily]
+    ) -> None:
+        backlog, up, state, since, holding = gauges
+        delivered, retried, rejected, filtered, resent = counters
+        now = time.time() if self.now is None else self.now
+        paused = set(getattr(fwd, "paused_by", ()))
+        for name, lane in list(fwd.lanes.items()):
+            st = lane.status
+            # closed at shutdown, or busy: serve the rest of the metrics
+            with contextlib.suppress(Exception):
+                backlog.add_metric([name], fwd.store.backlog(name))
+            up.add_metric([name], 1 if st.up else 0)
+            for s in ("ok", "failing", "fatal"):
+                state.add_metric([name, s], 1 if st.state == s else 0)
+            since.add_metric([name], max(0.0, now - (st.last_delivered_at or st.started_at)))
+            holding.add_metric([name], 1 if name in paused else 0)
+            delivered.add_metric([name], st.delivered)
+            retried.add_metric([name], st.retries)
+            rejected.add_metric([name], st.rejected)
+            filtered.add_metric([name], st.filtered)
+            resent.add_metric([name], int(getattr(lane.connector, "resent_events", 0)))
+
+
 class Metrics:
     """All metric objects. ``Metrics()`` makes its own :class:`CollectorRegistry`."""
 
@@ -180,31 +286,9 @@ class Metrics:
             registry=r,
         )
 
-        # ---- forwarding, per connector
-        self.forward_backlog = Gauge(
-            "ctagg_forward_backlog_objects",
-            "Central objects written but not yet acknowledged by this connector.",
-            ["connector"],
-            registry=r,
-        )
-        self.forward_delivered = Counter(
-            "ctagg_forward_delivered_total",
-            "Events acknowledged by a sink.",
-            ["connector"],
-            registry=r,
-        )
-        self.forward_retried = Counter(
-            "ctagg_forward_retried_total",
-            "Events a sink asked to retry (transient failures).",
-            ["connector"],
-            registry=r,
-        )
-        self.forward_rejected = Counter(
-            "ctagg_forward_rejected_total",
-            "Events a sink rejected permanently (sent to the dead-letter store).",
-            ["connector"],
-            registry=r,
-        )
+        # ---- forwarding, per connector: read from the running lanes at scrape time
+        self.forward = ForwardCollector()
+        r.register(self.forward)
 
         # ---- retention
         self.retention_deleted = Counter(
@@ -270,13 +354,6 @@ class Metrics:
             self.job_duration.labels(job).observe(duration_secs)
         if outcome == "ok":
             self.job_last_success.labels(job).set(now)
-
-    def forward_result(
-        self, connector: str, *, delivered: int = 0, retried: int = 0, rejected: int = 0
-    ) -> None:
-        self.forward_delivered.labels(connector).inc(delivered)
-        self.forward_retried.labels(connector).inc(retried)
-        self.forward_rejected.labels(connector).inc(rejected)
 
     def detection(
         self,

@@ -169,6 +169,36 @@ def _m20_forward(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m21_forward_health(db: sqlite_utils.Database) -> None:
+    """Forwarding, visible and resolvable (aggregator/forward/store.py): each connector's state
+    (ok, failing, fatal) with its reason and last delivery, for ``ctagg status`` in another
+    process; dead letters that a retry or a replay delivered are marked resolved; and
+    discovery's view of the accounts (name, OU path, tags), so replay and dead-letter retries
+    enrich events as the daemon does."""
+    db.executescript(
+        """
+        ALTER TABLE forward_cursors ADD COLUMN state TEXT NOT NULL DEFAULT 'ok';
+        ALTER TABLE forward_cursors ADD COLUMN state_reason TEXT;
+        ALTER TABLE forward_cursors ADD COLUMN state_since REAL;
+        ALTER TABLE forward_cursors ADD COLUMN last_delivered_at REAL;
+        ALTER TABLE forward_cursors ADD COLUMN filtered INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE forward_dead_letters ADD COLUMN resolved_at REAL;
+        ALTER TABLE forward_dead_letters ADD COLUMN resolution TEXT;
+        CREATE INDEX forward_dead_letters_open
+            ON forward_dead_letters (connector, resolved_at, id);
+        CREATE TABLE forward_accounts (
+            account_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            ou_path TEXT NOT NULL DEFAULT '',
+            ou_ids TEXT NOT NULL DEFAULT '[]',
+            tags TEXT NOT NULL DEFAULT '{}',
+            organization_id TEXT,
+            seen_at REAL NOT NULL
+        );
+        """
+    )
+
+
 def _m10_detect(db: sqlite_utils.Database) -> None:
     """Detection: raised alerts (dedupe per rule x event key), hourly counts for rate anomalies,
     and the outbox of alerts not yet delivered to each sink."""
@@ -277,6 +307,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
     (20, "forward: per-connector cursors and dead letters", _m20_forward),
+    (21, "forward: connector state, resolved dead letters, accounts", _m21_forward_health),
     (30, "service: job runs, retention log", _m30_service),
     (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
 ]

@@ -422,7 +422,7 @@ async def test_forwarding_starts_while_the_writer_role_is_refused(
                     break
                 await asyncio.sleep(0.02)
             assert refused.calls.count(LOG_ARCHIVE) >= 2  # retried, not given up
-            assert lane.status.last_error == "archive read: PermissionError"
+            assert (lane.status.last_error or "").startswith("archive read: PermissionError")
             assert hec.indexed == []
             refused.deny.clear()  # the trust policy is fixed
             for _ in range(400):

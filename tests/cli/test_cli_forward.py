@@ -184,3 +184,140 @@ async def test_service_forwarder_reads_the_real_archive(
     finally:
         await server.stop()
         state.close()
+
+
+def central_archive(state: State, testdata: Path, per: int = 100) -> list[tuple[str, list[Any]]]:
+    """The shared records as central objects in S3 (moto) and ledger rows."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="central")
+    recs = stratus_records(testdata)
+    out = []
+    for i in range(0, len(recs), per):
+        part = recs[i : i + per]
+        key = f"AWSLogs/111111111111/CloudTrail/us-east-1/dl{i}.json.gz"
+        s3.put_object(
+            Bucket="central", Key=key, Body=encode_records([orjson.dumps(r) for r in part], 1)
+        )
+        times = sorted(r["eventTime"] for r in part)
+        state.commit_object(
+            ObjectOutcome(
+                source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
+                key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
+                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+            )
+        )  # fmt: skip
+        out.append((key, part))
+    return out
+
+
+def test_dead_letters_list_retry_and_resolve(
+    moto: str, tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ctagg dead-letters` lists the open ones (text and JSON); `--retry` sends them again
+    from the archive: one the sink still refuses stays open (one more attempt, exit 1), the
+    others are resolved; after the fix the next retry resolves the rest (exit 0), and a replay
+    that delivers a dead-lettered event resolves it too."""
+    from aggregator.forward.store import DeadLetter, ForwardStore
+
+    db = tmp_path / "state.db"
+    state = State(db)
+    objects = central_archive(state, testdata)
+    (k0, p0), (k1, p1) = objects[0], objects[1]
+    picks = [(k0, 3, p0[3]), (k0, 7, p0[7]), (k1, 5, p1[5])]
+    store = ForwardStore(state)
+    store.cursor("os")
+    store.commit("os", None, 0, [
+        DeadLetter(record_key_text(r), k, i, r["eventTime"], "400 mapper_parsing_exception")
+        for k, i, r in picks
+    ])  # fmt: skip
+    state.close()
+    ids = [record_key_text(r) for _, _, r in picks]
+    with InThread(FakeOpenSearch()) as server:
+        assert isinstance(server, FakeOpenSearch)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"state: {{path: {db}}}\narchive: {{bucket: central}}\n"
+            "forward:\n  backoff_initial_secs: 0.01\n  backoff_max_secs: 0.02\n  connectors:\n"
+            f"    - {{name: os, type: opensearch, hosts: ['{server.url}']}}\n"
+        )
+        assert cli.main(["dead-letters", str(cfg), "--json"]) == 0
+        listed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [d["event_id"] for d in listed] == ids
+        assert listed[0]["archive"] == f"s3://central/{k0}#3"
+        assert cli.main(["dead-letters", str(cfg)]) == 0
+        assert "3 dead letter(s), 3 open" in capsys.readouterr().out
+
+        server.reject_ids[ids[1]] = (400, "mapper_parsing_exception", "still bad")
+        assert cli.main(["dead-letters", str(cfg), "--retry"]) == 1
+        out = capsys.readouterr().out
+        assert "os: 3 retried, 2 resolved, 1 still open" in out
+        assert server.all_ids() == {ids[0], ids[2]}
+        state = State(db)
+        (left,) = ForwardStore(state).dead_letters("os")
+        assert (left["event_id"], left["attempts"]) == (ids[1], 2)
+        assert "still bad" in left["reason"]
+        state.close()
+
+        server.reject_ids.clear()
+        assert cli.main(["dead-letters", str(cfg), "--retry", "--connector", "os"]) == 0
+        assert "1 resolved, 0 still open" in capsys.readouterr().out
+        assert cli.main(["dead-letters", str(cfg)]) == 0
+        assert "no open dead letters" in capsys.readouterr().out
+        assert cli.main(["dead-letters", str(cfg), "--all", "--json"]) == 0
+        rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert {r["resolution"] for r in rows} == {"delivered"}
+
+        state = State(db)
+        ForwardStore(state).commit("os", None, 0, [DeadLetter(ids[0], k0, 3, None, "again")])
+        state.close()
+        code = cli.main(["replay", str(cfg), "--connector", "os", "--since", "2000-01-01",
+                         "--until", "2100-01-01"])  # fmt: skip
+        assert code == 0
+        assert "1 dead letter(s) resolved" in capsys.readouterr().out
+        assert cli.main(["dead-letters", str(cfg), "--connector", "nope"]) == 2
+
+
+def test_status_shows_each_connector(
+    moto: str, tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ctagg status` ends with the connectors: cursor, backlog, lag, last delivery, state
+    (with the reason of a fatal one), open dead letters; JSON lines under "forward"."""
+    import time
+
+    from aggregator.forward.store import Cursor, ForwardStore
+
+    db = tmp_path / "state.db"
+    state = State(db)
+    central_archive(state, testdata)
+    store = ForwardStore(state)
+    store.cursor("os")
+    store.commit("os", Cursor(2, 0), 100, [])
+    store.cursor("hec")
+    store.set_state("hec", "fatal", "splunk_hec hec: HEC 403 code 4: Invalid token", time.time())
+    state.close()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"state: {{path: {db}}}\narchive: {{bucket: central}}\n"
+        "forward:\n  connectors:\n"
+        "    - {name: os, type: opensearch, hosts: ['http://127.0.0.1:9']}\n"
+        "    - {name: hec, type: splunk_hec, url: 'http://127.0.0.1:9', token: t}\n"
+        "    - {name: new, type: syslog, host: 127.0.0.1, port: 9, transport: tcp}\n"
+    )
+    assert cli.main(["status", str(cfg), "--json"]) == 0
+    lines = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    fwd = {d["forward"]["connector"]: d["forward"] for d in lines if "forward" in d}
+    assert fwd["os"]["cursor"] == {"ledger_id": 2, "offset": 0}
+    assert fwd["os"]["backlog"] == 3
+    assert fwd["os"]["state"] == "ok"
+    assert fwd["os"]["last_delivered_secs"] is not None
+    assert fwd["os"]["lag_secs"] >= 0
+    assert fwd["hec"]["state"] == "fatal"
+    assert fwd["hec"]["backlog"] == 4
+    assert "Invalid token" in fwd["hec"]["reason"]
+    assert fwd["new"] == {"connector": "new", "type": "syslog", "enabled": True,
+                          "state": "no cursor yet", "backlog": 4}  # fmt: skip
+    assert cli.main(["status", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert "forwarding: per connector" in text
+    assert "fatal" in text
+    assert "Invalid token" in text

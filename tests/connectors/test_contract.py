@@ -62,8 +62,7 @@ async def sink(request: pytest.FixtureRequest) -> AsyncIterator[Sink]:
     else:
         rs: Rsyslog = request.getfixturevalue("rsyslog")
         c = _build({"name": "c", "type": "syslog", "host": "127.0.0.1", "port": rs.tcp,
-                    "transport": "tcp", "reconnect_initial_secs": 0.05,
-                    "reconnect_max_secs": 0.1})  # fmt: skip
+                    "transport": "tcp"})  # fmt: skip
         import re
 
         def received() -> set[str]:

@@ -173,26 +173,77 @@ async def test_tls_mutual_and_untrusted_ca(rsyslog: Rsyslog, testdata: Path) -> 
     assert all(isinstance(o, Retry) for o in out)
 
 
-async def test_receiver_restart_reconnects(rsyslog: Rsyslog, testdata: Path) -> None:
-    """The receiver goes away: sends retry (with backoff); it comes back: delivered."""
+async def test_receiver_restart_reconnects_at_the_next_send(
+    rsyslog: Rsyslog, testdata: Path
+) -> None:
+    """The receiver goes away: sends retry; it comes back: the very next send connects and
+    delivers (no backoff of the connector's own on top of the forwarder's)."""
     events = out_events(testdata)[70:80]
-    c = make(rsyslog, "tcp", reconnect_initial_secs=0.05, reconnect_max_secs=0.2)
+    c = make(rsyslog, "tcp")
     await c.open()
     rsyslog.stop()
     try:
         await asyncio.sleep(0.2)
-        out = await c.send(events)
-        assert all(isinstance(o, Retry) for o in out)
+        for _ in range(3):  # repeated failures build no backoff inside the connector
+            out = await c.send(events)
+            assert all(isinstance(o, Retry) for o in out)
     finally:
         rsyslog.start()
-    for _ in range(50):
-        out = await c.send(events)
-        if all(isinstance(o, Delivered) for o in out):
-            break
-        await asyncio.sleep(0.05)
+    out = await c.send(events)
     await c.close()
     assert all(isinstance(o, Delivered) for o in out)
     assert len(by_ids(rsyslog, {e.id for e in events})) >= 10
+
+
+def relp(rs: Rsyslog, *, tls: bool = False, **kw: Any) -> SyslogConnector:
+    certs = rs.certs
+    extra = (
+        {"relp_tls": True, "ca_file": str(certs / "ca.pem"),
+         "client_cert_file": str(certs / "client.pem"),
+         "client_key_file": str(certs / "client.key")}
+        if tls else {}
+    )  # fmt: skip
+    s = TypeAdapter(SyslogSettings).validate_python(
+        {"name": "relp", "type": "syslog", "host": "127.0.0.1",
+         "port": rs.relp_tls if tls else rs.relp, "transport": "relp",
+         "hostname": "ctagg-test", **extra, **kw}
+    )  # fmt: skip
+    return SyslogConnector(s)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["relp", "relp-tls"])
+async def test_relp_is_acknowledged_by_imrelp(rsyslog: Rsyslog, testdata: Path, tls: bool) -> None:
+    """RELP to rsyslog's imrelp (plain, and over TLS with a client certificate): every event
+    is Delivered only after imrelp's 200 for each of its messages (split ones too), and the
+    fields arrive as with imtcp."""
+    events = [*out_events(testdata)[80:120], _big(testdata, f"relp-split-{tls}")]
+    async with relp(rsyslog, tls=tls, max_message_bytes=2048, relp_window=8) as c:
+        out = await c.send(events)
+        assert c._relp is not None
+        assert c._relp.next_txnr > len(events) + 1  # one transaction per message, after open
+    assert all(isinstance(o, Delivered) for o in out)
+    got = by_ids(rsyslog, {e.id for e in events}, count=len(events) + 1)
+    ids = {sd_params(m)["id"] for m in got}
+    assert ids == {e.id for e in events}
+    plain = next(m for m in got if sd_params(m)["id"] == events[0].id)
+    assert plain["app-name"] == "ctagg"
+    assert json.loads(plain["msg"][1:]) == events[0].doc
+
+
+async def test_relp_unanswered_messages_are_retried(rsyslog: Rsyslog, testdata: Path) -> None:
+    """A receiver that stops answering (here: not a RELP server at all) never yields
+    Delivered: the events are retried."""
+    from connectors.syslog import RelpError, parse_relp_frame
+
+    assert parse_relp_frame(b"12 rsp 6 200 OK\n3 rsp 0\n") == ((12, "rsp", b"200 OK"), 16)
+    assert parse_relp_frame(b"3 rsp 0\n") == ((3, "rsp", b""), 8)
+    assert parse_relp_frame(b"12 rsp 6 200 O") == (None, 0)
+    with pytest.raises(RelpError):
+        parse_relp_frame(b"1 rsp 3 abcd\n")
+    c = relp(rsyslog, port=rsyslog.tcp, connect_timeout_secs=0.3)  # imtcp never answers open
+    out = await c.send(out_events(testdata)[:3])
+    await c.close()
+    assert all(isinstance(o, Retry) for o in out), out
 
 
 def test_udp_size_limit_validated() -> None:
@@ -201,3 +252,93 @@ def test_udp_size_limit_validated() -> None:
             {"name": "u", "type": "syslog", "host": "h", "port": 514, "transport": "udp",
              "max_message_bytes": 70000}
         )  # fmt: skip
+
+
+async def test_ten_receiver_restarts_mid_stream_lose_nothing(
+    tmp_path: Path, testdata: Path
+) -> None:
+    """Events stream from the ledger through three lanes (TCP and TLS with the unconfirmed
+    tail, RELP with acks) while rsyslog is restarted 10 times: every event arrives at least
+    once through each; the TCP and TLS lanes count what they sent again."""
+    import random
+
+    from aggregator.config import ForwardSettings
+    from aggregator.forward.documents import default_normalizer
+    from aggregator.forward.forwarder import Forwarder
+    from aggregator.state import State
+    from tests.fakes.events import stratus_records
+    from tests.forward.test_forward_forwarder import MemoryArchive, add_object
+
+    rs = Rsyslog(tmp_path / "rs")
+    rs.root.mkdir()
+    rs.start()
+    state = State(tmp_path / "s.db")
+    archive = MemoryArchive()
+    base = stratus_records(testdata)
+    conns = [
+        {"name": name, "type": "syslog", "host": "127.0.0.1", "port": port,
+         "transport": transport, "app_name": name, "max_message_bytes": 65536,
+         "ca_file": str(rs.certs / "ca.pem"), "tls_probe_secs": 0.05}
+        for name, port, transport in (("viatcp", rs.tcp, "tcp"), ("viatls", rs.tls, "tls"),
+                                      ("viarelp", rs.relp, "relp"))
+    ]  # fmt: skip
+    settings = ForwardSettings.model_validate(
+        {"connectors": conns, "batch_max_events": 100, "batch_max_wait_secs": 0,
+         "backoff_initial_secs": 0.05, "backoff_max_secs": 0.2, "poll_interval_secs": 0.02}
+    )  # fmt: skip
+    fwd = Forwarder(settings, state, archive, bucket="c", normalize=default_normalizer("c"))
+    sent: set[str] = set()
+    n = 0
+
+    def produce(count: int) -> None:
+        nonlocal n
+        recs = [{**base[(n + i) % len(base)], "eventID": f"restart-{n + i:06d}"}
+                for i in range(count)]  # fmt: skip
+        add_object(state, archive, f"AWSLogs/r{n:06d}.json.gz", recs)
+        sent.update(r["eventID"] for r in recs)
+        n += count
+
+    rng = random.Random(18)
+    fwd.start()
+    try:
+        for _ in range(10):
+            for _ in range(rng.randint(4, 7)):  # mid-stream: new objects keep coming
+                produce(100)
+                await asyncio.sleep(0.05)
+            for _ in range(4):  # a burst the receiver has not read yet when it stops
+                produce(150)
+            await asyncio.sleep(0.03)
+            await asyncio.to_thread(rs.stop)
+            produce(150)
+            await asyncio.sleep(rng.uniform(0.05, 0.15))
+            await asyncio.to_thread(rs.start)
+        produce(150)
+        for _ in range(600):
+            if all(fwd.backlog(c["name"]) == 0 for c in conns):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await fwd.stop()
+        resent = [fwd.lanes[name].connector.resent_events for name in ("viatcp", "viatls")]
+        state.close()
+
+    def ids(app: str) -> list[str]:
+        out = []
+        for m in rs.messages():
+            if m["app-name"] == app:
+                doc = json.loads(m["msg"][1:])
+                out.append(doc["metadata"]["uid"])  # OCSF: the eventID
+        return out
+
+    try:
+        for _ in range(100):
+            if all(set(ids(c["name"])) >= sent for c in conns):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        rs.stop()
+    for c in conns:
+        got = ids(c["name"])
+        lost = sent - set(got)
+        assert not lost, f"{c['name']}: {len(lost)} of {len(sent)} lost"
+    assert all(r > 0 for r in resent), resent  # the tails were sent again after broken connections

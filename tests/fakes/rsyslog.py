@@ -1,7 +1,8 @@
 """A real rsyslogd for tests: own config, pid file and work dir, 127.0.0.1 high ports.
 
 Inputs: imudp; imtcp (octet-counted framing); imtcp over TLS (gtls, anonymous clients) and
-imtcp over TLS requiring a client certificate signed by the test CA (mutual TLS). Certificates
+imtcp over TLS requiring a client certificate signed by the test CA (mutual TLS); imrelp (RELP,
+Debian package ``rsyslog-relp``) plain and over TLS. Certificates
 come from ``openssl`` with ``subjectAltName = IP:127.0.0.1``. Every message is written as
 ``%jsonmesg%`` (rsyslog's own parse of the RFC 5424 fields) to one file.
 """
@@ -112,6 +113,7 @@ global(workDirectory="{work}" maxMessageSize="256k"
        defaultNetstreamDriverKeyFile="{d}/server.key")
 module(load="imudp")
 module(load="imtcp" maxSessions="200")
+module(load="imrelp")
 template(name="jsonl" type="string" string="%jsonmesg%\\n")
 ruleset(name="out") {{
   action(type="omfile" file="{out}" template="jsonl" asyncWriting="off" flushOnTXEnd="on")
@@ -125,6 +127,10 @@ input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="out" name="tls"
 input(type="imtcp" address="127.0.0.1" port="{mtls}" ruleset="out" name="mtls"
       supportOctetCountedFraming="on" streamDriver.name="gtls" streamDriver.mode="1"
       streamDriver.authMode="x509/certvalid")
+input(type="imrelp" address="127.0.0.1" port="{relp}" ruleset="out" maxDataSize="256k")
+input(type="imrelp" address="127.0.0.1" port="{relp_tls}" ruleset="out" maxDataSize="256k"
+      tls="on" tls.caCert="{d}/ca.pem" tls.myCert="{d}/server.pem"
+      tls.myPrivKey="{d}/server.key" tls.authMode="certvalid")
 """
 
 
@@ -135,6 +141,8 @@ class Rsyslog:
     tcp: int = 0
     tls: int = 0
     mtls: int = 0
+    relp: int = 0
+    relp_tls: int = 0
     proc: subprocess.Popen[bytes] | None = None
     _offset: int = 0
     _seen: list[dict[str, Any]] = field(default_factory=list)
@@ -161,6 +169,7 @@ class Rsyslog:
         if not self.udp:
             self.udp = free_port(socket.SOCK_DGRAM)
             self.tcp, self.tls, self.mtls = free_port(), free_port(), free_port()
+            self.relp, self.relp_tls = free_port(), free_port()
         conf = self.root / "rsyslog.conf"
         conf.write_text(
             CONF.format(
@@ -171,12 +180,16 @@ class Rsyslog:
                 tcp=self.tcp,
                 tls=self.tls,
                 mtls=self.mtls,
+                relp=self.relp,
+                relp_tls=self.relp_tls,
             )
         )
         check = subprocess.run(
             ["rsyslogd", "-N1", "-f", str(conf)], check=False, capture_output=True
         )
-        assert check.returncode == 0, check.stderr.decode()
+        assert check.returncode == 0, (
+            check.stderr.decode() + "\n(imrelp comes with the rsyslog-relp package: make sysdeps)"
+        )
         pid = self.root / "rsyslogd.pid"
         pid.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
@@ -193,7 +206,7 @@ class Rsyslog:
         raise AssertionError("rsyslogd did not start listening")
 
     def _listening(self) -> bool:
-        for port in (self.tcp, self.tls, self.mtls):
+        for port in (self.tcp, self.tls, self.mtls, self.relp, self.relp_tls):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) != 0:
                     return False
@@ -236,7 +249,10 @@ class Rsyslog:
 def rsyslog_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
     """A running rsyslogd (import this fixture into a test module to use it)."""
     if not Rsyslog.available():
-        pytest.fail("rsyslogd/openssl missing: apt-get install rsyslog rsyslog-gnutls openssl")
+        pytest.fail(
+            "rsyslogd/openssl missing: make sysdeps "
+            "(apt-get install rsyslog rsyslog-gnutls rsyslog-relp openssl)"
+        )
     server = Rsyslog(Path(tmp_path_factory.mktemp("rsyslog")))
     server.start()
     yield server

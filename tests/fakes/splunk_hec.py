@@ -15,7 +15,8 @@
 
 Faults to inject: ``busy_next`` (503 code 9 for the next N requests), ``lose_next_acks``
 (the next N ackIds are never confirmed and their events are dropped, as when an indexer dies
-before indexing), ``invalid`` (a predicate over an event's ``event`` field -> code 6).
+before indexing), ``invalid`` (a predicate over an event's ``event`` field -> code 6),
+``name_invalid = False`` (errors without ``invalid-event-number``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class FakeSplunkHec(LocalServer):
         self.lose_next_acks = 0
         self.lost: set[tuple[str, int]] = set()
         self.invalid: Callable[[Any], bool] | None = None
+        self.name_invalid = True  # False: errors without invalid-event-number (a proxy)
         self.requests = 0
         self.ack_delay_secs = 0.0  # indexing takes this long before an ack turns true
         self.confirm_at: dict[tuple[str, int], float] = {}
@@ -135,6 +137,8 @@ class FakeSplunkHec(LocalServer):
                 pos += 1
         if not events and error is None:
             return _reply(400, "No data", 5)
+        if error is not None and not self.name_invalid:
+            error = _reply(400, "Invalid data format", 6)
         # Splunk accepts the events before an invalid one.
         if not self.ack:
             self.indexed.extend(events)

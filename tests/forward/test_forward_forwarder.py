@@ -61,6 +61,12 @@ def load_ledger(
     return {record_key_text(r) for r in recs}
 
 
+def fwd_of(*args: Any, **kw: Any) -> Forwarder:
+    """A Forwarder with the default normalizer (a forwarder always has one)."""
+    kw.setdefault("normalize", default_normalizer())
+    return Forwarder(*args, **kw)
+
+
 def settings(*connectors: dict[str, Any], **kw: Any) -> ForwardSettings:
     base = {"backoff_initial_secs": 0.01, "backoff_max_secs": 0.05, "batch_max_wait_secs": 0,
             "poll_interval_secs": 0.02, "batch_max_events": 100}  # fmt: skip
@@ -102,7 +108,7 @@ async def test_drain_delivers_everything_in_batches_and_moves_the_cursor(
     """Every archived event reaches OpenSearch once; batches follow batch_max_events."""
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="central")
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="central")
     assert fwd.backlog("os") == 7
     await fwd.drain()
     assert fake_os.all_ids() == unique
@@ -124,7 +130,7 @@ async def test_sink_down_then_back_every_event_once(state: State, testdata: Path
     await server.stop()
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(url), max_backlog_objects=5), state, archive, bucket="central")
+    fwd = fwd_of(settings(os_conn(url), max_backlog_objects=5), state, archive, bucket="central")
     fwd.start()
     try:
         await asyncio.sleep(0.5)
@@ -152,7 +158,7 @@ async def test_one_sink_down_never_blocks_another(state: State, testdata: Path) 
     await down.stop()
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(os_url), hec_conn(hec.url)), state, archive, bucket="central")
+    fwd = fwd_of(settings(os_conn(os_url), hec_conn(hec.url)), state, archive, bucket="central")
     fwd.start()
     try:
         assert await until(lambda: fwd.backlog("hec") == 0)
@@ -180,7 +186,7 @@ async def test_crash_between_send_and_commit_loses_nothing(
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
     conn = os_conn(fake_os.url, max_in_flight=1)  # exact resend count below
-    fwd = Forwarder(settings(conn), state, archive, bucket="c")
+    fwd = fwd_of(settings(conn), state, archive, bucket="c")
     real_commit = fwd.store.commit
     calls = {"n": 0}
 
@@ -197,7 +203,7 @@ async def test_crash_between_send_and_commit_loses_nothing(
     sent_before = fake_os.items_seen
     assert 100 < sent_before < len(unique)
     state2 = State(db)
-    fwd2 = Forwarder(settings(conn), state2, archive, bucket="c")
+    fwd2 = fwd_of(settings(conn), state2, archive, bucket="c")
     assert fwd2.store.cursor("os").ledger_id == 3  # first batch (objects 1-2) committed
     await fwd2.drain()
     assert fake_os.doc_count() == len(unique)
@@ -214,13 +220,13 @@ async def test_stop_while_retrying_keeps_the_batch(
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
     fake_os.fail_next = [503] * 10_000
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c")
     fwd.start()
     await asyncio.sleep(0.3)
     await fwd.stop()
     assert fwd.store.cursor("os").ledger_id == 0
     fake_os.fail_next = []
-    fwd2 = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    fwd2 = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c")
     await fwd2.drain()
     assert fake_os.all_ids() == unique
 
@@ -233,7 +239,7 @@ async def test_rejections_go_to_dead_letters_and_the_cursor_moves(
     unique = load_ledger(state, archive, testdata)
     bad = record_key_text(archive.objects["AWSLogs/obj0050.json.gz"][3])
     fake_os.reject_ids[bad] = (400, "mapper_parsing_exception", "failed to parse field [x]")
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c")
     await fwd.drain()
     (dl,) = fwd.store.dead_letters("os")
     assert dl["event_id"] == bad
@@ -253,7 +259,7 @@ async def test_fatal_stops_only_that_connector(
     await hec.start()
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url), hec_conn(hec.url)), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url), hec_conn(hec.url)), state, archive, bucket="c")
     fwd.start()
     try:
         assert await until(lambda: fwd.backlog("os") == 0)
@@ -272,7 +278,7 @@ async def test_replay_resends_a_time_window(
     """replay re-sends exactly the events whose eventTime is in [since, until)."""
     archive = MemoryArchive()
     load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c")
     await fwd.drain()
     cursor = fwd.store.cursor("os")
     fake_os.indices.clear()
@@ -296,7 +302,7 @@ async def test_start_from_newest_skips_history(
 ) -> None:
     archive = MemoryArchive()
     load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url, start_from="newest")), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url, start_from="newest")), state, archive, bucket="c")
     await fwd.drain()
     assert fake_os.doc_count() == 0
     new = [{**r, "eventID": f"new-{i}"} for i, r in enumerate(stratus_records(testdata)[:5])]
@@ -318,7 +324,7 @@ async def test_bad_records_are_dead_lettered_not_dropped(
             raise ValueError("cannot map")
         return default_normalizer()(record, schema, central_key)
 
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c", normalize=picky)
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c", normalize=picky)
     await fwd.drain()
     (dl,) = fwd.store.dead_letters("os")
     assert "normalize: ValueError: cannot map" in dl["reason"]
@@ -336,7 +342,7 @@ async def test_batch_ending_on_an_object_boundary_leaves_no_backlog(
     """A batch that ends exactly at the end of an object moves the cursor past it."""
     archive = MemoryArchive()
     load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url), batch_max_events=50), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url), batch_max_events=50), state, archive, bucket="c")
     assert await fwd.lanes["os"].step()
     assert fwd.store.cursor("os") == Cursor(2, 0)
     assert fwd.backlog("os") == 6
@@ -350,7 +356,7 @@ async def test_running_lane_survives_an_unexpected_error(
     """A failing commit (say, a locked state DB) is logged and retried; nothing is lost."""
     archive = MemoryArchive()
     unique = load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c")
     real_commit = fwd.store.commit
     calls = {"n": 0}
 
@@ -373,12 +379,12 @@ async def test_running_lane_survives_an_unexpected_error(
 def test_backlog_count_is_capped_for_backpressure(state: State, testdata: Path) -> None:
     archive = MemoryArchive()
     load_ledger(state, archive, testdata)
-    fwd = Forwarder(settings(os_conn("http://127.0.0.1:9")), state, archive, bucket="c")
+    fwd = fwd_of(settings(os_conn("http://127.0.0.1:9")), state, archive, bucket="c")
     fwd.store.cursor("os")
     assert fwd.store.backlog("os") == 7
     assert fwd.store.backlog("os", cap=3) == 3
     assert fwd.backpressure() is False
-    fwd2 = Forwarder(
+    fwd2 = fwd_of(
         settings(os_conn("http://127.0.0.1:9"), max_backlog_objects=7), state, archive, bucket="c"
     )
     assert fwd2.backpressure() is True
@@ -395,7 +401,7 @@ async def test_normalizer_may_return_serialized_documents(
     def encoded(record: dict[str, Any], schema: Any, central_key: str) -> bytes:
         return json.dumps({"@timestamp": record["eventTime"], "k": central_key}).encode()
 
-    fwd = Forwarder(settings(os_conn(fake_os.url)), state, archive, bucket="c", normalize=encoded)
+    fwd = fwd_of(settings(os_conn(fake_os.url)), state, archive, bucket="c", normalize=encoded)
     await fwd.drain()
     (docs,) = fake_os.indices.values()
     assert len(docs) == 20
@@ -411,7 +417,7 @@ async def test_several_batches_in_flight_commit_in_order(state: State, testdata:
     archive = MemoryArchive()
     load_ledger(state, archive, testdata)
     conn = hec_conn(hec.url, ack=True, ack_poll_interval_secs=0.05, max_in_flight=4)
-    fwd = Forwarder(settings(conn, batch_max_events=40), state, archive, bucket="c")
+    fwd = fwd_of(settings(conn, batch_max_events=40), state, archive, bucket="c")
     positions: list[tuple[int, int]] = []
     real_commit = fwd.store.commit
 
@@ -441,7 +447,7 @@ async def test_later_batch_acknowledged_first_still_commits_in_order(
     unique = load_ledger(state, archive, testdata)
     first = [record_key_text(r) for r in archive.objects["AWSLogs/obj0000.json.gz"]]
     fake_os.throttle_ids.update(dict.fromkeys(first, 3))
-    fwd = Forwarder(
+    fwd = fwd_of(
         settings(os_conn(fake_os.url, max_in_flight=2), batch_max_events=50),
         state, archive, bucket="c",
     )  # fmt: skip
@@ -459,3 +465,48 @@ async def test_later_batch_acknowledged_first_still_commits_in_order(
     assert order[0] != 0  # the second batch was acknowledged before the first
     assert fwd.store.cursor("os") == Cursor(8, 0)
     assert fake_os.all_ids() == unique
+
+
+async def test_backpressure_holds_its_limit_within_one_object_per_worker(
+    moto: str, tmp_path: Path
+) -> None:
+    """A sink that is down and max_backlog_objects 5, with 4 ingest workers and 30 new source
+    objects: collection pauses with at most 5 + 4 - 1 objects behind the cursor (the listing
+    queue does not add to it); once the predicate clears, the cycle archives the rest."""
+    from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+
+    from aggregator.aws.clients import Aws
+    from aggregator.aws.inventory import Account, Inventory
+    from aggregator.config import parse_settings
+    from aggregator.ingest.cycle import Ingestor
+
+    a1 = "111111111111"
+    client("s3").create_bucket(Bucket="central")
+    client("s3").create_bucket(Bucket="org-trail")
+    src = make_source("org-trail", a1)
+    for i in range(30):
+        key = log_key(src.prefix, a1, "us-east-1", f"20240501T{i // 60:02d}{i % 60:02d}Z", f"K{i}")
+        client("s3").put_object(Bucket="org-trail", Key=key, Body=log_object([record(f"e{i}", a1)]))
+    cfg = parse_settings(
+        {"state": {"path": str(tmp_path / "s.db")}, "archive": {"bucket": "central"},
+         "collect": {"max_concurrency": 4},
+         "forward": {"max_backlog_objects": 5,
+                     "connectors": [os_conn("http://127.0.0.1:9")]}}
+    )  # fmt: skip
+    state = State(cfg.state.path)
+    fwd = fwd_of(cfg.forward, state, MemoryArchive(), bucket="central")
+    fwd.store.cursor("os")
+    ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), should_pause=fwd.backpressure)
+    inv = Inventory([Account(a1)], {a1: ["us-east-1"]}, [], [src], [])
+    cycle = asyncio.create_task(ing.run(inv))
+    seen = -1
+    while seen != state.ledger.max_id():  # until collection stopped growing the backlog
+        seen = state.ledger.max_id()
+        await asyncio.sleep(0.6)
+    assert 5 <= fwd.backlog("os") <= 5 + 4 - 1
+    assert not cycle.done()
+    ing.should_pause = lambda: False  # the sink caught up
+    report = await asyncio.wait_for(cycle, 30)
+    assert report.objects == 30
+    assert fwd.backlog("os") == 30
+    state.close()

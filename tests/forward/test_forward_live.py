@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from aggregator.config import ForwardSettings
+from aggregator.forward.documents import default_normalizer
 from aggregator.forward.forwarder import Forwarder
 from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
@@ -75,7 +76,11 @@ async def test_live_opensearch_doc_count_equals_unique_events(
             "template_name": "ctagg-live", "retention_days": 30}  # fmt: skip
     for _ in range(2):  # the second run replays everything: still one doc per event
         fwd = Forwarder(
-            ForwardSettings.model_validate({"connectors": [conn]}), state, archive, bucket="b"
+            ForwardSettings.model_validate({"connectors": [conn]}),
+            state,
+            archive,
+            bucket="b",
+            normalize=default_normalizer("b"),
         )
         await fwd.drain()
         assert fwd.store.dead_letters("os") == []
@@ -91,7 +96,11 @@ async def test_live_splunk_hec_accepts_the_batch(tmp_path: Path, testdata: Path)
     conn = {"name": "hec", "type": "splunk_hec", "url": HEC_URL, "token": HEC_TOKEN,
             "verify_tls": False}  # fmt: skip
     fwd = Forwarder(
-        ForwardSettings.model_validate({"connectors": [conn]}), state, archive, bucket="b"
+        ForwardSettings.model_validate({"connectors": [conn]}),
+        state,
+        archive,
+        bucket="b",
+        normalize=default_normalizer("b"),
     )
     await fwd.drain()
     assert fwd.store.counts("hec") == (sum(len(v) for v in archive.objects.values()), 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ async def test_forwarding_metrics_and_no_secret_in_logs(
             await asyncio.sleep(0.05)
         base = f"http://127.0.0.1:{daemon.server.port}"
         conn = (("connector", "hec"),)
-        while True:  # the forward metrics job runs every 0.2 s
+        while True:  # live: read from the lanes at each scrape
             text = (await get(base + "/metrics"))[1]
             if series(text, "ctagg_forward_delivered_total").get(conn) == 13:
                 break
@@ -218,6 +219,9 @@ async def test_forwarding_metrics_and_no_secret_in_logs(
             await asyncio.sleep(0.1)
         assert series(text, "ctagg_forward_backlog_objects")[conn] == 0
         assert series(text, "ctagg_forward_rejected_total")[conn] == 0
+        assert series(text, "ctagg_forward_up")[conn] == 1
+        ready = json.loads((await get(base + "/readyz"))[1])
+        assert ready["checks"]["connectors"] == {"ok": True, "reason": "1 connector(s) ok"}
         assert app.ingestor.should_pause is not None  # backpressure wired
         # retention's floor: every ledger row is delivered, so none is held back
         assert daemon.forwarder.floor() > app.state.ledger.max_id() > 0

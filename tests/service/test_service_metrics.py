@@ -74,8 +74,6 @@ def test_counters_carry_account_region_and_connector_labels() -> None:
     m.object_archived("111111111111", "eu-west-1", events=2)
     m.object_quarantined("222222222222", "us-east-1")
     m.assume_role_failed("333333333333")
-    m.forward_result("splunk", delivered=7, retried=2, rejected=1)
-    m.forward_backlog.labels("splunk").set(4)
     s = samples(m)
     ar = (("account_id", "111111111111"), ("region", "eu-west-1"))
     assert s[("ctagg_objects_total", ar)] == 2
@@ -84,11 +82,47 @@ def test_counters_carry_account_region_and_connector_labels() -> None:
     q = (("account_id", "222222222222"), ("region", "us-east-1"))
     assert s[("ctagg_quarantined_total", q)] == 1
     assert s[("ctagg_assume_role_failures_total", (("account_id", "333333333333"),))] == 1
+
+
+def test_forward_series_are_read_live_from_the_lanes() -> None:
+    """Per connector series come from the lanes at each scrape (no sampling job): counters,
+    backlog, up, state, seconds since the last delivery and whether it holds ingest back."""
+    from types import SimpleNamespace
+
+    from aggregator.forward.lanes import LaneStatus
+
+    ok = LaneStatus("splunk", delivered=7, retries=2, rejected=1, filtered=5)
+    ok.last_delivered_at = 1000.0
+    dead = LaneStatus("os", fatal="opensearch os: 401 check credentials", started_at=900.0)
+    lanes = {
+        "splunk": SimpleNamespace(status=ok, connector=SimpleNamespace(resent_events=3)),
+        "os": SimpleNamespace(status=dead, connector=SimpleNamespace()),
+    }
+    backlog = {"splunk": 4, "os": 9}
+    fwd = SimpleNamespace(
+        lanes=lanes, store=SimpleNamespace(backlog=backlog.__getitem__), paused_by=("os",)
+    )
+    m = Metrics()
+    m.forward.forwarder, m.forward.now = fwd, 1030.0
+    s = samples(m)
     c = (("connector", "splunk"),)
     assert s[("ctagg_forward_delivered_total", c)] == 7
     assert s[("ctagg_forward_retried_total", c)] == 2
     assert s[("ctagg_forward_rejected_total", c)] == 1
+    assert s[("ctagg_forward_filtered_total", c)] == 5
+    assert s[("ctagg_forward_resent_total", c)] == 3
     assert s[("ctagg_forward_backlog_objects", c)] == 4
+    assert s[("ctagg_forward_up", c)] == 1
+    assert s[("ctagg_forward_seconds_since_last_delivery", c)] == 30
+    assert s[("ctagg_forward_holding_ingest", c)] == 0
+    o = (("connector", "os"),)
+    assert s[("ctagg_forward_up", o)] == 0
+    assert s[("ctagg_forward_state", (("connector", "os"), ("state", "fatal")))] == 1
+    assert s[("ctagg_forward_state", (("connector", "os"), ("state", "ok")))] == 0
+    assert s[("ctagg_forward_seconds_since_last_delivery", o)] == 130  # since start
+    assert s[("ctagg_forward_holding_ingest", o)] == 1
+    ok.delivered += 1  # live: the next scrape sees it
+    assert samples(m)[("ctagg_forward_delivered_total", c)] == 8
 
 
 def test_freshness_gauges_come_from_state(tmp_path: Path) -> None:
