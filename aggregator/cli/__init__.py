@@ -15,6 +15,7 @@ from aggregator import __version__
 from aggregator.cli import archive, config, demo, detect, discover, forward, ingest, integrity, run
 from aggregator.cli import normalize as normalize_cmd
 from aggregator.cli._common import AddArgs, Run, config_and_json, config_arg
+from aggregator.cli._errors import EXIT_CODES, EXIT_INTERRUPTED, report
 
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     (
@@ -123,14 +124,31 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
 ]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+    return f"exit codes (every command):\n{codes}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ctagg",
         description="cloudtrail-aggregator: collect, dedupe, verify and forward CloudTrail.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"ctagg {__version__}")
-    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    ap.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (any case)",
+    )
     ap.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text, add_args, run_fn in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -150,4 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report(exc, prog=f"ctagg {args.command}", debug=args.debug)

@@ -1,5 +1,6 @@
 """What every command shares: the CONFIG argument, loading a config (or saying every problem
-and exiting 2), date arguments, JSON lines and human durations.
+and exiting 2), opening the state (or naming the path that cannot be opened), date arguments,
+JSON lines and human durations.
 
 Imports stay light at module level (argparse and the standard library): ``ctagg --help`` must
 not pay for boto3, pydantic or rich. Each command imports what it needs when it runs.
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from aggregator.cli._errors import EXIT_CONFIG, CliError
+
 if TYPE_CHECKING:
     from aggregator.config import Settings
+    from aggregator.state import State
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -43,7 +48,33 @@ def load_or_exit(path: str) -> Settings:
         print(f"config {path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+@contextmanager
+def state_errors(path: str) -> Iterator[None]:
+    """Turn a state file that cannot be opened (a folder that cannot be made, a file that is
+    not a database, no permission) into one line naming the path and the setting."""
+    try:
+        yield
+    except Exception as exc:
+        # OSError: the folder; sqlite3 errors (by module name: the CLI does not import SQLite).
+        if not (isinstance(exc, OSError) or type(exc).__module__ == "sqlite3"):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise CliError(
+            f"state {path}: cannot open: {reason}",
+            "set state.path (or CTAGG_STATE_PATH) to a file ctagg can create and write",
+            EXIT_CONFIG,
+        ) from exc
+
+
+def open_state(settings: Settings) -> State:
+    """The state of ``settings``, or a :class:`CliError` naming the path."""
+    from aggregator.state import State
+
+    with state_errors(settings.state.path):
+        return State(settings.state.path)
 
 
 def when(text: str) -> datetime:
@@ -51,7 +82,9 @@ def when(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a date or date-time: {text!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][Z], UTC)"
+        ) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 

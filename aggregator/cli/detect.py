@@ -2,7 +2,8 @@
 
 Reads every envelope :mod:`aggregator.ingest.envelopes` accepts (bare records, ``{"Records"}``
 plain or gzip, EventBridge, NDJSON, arrays), prints one JSON alert per line on stdout, and
-every input that is not a record on stderr with its reason. Exit 1 if anything failed.
+every input that is not a record on stderr with its reason. Exit 4 (partial) if an input could
+not be read, 2 if the rules cannot be loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
+
+from aggregator.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL
 
 if TYPE_CHECKING:
     from aggregator.detect.engine import Detector
@@ -69,10 +72,10 @@ def run(
         print(f"rules: {len(exc.problems)} problem(s)", file=err)
         for problem in exc.problems:
             print(f"  - {problem}", file=err)
-        return 1
+        return EXIT_CONFIG
     if not rules:
         print("rules: no rules loaded", file=err)
-        return 1
+        return EXIT_CONFIG
     detector = Detector(RuleSet(rules))
     try:
         failed = _scan(args, detector, stdin or sys.stdin.buffer, out, err)
@@ -80,8 +83,8 @@ def run(
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return 1 if failed else 0
+        return EXIT_OK
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def _scan(

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aggregator.cli._common import config_arg, json_arg, load_or_exit
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS
 
 if TYPE_CHECKING:
     from aggregator.aws.inventory import Inventory
@@ -23,12 +24,13 @@ def add_discover_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_discover(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """0 when every account was discovered, 1 otherwise."""
+    """0 when every account was discovered, 4 (partial) when some failed; a discovery that
+    cannot run at all raises (3, access)."""
     import asyncio
 
     from aggregator.aws.clients import Aws
     from aggregator.aws.credentials import CredentialBroker
-    from aggregator.aws.discovery import DiscoveryError, discover
+    from aggregator.aws.discovery import discover
 
     settings = load_or_exit(args.config)
     stream = out or sys.stdout
@@ -37,16 +39,12 @@ def run_discover(args: argparse.Namespace, out: TextIO | None = None) -> int:
         aws = Aws(settings.aws)
         return await discover(settings, CredentialBroker(settings, aws), aws)
 
-    try:
-        inv = asyncio.run(go())
-    except DiscoveryError as exc:
-        print(f"discovery failed: {exc}", file=sys.stderr)
-        return 1
+    inv = asyncio.run(go())
     if args.json:
         stream.write(json.dumps(inventory_dict(inv), indent=2, sort_keys=True) + "\n")
     else:
         print_inventory(inv, stream)
-    return 1 if inv.failures else 0
+    return EXIT_PARTIAL if inv.failures else EXIT_OK
 
 
 def inventory_dict(inv: Inventory) -> dict[str, Any]:
@@ -104,15 +102,10 @@ def add_doctor_args(p: argparse.ArgumentParser) -> None:
 def run_doctor(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aggregator.aws.discovery import DiscoveryError
     from aggregator.integrity import doctor
 
     settings = load_or_exit(args.config)
-    try:
-        report = asyncio.run(doctor.run_live(settings))
-    except DiscoveryError as exc:
-        print(f"doctor: discovery failed: {exc}", file=sys.stderr)
-        return 2
+    report = asyncio.run(doctor.run_live(settings))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -122,7 +115,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         console.print(render_table(report))
         for line in render_text(report):
             console.print(line)
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 def render_table(report: DoctorReport) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from aggregator.cli._common import config_arg, load_or_exit, when
+from aggregator.cli._errors import EXIT_ACCESS, EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, CliError
 
 
 def add_replay_args(p: argparse.ArgumentParser) -> None:
@@ -23,18 +24,28 @@ def run_replay(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
     names = [c.name for c in settings.forward.connectors if c.enabled]
     if args.connector not in names:
-        print(f"no enabled connector named {args.connector!r}; have {names}")
-        return 2
+        raise CliError(
+            f"no enabled connector named {args.connector!r} "
+            f"(enabled: {', '.join(names) or 'none'})",
+            "name one of forward.connectors[].name",
+            EXIT_CONFIG,
+        )
     if args.until <= args.since:
-        print("--until must be after --since")
-        return 2
+        raise CliError(
+            f"--until {args.until.isoformat()} is not after --since {args.since.isoformat()}",
+            "give a window that ends after it starts",
+            EXIT_CONFIG,
+        )
     try:
         report = asyncio.run(replay_with_settings(settings, args.connector, args.since, args.until))
     except Fatal as exc:
-        print(f"replay stopped: {exc}")
-        return 1
+        raise CliError(
+            f"replay to {args.connector} stopped: {exc}",
+            "fix the connector (credentials, URL) and replay again",
+            EXIT_ACCESS,
+        ) from exc
     print(
         f"replayed {report.events} events from {report.objects} central objects to "
         f"{args.connector}: {report.delivered} delivered, {report.rejected} dead-lettered"
     )
-    return 0 if report.rejected == 0 else 1
+    return EXIT_OK if report.rejected == 0 else EXIT_PARTIAL

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aggregator.cli._common import config_arg, human_secs, json_line, load_or_exit
+from aggregator.cli._common import (
+    config_arg,
+    human_secs,
+    json_line,
+    load_or_exit,
+    open_state,
+    state_errors,
+)
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
 
 
 def run_once(args: argparse.Namespace) -> int:
@@ -17,7 +25,8 @@ def run_once(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
 
     async def go() -> dict[str, object]:
-        app = App(settings)
+        with state_errors(settings.state.path):
+            app = App(settings)
         try:
             return (await app.run_once()).as_dict()
         finally:
@@ -25,7 +34,7 @@ def run_once(args: argparse.Namespace) -> int:
 
     report = asyncio.run(go())
     print(json_line(report))
-    return 1 if report["errors"] else 0
+    return EXIT_PARTIAL if report["errors"] or report["failed_accounts"] else EXIT_OK
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -33,10 +42,8 @@ def run_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from datetime import UTC, datetime
 
-    from aggregator.state import State
-
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         rows = state.sources.status()
         failures = state.failures.rows()
@@ -99,10 +106,8 @@ def run_status(args: argparse.Namespace) -> int:
 def run_quarantine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from aggregator.state import State
-
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         rows = state.quarantine.rows()
     finally:
@@ -123,10 +128,8 @@ def add_retry_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from aggregator.state import State
-
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         n = state.quarantine.retry(args.bucket)
     finally:

@@ -15,7 +15,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, load_or_exit, when
+from aggregator.cli._common import config_arg, load_or_exit, open_state, when
+from aggregator.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS, CliError
 
 if TYPE_CHECKING:
     from aggregator.integrity.audit import AuditReport, Finding
@@ -31,7 +32,14 @@ def _format_args(p: argparse.ArgumentParser) -> None:
 
 def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
     until = args.until or datetime.now(UTC)
-    return args.since or until - timedelta(hours=24), until
+    since = args.since or until - timedelta(hours=24)
+    if since >= until:
+        raise CliError(
+            f"--since {since.isoformat()} is not before --until {until.isoformat()}",
+            "give a window that ends after it starts",
+            EXIT_CONFIG,
+        )
+    return since, until
 
 
 # ---------------------------------------------------------------------------- audit
@@ -75,7 +83,7 @@ def run_audit(args: argparse.Namespace) -> int:
         sys.stdout.write(audit_csv(report.findings))
     else:
         print_audit_table(report, sys.stdout, failed_only=args.failed_only)
-    return 1 if report.failed() else 0
+    return EXIT_PROBLEMS if report.failed() else EXIT_OK
 
 
 AUDIT_FIELDS = ["account_id", "region", "check", "status", "cis", "trails", "detail"]
@@ -151,14 +159,10 @@ def run_completeness(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.integrity import jobs
-    from aggregator.state import State
 
     settings = load_or_exit(args.config)
     since, until = _window(args)
-    if since >= until:
-        print("--since must be before --until", file=sys.stderr)
-        return 2
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         if not args.offline:
             refresh = jobs.refresh_sources(settings, since, until, state, check_logs=False)
@@ -173,7 +177,7 @@ def run_completeness(args: argparse.Namespace) -> int:
         sys.stdout.write(completeness_csv(report))
     else:
         print_completeness_table(report, sys.stdout)
-    return 1 if report.missing else 0
+    return EXIT_PROBLEMS if report.missing else EXIT_OK
 
 
 COMPLETENESS_FIELDS = [
@@ -251,11 +255,10 @@ def run_validate_digests(args: argparse.Namespace) -> int:
     import time
 
     from aggregator.integrity.jobs import refresh_sources
-    from aggregator.state import State
 
     settings = load_or_exit(args.config)
     since, until = _window(args)
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         rep = asyncio.run(refresh_sources(settings, since, until, state, check_logs=True))
         rows = [r for r in state.digests.results() if r["checked_at"] >= time.time() - 3600]
@@ -276,4 +279,6 @@ def run_validate_digests(args: argparse.Namespace) -> int:
                 print(f"  {k}")
         for err in rep.errors:
             print(f"  error: {err}")
-    return 1 if bad or unlisted or rep.errors else 0
+    if bad or unlisted:
+        return EXIT_PROBLEMS
+    return EXIT_PARTIAL if rep.errors else EXIT_OK

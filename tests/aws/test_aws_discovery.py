@@ -573,9 +573,9 @@ def test_cli_discover_text_and_json(moto: str, tmp_path: Any, capsys: Any) -> No
     assert doc["failures"] == []
 
 
-def test_cli_discover_reports_failures_with_exit_1(moto: str, tmp_path: Any, capsys: Any) -> None:
-    """Without an organization (and no static list), discovery cannot start: exit 1 and a
-    one-line reason on stderr, nothing on stdout."""
+def test_cli_discover_reports_failures_with_exit_3(moto: str, tmp_path: Any, capsys: Any) -> None:
+    """Without an organization (and no static list), discovery cannot start: exit 3 (access)
+    and a one-line reason with what to do on stderr, nothing on stdout."""
     from aggregator.cli import main
 
     config = tmp_path / "ctagg.yaml"
@@ -583,10 +583,13 @@ def test_cli_discover_reports_failures_with_exit_1(moto: str, tmp_path: Any, cap
         f"aws: {{endpoint_url: '{moto}', max_attempts: 1}}\narchive: {{bucket: b-1}}\n"
     )
 
-    assert main(["--log-level", "ERROR", "discover", str(config)]) == 1
+    assert main(["--log-level", "ERROR", "discover", str(config)]) == 3
     out = capsys.readouterr()
     assert out.out == ""
-    assert "discovery failed: organizations: AWSOrganizationsNotInUseException" in out.err
+    assert len(out.err.strip().splitlines()) == 1
+    assert "discovery failed: " in out.err
+    assert "AWSOrganizationsNotInUseException" in out.err
+    assert "discovery.accounts.source: static" in out.err
 
 
 def test_ou_rules_must_be_ids_or_paths_from_root() -> None:

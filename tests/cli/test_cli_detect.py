@@ -84,12 +84,13 @@ def test_stdin_and_dedupe_across_inputs(stop_record: dict[str, Any]) -> None:
     assert len(lines) == 2
 
 
-def test_bad_inputs_go_to_stderr_and_exit_1(tmp_path: Path, stop_record: dict[str, Any]) -> None:
-    """Unreadable files and non-records are reported with a reason; good records still alert."""
+def test_bad_inputs_go_to_stderr_and_exit_4(tmp_path: Path, stop_record: dict[str, Any]) -> None:
+    """Unreadable files and non-records are reported with a reason; good records still alert;
+    exit 4 (partial failure)."""
     nd = tmp_path / "mixed.ndjson"
     nd.write_text(json.dumps(stop_record) + "\n{not json\n" + json.dumps({"hello": 1}) + "\n")
     code, lines, err = run_cli([str(nd), str(tmp_path / "missing.json")])
-    assert code == 1
+    assert code == 4
     assert len(lines) == 2
     assert f"{nd}:2: invalid JSON" in err
     assert f"{nd}:3: not a CloudTrail record" in err
@@ -97,7 +98,8 @@ def test_bad_inputs_go_to_stderr_and_exit_1(tmp_path: Path, stop_record: dict[st
 
 
 def test_user_rules_and_no_builtin(tmp_path: Path, stop_record: dict[str, Any]) -> None:
-    """--rules adds a directory; --no-builtin runs only it; a broken rule: exit 1, file named."""
+    """--rules adds a directory; --no-builtin runs only it; a broken rule: exit 2 (config),
+    file named."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "stop.yml").write_text(
@@ -126,7 +128,7 @@ detection:
         "detection: {sel: {eventName|base64offset: x}, condition: sel}\n"
     )
     code, lines, err = run_cli(["--rules", str(rules)], stdin=data)
-    assert code == 1
+    assert code == 2
     assert lines == []
     assert "bad.yml" in err
     assert "modifier 'base64offset'" in err

@@ -68,8 +68,8 @@ def test_replay_ends_with_a_clear_error_when_the_archive_role_is_refused(
     moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`ctagg replay` is a one-shot command: when archive.writer_account_id's role cannot be
-    assumed it stops at once with exit code 1 and the reason (the service forwarder retries
-    instead), and it never asks for the base identity in its place."""
+    assumed it stops at once with exit code 3 (access) and the reason on stderr (the service
+    forwarder retries instead), and it never asks for the base identity in its place."""
     from aggregator.aws.credentials import CredentialBroker
 
     asked: list[str | None] = []
@@ -90,10 +90,10 @@ def test_replay_ends_with_a_clear_error_when_the_archive_role_is_refused(
     code = cli.main(
         ["replay", str(cfg), "--connector", "os", "--since", "2024-01-01", "--until", "2024-01-02"]
     )
-    assert code == 1
-    out = capsys.readouterr().out
-    assert "replay stopped: cannot open the central archive" in out
-    assert "AccessDenied" in out
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "ctagg replay: replay to os stopped: cannot open the central archive" in err
+    assert "AccessDenied" in err
     assert asked == ["222222222222"]
 
 
