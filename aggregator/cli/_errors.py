@@ -55,6 +55,9 @@ def explain(exc: BaseException) -> CliError:
     if isinstance(exc, ConfigError):
         problems = "; ".join(exc.problems)
         return CliError(f"config: {problems}", "fix the config and run again", EXIT_CONFIG)
+    what, hint = getattr(exc, "what", None), getattr(exc, "hint", None)
+    if isinstance(what, str) and isinstance(hint, str):  # errors that say it themselves
+        return CliError(what, hint, EXIT_ACCESS)
     from aggregator.aws.errors import explain as explain_aws
 
     aws = explain_aws(exc)

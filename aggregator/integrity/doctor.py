@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aggregator.archive.store import archive_session
+from aggregator.archive.store import PROBE_KEY, archive_session, probe_params
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
 from aggregator.aws.errors import error_code, error_message, is_access_denied
 from aggregator.aws.iam import missing_permission
@@ -27,8 +27,8 @@ from aggregator.log import get_logger
 
 log = get_logger("aggregator.doctor")
 
-PROBE_KEY = "_ctagg/doctor-probe"
 OK = "ok"
+__all__ = ["PROBE_KEY", "Doctor", "DoctorReport", "run_live"]
 
 
 @dataclass
@@ -169,17 +169,8 @@ class Doctor:
         return row
 
     async def _write_central(self, pool: ClientPool) -> Check:
-        cfg = self.settings.archive
-        params: dict[str, Any] = {
-            "Bucket": cfg.bucket,
-            "Key": f"{cfg.prefix}{PROBE_KEY}",
-            "Body": b"ctagg doctor probe\n",
-            "IfNoneMatch": "*",
-        }
-        if cfg.kms_key_id:
-            params["ServerSideEncryption"] = "aws:kms"
-            params["SSEKMSKeyId"] = cfg.kms_key_id
-        target = f"s3://{cfg.bucket}/{params['Key']}"
+        params = probe_params(self.settings.archive)
+        target = f"s3://{params['Bucket']}/{params['Key']}"
         try:
             session = await archive_session(self.settings, self.sessions)
             s3 = await pool.get(session, "s3")
