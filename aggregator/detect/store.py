@@ -1,6 +1,7 @@
 """Detection's persisted positions (tables made by state migration 10), on top of State.
 
-* ``detect_alerts``  (rule_id, event_key) pairs that already raised an alert
+* ``detect_alerts``  (rule_id, event_key) pairs that already raised an alert, with the alert
+  itself (JSON, migration 45: ``ctagg alerts`` lists them)
 * ``detect_outbox``  alerts not yet delivered, per sink (at-least-once delivery)
 * ``detect_counts``  hourly counts per (account, metric) for rate anomalies
 * ``detect_meta``    small named values (the last hour evaluated for anomalies, the ledger
@@ -43,15 +44,16 @@ class DetectStore:
         out: list[Alert] = []
         with self.state.transaction() as c:
             for a in alerts:
+                body = orjson.dumps(a.to_dict()).decode()
                 cur = c.execute(
-                    "INSERT OR IGNORE INTO detect_alerts VALUES (?,?,?,?)",
-                    (a.rule_id, a.event_key, a.event_epoch, now),
+                    "INSERT OR IGNORE INTO detect_alerts (rule_id, event_key, event_epoch, "
+                    "created_at, alert) VALUES (?,?,?,?,?)",
+                    (a.rule_id, a.event_key, a.event_epoch, now, body),
                 )
                 if cur.rowcount != 1:
                     continue
                 out.append(a)
                 if self.sinks:
-                    body = orjson.dumps(a.to_dict()).decode()
                     c.executemany(
                         "INSERT OR IGNORE INTO detect_outbox (alert_uid, sink, alert, next_at, "
                         "created_at) VALUES (?,?,?,?,?)",
