@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from aggregator import __version__
 from aggregator.cli import archive, config, demo, detect, discover, forward, ingest, integrity, run
 from aggregator.cli import normalize as normalize_cmd
-from aggregator.cli._common import AddArgs, Run, config_and_json, config_arg
+from aggregator.cli._common import AddArgs, Run, config_and_json
 from aggregator.cli._errors import EXIT_CODES, EXIT_INTERRUPTED, report
 
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     (
         "validate",
         "check a config file without touching the network",
-        config_arg,
+        config.add_validate_args,
         config.run_validate,
     ),
     (
@@ -39,7 +39,7 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     (
         "once",
         "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
-        config_arg,
+        ingest.add_once_args,
         ingest.run_once,
     ),
     ("run", "run as a daemon until SIGTERM", run.add_run_args, run.run_run),

@@ -101,3 +101,15 @@ def human_secs(secs: float | None) -> str:
         if abs(secs) >= size:
             return f"{secs / size:.1f} {unit}"
     return f"{secs:.0f} s"
+
+
+def source_label(bucket: str, prefix: str) -> str:
+    """Which copy a source is: ``org:`` (an organization trail's prefix), ``acct:`` (an account
+    trail's), ``lookup`` (LookupEvents), with the bucket and any key prefix before AWSLogs/."""
+    if bucket == "LookupEvents":
+        return "lookup"
+    if not bucket:
+        return "-"
+    head, _, rest = prefix.partition("AWSLogs/")
+    kind = "org" if rest.startswith("o-") else "acct"
+    return f"{kind}:{bucket}" + (f"/{head.rstrip('/')}" if head else "")

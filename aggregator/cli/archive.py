@@ -33,7 +33,7 @@ def run_archive_digest(args: argparse.Namespace) -> int:
         state.close()
     out = {"digests": rep.digests, "objects": rep.objects, "retained": rep.retained}
     print(
-        json.dumps(out, indent=2)
+        json.dumps(out)
         if args.json
         else f"{len(rep.digests)} digest(s), {rep.objects} object(s), {rep.retained} retained"
     )
@@ -74,7 +74,7 @@ def run_verify_archive(args: argparse.Namespace) -> int:
     finally:
         state.close()
     if args.json:
-        print(json.dumps(rep.as_dict(), indent=2, sort_keys=True))
+        print(json.dumps(rep.as_dict(), sort_keys=True))
     else:
         print(
             f"{'OK' if rep.ok else 'FAILED'}: {rep.digests} digest(s), "
@@ -111,7 +111,7 @@ def run_retention(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
     report = asyncio.run(run_once(settings, dry_run=args.dry_run))
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, default=str))
+        print(json.dumps(report.as_dict(), default=str))
     else:
         print(render_retention(report))
     return EXIT_OK if report.ok else EXIT_PARTIAL

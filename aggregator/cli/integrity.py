@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from aggregator.cli._common import config_arg, load_or_exit, open_state, when
 from aggregator.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS, CliError
+from aggregator.cli._table import Column
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from aggregator.integrity.audit import AuditReport, Finding
     from aggregator.integrity.completeness import CompletenessReport
 
@@ -98,7 +101,6 @@ def audit_json(report: AuditReport) -> str:
             "counts": report.counts(),
             "findings": [asdict(f) | {"description": f.description} for f in report.findings],
         },
-        indent=2,
         sort_keys=True,
     )
 
@@ -112,30 +114,41 @@ def audit_csv(findings: Iterable[Finding]) -> str:
     return buf.getvalue()
 
 
-def print_audit_table(report: AuditReport, out: Any, *, failed_only: bool = False) -> None:
-    from rich.console import Console
-    from rich.table import Table
+AUDIT_COLUMNS = (
+    Column("account", 0, elide=False),
+    Column("region", 1, elide=False),
+    Column("check", 2, elide=False),
+    Column("status", 3, elide=False),
+    Column("CIS", 4, elide=False),
+    Column("detail", 5, min_width=20, wrap=True),
+    Column("trails", 6, min_width=12),
+)
 
+
+def print_audit_table(
+    report: AuditReport, out: Any, *, failed_only: bool = False, console: Console | None = None
+) -> None:
+    """The findings (fitted to a terminal, whole on a pipe) and the counts, to ``out`` (or the
+    ``console`` given)."""
+    from aggregator.cli._table import console_for, esc, print_table
     from aggregator.integrity.audit import BENCHMARK
 
-    table = Table(title=f"Trail audit ({BENCHMARK})")
-    for col in ("account", "region", "check", "status", "CIS", "trails", "detail"):
-        table.add_column(col)
     style = {"pass": "green", "fail": "red", "unknown": "yellow"}
-    for f in report.findings:
-        if failed_only and f.status == "pass":
-            continue
-        table.add_row(
+    rows = [
+        [
             f.account_id,
             f.region,
             f.check,
             f"[{style[f.status]}]{f.status}[/]",
             f.cis or "-",
-            f.trails,
-            f.detail,
-        )
-    console = Console(file=out, width=200)
-    console.print(table)
+            esc(f.detail),
+            esc(f.trails),
+        ]
+        for f in report.findings
+        if not (failed_only and f.status == "pass")
+    ]
+    console = console or console_for(out)
+    print_table(console, AUDIT_COLUMNS, rows, title=f"Trail audit ({BENCHMARK})")
     c = report.counts()
     console.print(f"{c['fail']} failed, {c['unknown']} unknown, {c['pass']} passed")
 
@@ -192,7 +205,7 @@ COMPLETENESS_FIELDS = [
 
 
 def completeness_json(report: CompletenessReport) -> str:
-    return json.dumps(report.as_dict(), indent=2, sort_keys=True)
+    return json.dumps(report.as_dict(), sort_keys=True)
 
 
 def completeness_csv(report: CompletenessReport) -> str:
@@ -214,25 +227,42 @@ def completeness_csv(report: CompletenessReport) -> str:
     return buf.getvalue()
 
 
-def print_completeness_table(report: CompletenessReport, out: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COMPLETENESS_COLUMNS = (
+    Column("account", 0, elide=False),
+    Column("region", 1, elide=False),
+    Column("hour", 2, elide=False),
+    Column("expected", 3, justify="right", elide=False),
+    Column("ingested", 4, justify="right", elide=False),
+    Column("missing", 5, min_width=20, wrap=True),
+)
 
-    table = Table(title=f"Completeness {report.since} .. {report.until} (UTC hours)")
-    for col in ("account", "region", "hour", "expected", "ingested", "missing"):
-        table.add_column(col)
+
+def print_completeness_table(
+    report: CompletenessReport, out: Any, *, console: Console | None = None
+) -> None:
+    """Expected vs ingested per hour (fitted to a terminal, whole on a pipe) and the totals."""
+    from aggregator.cli._table import console_for, esc, print_table
+
+    rows = []
     for h in report.hours:
         miss = "\n".join(k.rsplit("/", 1)[-1] for k in h.missing)
-        table.add_row(
-            h.account_id,
-            h.region,
-            h.hour,
-            str(h.expected),
-            str(h.ingested),
-            f"[red]{miss}[/]" if miss else "[green]0[/]",
+        rows.append(
+            [
+                h.account_id,
+                h.region,
+                h.hour,
+                str(h.expected),
+                str(h.ingested),
+                f"[red]{esc(miss)}[/]" if miss else "[green]0[/]",
+            ]
         )
-    console = Console(file=out, width=200)
-    console.print(table)
+    console = console or console_for(out)
+    print_table(
+        console,
+        COMPLETENESS_COLUMNS,
+        rows,
+        title=f"Completeness {report.since} .. {report.until} (UTC hours)",
+    )
     console.print(
         f"{report.expected} expected, {len(report.missing)} missing, "
         f"{report.pending} too recent to judge; ratio {report.ratio:.6f}"

@@ -69,9 +69,27 @@ class DoctorReport:
     def ok(self) -> bool:
         return self.central.ok and all(r.ok for r in self.rows)
 
+    @property
+    def failing(self) -> int:
+        """Failing rows, plus one for a central write that fails."""
+        return sum(1 for r in self.rows if not r.ok) + (0 if self.central.ok else 1)
+
+    @property
+    def roles_denied(self) -> list[str]:
+        """Accounts whose role (the one ctagg assumes there) cannot be assumed."""
+        return sorted(
+            {
+                r.reader
+                for r in self.rows
+                if (c := r.check("assume")) and not c.ok and r.reader != "base identity"
+            }
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "failing": self.failing,
+            "roles_denied": self.roles_denied,
             "central": asdict(self.central),
             "rows": [{**asdict(r), "ok": r.ok} for r in self.rows],
         }
@@ -106,9 +124,10 @@ class Doctor:
                     row = Row(account_id, region)
                     row.checks.append(Check("list", False, "no trail log prefix discovered"))
                     rows.append(row)
+            # Every account whose own role cannot be assumed gets its row, also when the
+            # organization trail (read with another account's role) covers its regions: its
+            # account trails, regions and LookupEvents are out of reach.
             for account_id, failure in sorted(denied.items()):
-                if any(r.account_id == account_id for r in rows):
-                    continue
                 row = Row(account_id, "*", reader=account_id)
                 row.checks.append(
                     Check("assume", False, failure.reason[:300], self._assume_missing(account_id))
