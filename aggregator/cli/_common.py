@@ -38,12 +38,34 @@ def config_and_json(p: argparse.ArgumentParser) -> None:
     json_arg(p, "one JSON object per line")
 
 
-def load_or_exit(path: str) -> Settings:
-    """Load a config or print every problem (with its path) and exit 2."""
-    from aggregator.config import ConfigError, load_settings
+# Secrets only where used: the config sections a command reads (the others' unset ${VAR}s are
+# deferred, not errors; aggregator/config/loading.py).
+EVERYTHING = None
+STATE_ONLY = frozenset({"state", "archive"})
+NO_SINKS = frozenset(
+    {
+        "state",
+        "aws",
+        "credentials",
+        "discovery",
+        "collect",
+        "dedupe",
+        "archive",
+        "service",
+        "retention",
+        "integrity",
+    }
+)
 
+
+def load_or_exit(path: str, uses: frozenset[str] | None = EVERYTHING) -> Settings:
+    """Load a config or print every problem (with its path) and exit 2. ``uses``: the sections
+    the command reads; unset variables elsewhere are deferred (None: every section)."""
+    from aggregator.config import ConfigError, Settings, load_settings
+
+    defer = () if uses is None else tuple(set(Settings.model_fields) - uses)
     try:
-        return load_settings(path)
+        return load_settings(path, defer=defer)
     except ConfigError as exc:
         print(f"config {path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:

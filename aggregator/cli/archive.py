@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, json_arg, load_or_exit, open_state
+from aggregator.cli._common import NO_SINKS, config_arg, json_arg, load_or_exit, open_state
 from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def run_archive_digest(args: argparse.Namespace) -> int:
 
     from aggregator.archive.digests import write_archive_digests
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     state = open_state(settings)
     try:
         rep = asyncio.run(write_archive_digests(settings, state))
@@ -54,7 +54,7 @@ def run_verify_archive(args: argparse.Namespace) -> int:
     from aggregator.archive.verify import verify_archive
     from aggregator.aws.clients import Aws, ClientPool
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     state = open_state(settings)
 
     async def go() -> Any:
@@ -108,7 +108,8 @@ def run_retention(args: argparse.Namespace) -> int:
 
     from aggregator.service.retention import run_once
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
+    open_state(settings).close()  # a state that cannot be opened is named before any AWS call
     report = asyncio.run(run_once(settings, dry_run=args.dry_run))
     if args.json:
         print(json.dumps(report.as_dict(), default=str))

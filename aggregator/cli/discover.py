@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
-from aggregator.cli._common import config_arg, json_arg, json_line, load_or_exit, source_label
+from aggregator.cli._common import (
+    NO_SINKS,
+    config_arg,
+    json_arg,
+    json_line,
+    load_or_exit,
+    source_label,
+)
 from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS
 from aggregator.cli._table import Column
 
@@ -35,7 +42,7 @@ def run_discover(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from aggregator.aws.credentials import CredentialBroker
     from aggregator.aws.discovery import discover
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     stream = out or sys.stdout
 
     async def go() -> Inventory:
@@ -107,7 +114,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     from aggregator.integrity import doctor
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     report = asyncio.run(doctor.run_live(settings))
     if args.json:
         print(json_line(report.as_dict()))

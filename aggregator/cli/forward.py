@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aggregator.cli._common import config_arg, load_or_exit, when
+from aggregator.cli._common import NO_SINKS, config_arg, load_or_exit, when
 from aggregator.cli._errors import EXIT_ACCESS, EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, CliError
 
 
@@ -21,7 +21,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from aggregator.forward.replay import replay_with_settings
     from connectors.base import Fatal
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS | {"forward", "normalize"})
     names = [c.name for c in settings.forward.connectors if c.enabled]
     if args.connector not in names:
         raise CliError(

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aggregator.cli._common import (
+    NO_SINKS,
+    STATE_ONLY,
     config_arg,
     human_secs,
     json_line,
@@ -40,7 +42,7 @@ def run_once(args: argparse.Namespace) -> int:
 
     from aggregator.service.app import App
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
 
     async def go() -> dict[str, object]:
         with state_errors(settings.state.path):
@@ -86,7 +88,7 @@ def run_status(args: argparse.Namespace) -> int:
     import time
     from dataclasses import asdict
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, STATE_ONLY)
     state = open_state(settings)
     try:
         rows = state.sources.status()
@@ -181,7 +183,7 @@ def print_status(
 def run_quarantine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, STATE_ONLY)
     state = open_state(settings)
     try:
         rows = state.quarantine.rows()
@@ -203,7 +205,7 @@ def add_retry_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, STATE_ONLY)
     state = open_state(settings)
     try:
         n = state.quarantine.retry(args.bucket)

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, load_or_exit, open_state, when
+from aggregator.cli._common import NO_SINKS, config_arg, load_or_exit, open_state, when
 from aggregator.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS, CliError
 from aggregator.cli._table import Column
 
@@ -64,7 +64,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from aggregator.integrity import audit
     from aggregator.integrity.jobs import discover_inventory
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
 
     async def go() -> audit.AuditReport:
         aws = Aws(settings.aws)
@@ -173,7 +173,7 @@ def run_completeness(args: argparse.Namespace) -> int:
 
     from aggregator.integrity import jobs
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
     state = open_state(settings)
     try:
@@ -286,7 +286,7 @@ def run_validate_digests(args: argparse.Namespace) -> int:
 
     from aggregator.integrity.jobs import refresh_sources
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
     state = open_state(settings)
     try:

@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
-from aggregator.cli._common import load_or_exit
+from aggregator.cli._common import STATE_ONLY, load_or_exit
 from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
 
 if TYPE_CHECKING:
@@ -98,7 +98,9 @@ def normalize_stream(
 def run(args: argparse.Namespace) -> int:
     from aggregator.normalize import Normalizer
 
-    settings = load_or_exit(args.config).normalize if args.config else None
+    settings = (
+        load_or_exit(args.config, STATE_ONLY | {"normalize"}).normalize if args.config else None
+    )
     normalizer = Normalizer(settings)
     try:
         ok = normalize_stream(

@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -485,6 +486,15 @@ class Settings(Strict):
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     detect: DetectSettings = Field(default_factory=DetectSettings)
+
+    # path -> "path: environment variable X is not set" for the variables a command deferred
+    # (aggregator.config.loading: sections it does not use)
+    _deferred: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def deferred(self) -> dict[str, str]:
+        """Unset variables of sections the loading command said it does not use."""
+        return dict(self._deferred)
 
     @model_validator(mode="after")
     def _alert_connectors_exist(self) -> Settings:
