@@ -253,6 +253,13 @@ class ServiceSettings(Strict):
         description="On SIGTERM, wait this long for in-flight work, then abandon it safely.",
     )
     misfire_grace_secs: float = Field(default=60, gt=0)
+    retry_initial_secs: float = Field(
+        default=5,
+        gt=0,
+        description="A failed discovery or ingest run is tried again after this long, doubling "
+        "on each failure in a row up to retry_max_secs (never later than its interval).",
+    )
+    retry_max_secs: float = Field(default=300, gt=0, description="Longest wait between retries.")
 
     @field_validator("job_intervals_secs")
     @classmethod
