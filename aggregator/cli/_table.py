@@ -162,4 +162,4 @@ def console_for(out: IO[str] | None = None) -> Console:
     """A console writing to ``out`` (stdout): colours and fitting on a terminal only."""
     from rich.console import Console
 
-    return Console(file=out, soft_wrap=False, highlight=False)
+    return Console(file=out, soft_wrap=True, highlight=False)

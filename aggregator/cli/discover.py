@@ -75,6 +75,7 @@ def inventory_dict(inv: Inventory) -> dict[str, Any]:
         "trails": [asdict(t) for t in inv.trails],
         "sources": [asdict(s) for s in inv.sources],
         "failures": [asdict(f) for f in inv.failures],
+        "warnings": list(inv.warnings),
     }
 
 
@@ -102,6 +103,8 @@ def print_inventory(inv: Inventory, out: TextIO) -> None:
         for f in inv.failures:
             where = f" {f.region}" if f.region else ""
             p(f"  {f.account_id}{where}  {f.stage}: {f.reason}")
+    for w in inv.warnings:
+        p(f"warning: {w}")
 
 
 def add_doctor_args(p: argparse.ArgumentParser) -> None:
@@ -169,7 +172,7 @@ def print_doctor(console: Console, report: DoctorReport) -> None:
         )
     print_table(console, DOCTOR_COLUMNS, rows, title="ctagg doctor: access per account × region")
     for line in render_text(report):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def render_text(report: DoctorReport) -> Sequence[str]:
@@ -188,4 +191,5 @@ def render_text(report: DoctorReport) -> Sequence[str]:
     if not c.ok:
         parts.append("the central archive write")
     lines.append(f"{report.failing} failing: " + " and ".join(parts))
+    lines.extend(f"warning: {w}" for w in report.warnings)
     return lines

@@ -165,6 +165,12 @@ class TrailDiscovery(Strict):
         description="Account whose role reads the organization trail bucket (log archive).",
     )
     static_sources: list[StaticSource] = Field(default_factory=list)
+    organization_trail_owner_ids: list[AccountId] = Field(
+        default_factory=list,
+        description="Accounts examined for organization trails even when the account filters "
+        "leave them out (their trails cover the selected accounts; their own events stay out). "
+        "Typically the management account when include/exclude rules drop it.",
+    )
     bucket_readers: dict[str, AccountId] = Field(
         default_factory=dict,
         description="Bucket name -> account whose role reads it; overrides the reader of every "

@@ -64,6 +64,7 @@ class DoctorReport:
     rows: list[Row]
     central: Check
     duration_secs: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # coverage lost to the config
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,7 @@ class DoctorReport:
             "ok": self.ok,
             "failing": self.failing,
             "roles_denied": self.roles_denied,
+            "warnings": list(self.warnings),
             "central": asdict(self.central),
             "rows": [{**asdict(r), "ok": r.ok} for r in self.rows],
         }
@@ -138,7 +140,12 @@ class Doctor:
                     row = Row(f.account_id, "*")
                     row.checks.append(Check(f.stage, False, f.reason[:300]))
                     rows.append(row)
-        report = DoctorReport(rows, central, round(time.perf_counter() - started, 3))
+        report = DoctorReport(
+            rows,
+            central,
+            round(time.perf_counter() - started, 3),
+            warnings=list(getattr(inventory, "warnings", [])),
+        )
         log.info(
             "doctor.done",
             count=len(rows),

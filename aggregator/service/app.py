@@ -60,6 +60,8 @@ class App:
             failures=len(inventory.failures),
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        for warning in inventory.warnings:  # coverage lost to the config: said every discovery
+            log.warning("discovery.coverage_lost", stage="discovery", reason=warning)
         return inventory
 
     async def check_archive(self) -> None:
