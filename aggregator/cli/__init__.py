@@ -80,6 +80,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         detect.run,
     ),
     (
+        "alerts",
+        "list the alerts detection raised and stored (newest first)",
+        detect.add_alerts_args,
+        detect.run_alerts,
+    ),
+    (
         "audit",
         "audit every account x region's CloudTrail setup (CIS)",
         integrity.add_audit_args,

@@ -29,6 +29,17 @@ class Pending:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A raised alert as remembered (``alert`` is None for ones raised before migration 45,
+    which kept only the rule and the event key)."""
+
+    rule_id: str
+    event_key: str
+    raised_at: float
+    alert: Alert | None
+
+
 class DetectStore:
     def __init__(self, state: State, sinks: Sequence[str] = ()) -> None:
         self.state = state
@@ -59,6 +70,30 @@ class DetectStore:
                         "created_at) VALUES (?,?,?,?,?)",
                         [(a.uid, s, body, 0.0, now) for s in self.sinks],
                     )
+        return out
+
+    def stored(
+        self, *, since: float | None = None, rule: str | None = None, limit: int | None = None
+    ) -> list[Stored]:
+        """Remembered alerts, newest first: raised at or after ``since`` (epoch seconds), of
+        the rule whose id is ``rule`` or whose title contains it (any case)."""
+        q = "SELECT rule_id, event_key, created_at, alert FROM detect_alerts WHERE 1=1"
+        args: list[object] = []
+        if since is not None:
+            q += " AND created_at >= ?"
+            args.append(since)
+        q += " ORDER BY created_at DESC, rule_id, event_key"
+        out: list[Stored] = []
+        needle = (rule or "").lower()
+        for rule_id, key, at, body in self.state.db.fetchall(q, args):
+            alert = Alert.from_dict(orjson.loads(body)) if body else None
+            if needle and not (
+                rule_id.lower() == needle or (alert is not None and needle in alert.title.lower())
+            ):
+                continue
+            out.append(Stored(rule_id, key, float(at), alert))
+            if limit is not None and len(out) >= limit:
+                break
         return out
 
     def prune_alerts(self, before_created: float) -> int:

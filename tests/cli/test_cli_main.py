@@ -19,6 +19,7 @@ READ_COMMANDS = [
     "archive-digest",
     "verify-archive",
     "retention",
+    "alerts",
 ]
 
 
