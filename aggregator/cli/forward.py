@@ -36,8 +36,15 @@ def run_replay(args: argparse.Namespace) -> int:
             "give a window that ends after it starts",
             EXIT_CONFIG,
         )
+    from aggregator.cli._progress import progress
+
     try:
-        report = asyncio.run(replay_with_settings(settings, args.connector, args.since, args.until))
+        with progress(f"replay to {args.connector}", unit="objects") as bar:
+            report = asyncio.run(
+                replay_with_settings(
+                    settings, args.connector, args.since, args.until, progress=bar.report
+                )
+            )
     except Fatal as exc:
         raise CliError(
             f"replay to {args.connector} stopped: {exc}",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from aggregator.integrity.audit import AuditReport, Finding
-    from aggregator.integrity.completeness import CompletenessReport
+    from aggregator.integrity.completeness import CompletenessReport, RefreshReport
 
 
 def _format_args(p: argparse.ArgumentParser) -> None:
@@ -178,8 +178,14 @@ def run_completeness(args: argparse.Namespace) -> int:
     state = open_state(settings)
     try:
         if not args.offline:
-            refresh = jobs.refresh_sources(settings, since, until, state, check_logs=False)
-            for err in asyncio.run(refresh).errors:
+            from aggregator.cli._progress import progress
+
+            with progress("completeness: digests per source", unit="sources") as bar:
+                refresh = jobs.refresh_sources(
+                    settings, since, until, state, check_logs=False, progress=bar.report
+                )
+                errors = asyncio.run(refresh).errors
+            for err in errors:
                 print(f"warning: {err}", file=sys.stderr)
         report, _ = jobs.completeness_pass(settings, state, since, until, retry=not args.no_retry)
     finally:
@@ -284,31 +290,62 @@ def run_validate_digests(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
+    from aggregator.cli._progress import progress
     from aggregator.integrity.jobs import refresh_sources
 
     settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
     state = open_state(settings)
     try:
-        rep = asyncio.run(refresh_sources(settings, since, until, state, check_logs=True))
+        with progress("validate-digests", unit="sources") as bar:
+            rep = asyncio.run(
+                refresh_sources(settings, since, until, state, check_logs=True, progress=bar.report)
+            )
         rows = [r for r in state.digests.results() if r["checked_at"] >= time.time() - 3600]
     finally:
         state.close()
     bad = [r for r in rows if r["status"] != "valid"]
     unlisted = rep.not_in_any_digest
     if args.json:
-        doc = {"statuses": rep.statuses, "problems": bad, "not_in_any_digest": unlisted}
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        doc = {
+            "statuses": rep.statuses,
+            "problems": bad,
+            "not_in_any_digest": unlisted,
+            "sources_without_digests": rep.without_digests,
+            "errors": rep.errors,
+        }
+        print(json.dumps(doc, sort_keys=True))
     else:
-        print(f"digests: {rep.statuses or 'none found'}")
-        for r in bad:
-            print(f"  {r['status']:18} s3://{r['bucket']}/{r['key']}  {r['detail']}")
-        if unlisted:
-            print(f"log files in no digest: {len(unlisted)}")
-            for k in unlisted[:20]:
-                print(f"  {k}")
-        for err in rep.errors:
-            print(f"  error: {err}")
+        print(render_digests(rep, bad))
     if bad or unlisted:
         return EXIT_PROBLEMS
     return EXIT_PARTIAL if rep.errors else EXIT_OK
+
+
+def render_digests(rep: RefreshReport, bad: list[dict[str, Any]], limit: int = 20) -> str:
+    """``validate-digests`` for people: counts by outcome, then each problem."""
+    lines = []
+    if rep.statuses:
+        counts = ", ".join(
+            f"{n} {status.replace('_', ' ')}" for status, n in sorted(rep.statuses.items())
+        )
+        lines.append(f"digests: {counts} (from {rep.sources} sources)")
+    else:
+        lines.append(f"digests: none found in the window (from {rep.sources} sources)")
+    for r in bad:
+        lines.append(f"  {r['status']:18} s3://{r['bucket']}/{r['key']}  {r['detail']}")
+    if rep.not_in_any_digest:
+        lines.append(f"log files in no digest: {len(rep.not_in_any_digest)}")
+        lines += [f"  {k}" for k in rep.not_in_any_digest[:limit]]
+        if len(rep.not_in_any_digest) > limit:
+            lines.append(f"  ... and {len(rep.not_in_any_digest) - limit} more (--json lists all)")
+    if rep.without_digests:
+        lines.append(
+            f"sources with log files but no digest file: {len(rep.without_digests)} (log file "
+            "validation is off for their trail, or its digests were removed; 'ctagg audit "
+            "CONFIG' shows which trails validate, CIS 3.2)"
+        )
+        lines += [f"  {s}" for s in rep.without_digests[:limit]]
+    for err in rep.errors:
+        lines.append(f"  error: {err}")
+    return "\n".join(lines)

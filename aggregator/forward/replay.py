@@ -4,6 +4,7 @@ its cursor."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,8 +31,19 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def replay(fwd: Forwarder, name: str, since: datetime, until: datetime) -> ReplayReport:
-    """Re-send events with since <= eventTime < until from the central archive."""
+Progress = Callable[[int, int | None], None]  # (central objects done, of total)
+
+
+async def replay(
+    fwd: Forwarder,
+    name: str,
+    since: datetime,
+    until: datetime,
+    *,
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Re-send events with since <= eventTime < until from the central archive;
+    ``progress(done, total)`` after each central object."""
     lane = fwd.lanes.get(name)
     if lane is None:
         raise KeyError(f"no enabled connector named {name!r}")
@@ -39,7 +51,10 @@ async def replay(fwd: Forwarder, name: str, since: datetime, until: datetime) ->
     store, s = fwd.store, fwd.settings
     report = ReplayReport()
     try:
-        for row in store.ledger.overlapping(_iso(since), _iso(until)):
+        rows = list(store.ledger.overlapping(_iso(since), _iso(until)))
+        if progress is not None:
+            progress(0, len(rows))
+        for row in rows:
             key = str(row["central_key"])
             records = await lane.records(key)
             report.objects += 1
@@ -61,6 +76,8 @@ async def replay(fwd: Forwarder, name: str, since: datetime, until: datetime) ->
                     batch, nbytes = [], 0
             if batch:
                 await _send(lane, store, batch, report)
+            if progress is not None:
+                progress(report.objects, len(rows))
     finally:
         await lane.close()
     return report
@@ -74,7 +91,12 @@ async def _send(lane: Lane, store: ForwardStore, batch: list[Item], report: Repl
 
 
 async def replay_with_settings(
-    settings: Settings, name: str, since: datetime, until: datetime
+    settings: Settings,
+    name: str,
+    since: datetime,
+    until: datetime,
+    *,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """:func:`replay` for a config: the archive is read with its own identity
     (``archive.archive_session``: the writer account's role when archive.writer_account_id is
@@ -87,6 +109,6 @@ async def replay_with_settings(
             except Exception as exc:
                 raise Fatal(f"cannot open the central archive: {exc}") from exc
             fwd = Forwarder(settings.forward, state, central, bucket=settings.archive.bucket)
-            return await replay(fwd, name, since, until)
+            return await replay(fwd, name, since, until, progress=progress)
     finally:
         state.close()

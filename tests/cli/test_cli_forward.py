@@ -22,9 +22,10 @@ from tests.fakes.opensearch import FakeOpenSearch
 
 
 def test_replay_command_resends_from_the_central_archive(
-    moto: str, tmp_path: Path, testdata: Path
+    moto: str, tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Records in [since, until) are read from S3 and land in OpenSearch; exit code 0."""
+    """Records in [since, until) are read from S3 and land in OpenSearch; exit code 0; the
+    progress (objects of total) is logged when stderr is not a terminal."""
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="central")
     db = tmp_path / "state.db"
@@ -60,6 +61,12 @@ def test_replay_command_resends_from_the_central_archive(
         )
         assert code == 0
         assert server.all_ids() == want
+        err = capsys.readouterr().err
+        done = [orjson.loads(x) for x in err.splitlines() if '"progress.done"' in x]
+        n_objects = (len(recs) + 99) // 100
+        assert [(d["stage"], d["count"], d["total"]) for d in done] == [
+            ("replay to os", n_objects, n_objects)
+        ]
         assert cli.main(["replay", str(cfg), "--connector", "nope", "--since", since,
                          "--until", until]) == 2  # fmt: skip
 
