@@ -12,7 +12,18 @@ import argparse
 from collections.abc import Sequence
 
 from aggregator import __version__
-from aggregator.cli import archive, config, demo, detect, discover, forward, ingest, integrity, run
+from aggregator.cli import (
+    archive,
+    backfill,
+    config,
+    demo,
+    detect,
+    discover,
+    forward,
+    ingest,
+    integrity,
+    run,
+)
 from aggregator.cli import normalize as normalize_cmd
 from aggregator.cli._common import AddArgs, Run, config_and_json
 from aggregator.cli._errors import EXIT_CODES, EXIT_INTERRUPTED, report
@@ -41,6 +52,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
         ingest.add_once_args,
         ingest.run_once,
+    ),
+    (
+        "backfill",
+        "collect a window of history, rate-limited; run again to resume",
+        backfill.add_backfill_args,
+        backfill.run_backfill,
     ),
     ("run", "run as a daemon until SIGTERM", run.add_run_args, run.run_run),
     (
