@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from aggregator.cli._common import config_and_json, json_line, load_or_exit
 from aggregator.cli._errors import EXIT_CONFIG, EXIT_OK
@@ -14,8 +15,15 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     if not getattr(args, "json", False):
-        load_or_exit(args.config)
+        settings = load_or_exit(args.config)
         print(f"{args.config}: ok")
+        state_path = settings.state.path
+        if state_path != ":memory:" and not os.path.isabs(state_path):
+            print(
+                f"note: state.path {state_path!r} is relative: it resolves against the working "
+                f"directory ({os.getcwd()}); give an absolute path, or leave it out for "
+                "state/ctagg.db beside the config file"
+            )
         return EXIT_OK
     from aggregator.config import ConfigError, load_settings
 

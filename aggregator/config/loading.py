@@ -163,10 +163,41 @@ def parse_settings(
     return settings
 
 
+STATE_PATH_ENV = "CTAGG_STATE_PATH"
+HEALTH_HOST_ENV = "CTAGG_HEALTH_HOST"
+
+
+def _environment_defaults(doc: Any, env: Mapping[str, str], config_path: FilePath) -> Any:
+    """Defaults that depend on where ctagg runs, for keys the file leaves out:
+
+    * ``state.path``: ``$CTAGG_STATE_PATH`` (the image sets it on its volume), else
+      ``state/ctagg.db`` beside the config file — never relative to the working directory,
+      so ``ctagg status`` finds the state ``ctagg run`` writes from wherever it is run;
+    * ``service.health_host``: ``$CTAGG_HEALTH_HOST`` (the image sets ``0.0.0.0``; the chart
+      sets it in the config), else the model's ``127.0.0.1``.
+    """
+    if not isinstance(doc, dict):
+        return doc
+    if doc.get("state") is None:
+        doc["state"] = {}
+    state = doc["state"]
+    if isinstance(state, dict) and "path" not in state:
+        default = config_path.resolve().parent / "state" / "ctagg.db"
+        state["path"] = env.get(STATE_PATH_ENV) or str(default)
+    host = env.get(HEALTH_HOST_ENV)
+    if host:
+        if doc.get("service") is None:
+            doc["service"] = {}
+        if isinstance(doc["service"], dict):
+            doc["service"].setdefault("health_host", host)
+    return doc
+
+
 def load_settings(
     path: str | FilePath, env: Mapping[str, str] | None = None, *, defer: Iterable[str] = ()
 ) -> Settings:
-    """Read and validate a YAML config file (``defer``: see :func:`parse_settings`)."""
+    """Read and validate a YAML config file (``defer``: see :func:`parse_settings`; defaults
+    that depend on the environment: :func:`_environment_defaults`)."""
     p = FilePath(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -180,4 +211,6 @@ def load_settings(
         raise ConfigError(
             [f"{p}: invalid YAML at {where}: {getattr(exc, 'problem', exc)}"]
         ) from None
-    return parse_settings(doc, env, defer=defer)
+    environ = os.environ if env is None else env
+    doc = _environment_defaults(doc if doc is not None else {}, environ, p)
+    return parse_settings(doc, environ, defer=defer)

@@ -35,7 +35,10 @@ class Strict(BaseModel):
 
 class StateSettings(Strict):
     path: str = Field(
-        default="./state/ctagg.db", description="SQLite file; put it on a persistent volume."
+        default="state/ctagg.db",
+        description="SQLite file; put it on a persistent volume. Default: $CTAGG_STATE_PATH "
+        "(the image sets /var/lib/ctagg/state.db), else state/ctagg.db beside the config file. "
+        "A relative path given here is relative to the working directory.",
     )
 
 
@@ -238,7 +241,11 @@ class ArchiveSettings(Strict):
 class ServiceSettings(Strict):
     """The daemon (``ctagg run``): job intervals, the health/metrics port, shutdown."""
 
-    health_host: str = Field(default="0.0.0.0", description="Address of /livez /readyz /metrics.")  # noqa: S104
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="Address of /livez /readyz /metrics. Default: $CTAGG_HEALTH_HOST (the image "
+        "and the chart use 0.0.0.0 so the kubelet and Prometheus reach it), else 127.0.0.1.",
+    )
     health_port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port.")
     discovery_interval_secs: float = Field(default=3600, gt=0)
     ingest_interval_secs: float = Field(default=300, gt=0)
