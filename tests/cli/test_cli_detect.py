@@ -251,3 +251,16 @@ def test_alerts_table_fits_the_terminal(
     for col in ("raised (UTC)", "severity", "account", "region"):
         assert col in header
     assert detect_cli.ALERT_COLUMNS[0].header == "raised (UTC)"
+
+
+def test_concatenated_json_documents_on_stdin(stop_record: dict[str, Any]) -> None:
+    """`cat a.json b.json | ctagg detect`: pretty-printed documents one after another (a bare
+    record, then a log file) are read like any other input; nothing is reported as broken."""
+    log_file = {"Records": [dict(stop_record, eventID="second-copy")]}
+    data = (json.dumps(stop_record, indent=2) + "\n" + json.dumps(log_file, indent=2)).encode()
+
+    code, lines, err = run_cli(["-"], stdin=data)
+
+    assert code == 0, err
+    assert err == ""
+    assert {line["event_id"] for line in lines} == {stop_record["eventID"], "second-copy"}
