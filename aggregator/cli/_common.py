@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -73,19 +72,24 @@ def load_or_exit(path: str, uses: frozenset[str] | None = EVERYTHING) -> Setting
         raise SystemExit(EXIT_CONFIG) from None
 
 
-@contextmanager
-def state_errors(path: str) -> Iterator[None]:
+class state_errors:  # used like a function: ``with state_errors(path):``
     """Turn a state file that cannot be opened (a folder that cannot be made, a file that is
-    not a database, no permission) into one line naming the path and the setting."""
-    try:
-        yield
-    except Exception as exc:
+    not a database, no permission) into one line naming the path and the setting. (A class,
+    not ``contextlib``: command modules import nothing heavy when they load.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         # OSError: the folder; sqlite3 errors (by module name: the CLI does not import SQLite).
-        if not (isinstance(exc, OSError) or type(exc).__module__ == "sqlite3"):
-            raise
+        if exc is None or not (isinstance(exc, OSError) or type(exc).__module__ == "sqlite3"):
+            return
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise CliError(
-            f"state {path}: cannot open: {reason}",
+            f"state {self.path}: cannot open: {reason}",
             "set state.path (or CTAGG_STATE_PATH) to a file ctagg can create and write",
             EXIT_CONFIG,
         ) from exc

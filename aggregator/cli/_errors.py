@@ -9,7 +9,6 @@ error vocabulary, the config and connector errors) only once something failed.
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import TextIO
 
 EXIT_OK = 0
@@ -93,6 +92,8 @@ def report(exc: BaseException, *, prog: str, debug: bool, err: TextIO | None = N
     """Print ``exc`` as one line (after its traceback with ``debug``); returns the exit code."""
     out = err or sys.stderr
     if debug:
+        import traceback
+
         traceback.print_exception(exc, file=out)
     problem = explain(exc)
     print(problem.line(prog), file=out)

@@ -10,14 +10,14 @@ Columns that do not fit are left out, never squeezed to nothing (``--json`` has 
 On a pipe (or a file) the table is printed at its natural width: every column, every cell in
 full, whatever ``COLUMNS`` says, so ``ctagg status | grep`` and ``| less -S`` see it all.
 
-rich is imported when a table is printed (``ctagg --help`` stays light).
+rich is imported when a table is printed, and nothing heavier than ``typing`` when a command
+module loads (``ctagg --help`` stays light: a NamedTuple, not a dataclass).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 ELLIPSIS = "…"
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     """``priority``: lower is more important (kept first when the terminal is narrow).
     ``min_width``: narrowest useful width (a column that cannot have it is left out).
     ``wrap``: the cell wraps onto more lines instead of being elided (problems, details).
