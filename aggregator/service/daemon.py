@@ -127,6 +127,7 @@ class Daemon:
         )
         self.discovery_done = Condition("discovery_done", reason="no discovery yet")
         self._discovered_event = asyncio.Event()
+        self._cycled_event = asyncio.Event()  # the first ingest cycle finished
         self.health.add_ready(self.discovery_done)
         max_age = svc.ready_max_cycle_age_secs or 3 * svc.ingest_interval_secs
         self.ingest_recent = Recency("ingest_recent", max_age, never_reason="no cycle yet")
@@ -192,6 +193,7 @@ class Daemon:
             raise
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
+            self._cycled_event.set()
         return report
 
     def _register_integrity(self) -> None:
@@ -222,8 +224,13 @@ class Daemon:
             )
 
     async def _completeness(self) -> Any:
+        wait = self.settings.service.ingest_interval_secs
         if not self.discovery_done.ok:  # the job reads the inventory's sources
-            await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
+            await wait_or_stop(self._discovered_event, wait)
+        if not self._cycled_event.is_set():
+            # before the first cycle every listed file would count as missing and be queued
+            # for a retry the cycle is about to make anyway
+            await wait_or_stop(self._cycled_event, wait)
         if self.scheduler.stopping.is_set() or self.completeness is None:
             return None
         return await self.completeness.run()
