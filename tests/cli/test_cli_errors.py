@@ -198,3 +198,11 @@ def test_exit_codes_are_distinct_and_documented_in_help(
         assert f"{code:<4} {text}" in out
     assert CliError("x").code == EXIT_ACCESS
     assert EXIT_PARTIAL == 4
+
+
+def test_readme_documents_every_exit_code_and_the_new_commands() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for code in EXIT_CODES:
+        assert f"\n| {code} | " in readme
+    for command in ("ctagg backfill CONFIG --since DATE", "ctagg alerts CONFIG"):
+        assert command in readme
