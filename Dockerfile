@@ -37,10 +37,15 @@ RUN groupadd --system --gid "${CTAGG_UID}" ctagg \
  && mkdir -p /var/lib/ctagg /etc/ctagg \
  && chown "${CTAGG_UID}:${CTAGG_UID}" /var/lib/ctagg
 COPY --from=builder /opt/ctagg /opt/ctagg
+# state.path and service.health_host default to these when the config leaves them out: the
+# state on the volume (an absolute path), /livez /readyz /metrics reachable from outside the
+# container (outside a container ctagg binds 127.0.0.1).
 ENV PATH=/opt/ctagg/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TMPDIR=/tmp
+    TMPDIR=/tmp \
+    CTAGG_STATE_PATH=/var/lib/ctagg/state.db \
+    CTAGG_HEALTH_HOST=0.0.0.0
 WORKDIR /var/lib/ctagg
 VOLUME ["/var/lib/ctagg"]
 USER ${CTAGG_UID}:${CTAGG_UID}

@@ -130,3 +130,25 @@ def test_dockerignore_keeps_the_context_small() -> None:
     allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
     assert {"aggregator", "connectors", "requirements-runtime.lock", "pyproject.toml"} <= allowed
     assert not allowed & {"tests", ".venv", ".git", "bench"}
+
+
+def test_the_image_defaults_state_and_health_to_the_volume_and_all_interfaces(
+    tmp_path: Path,
+) -> None:
+    """The runtime stage sets CTAGG_STATE_PATH to an absolute path on its volume and
+    CTAGG_HEALTH_HOST to 0.0.0.0; a config without those keys then gets exactly these."""
+    from aggregator.config import load_settings
+
+    runtime = _stages()[-1]
+    env = dict(
+        re.findall(r"(CTAGG_\w+)=(\S+)", " ".join(i for i in runtime if i.startswith("ENV ")))
+    )
+    volume = next(i for i in runtime if i.startswith("VOLUME"))
+    assert env["CTAGG_STATE_PATH"].startswith("/var/lib/ctagg/")
+    assert '"/var/lib/ctagg"' in volume
+    assert env["CTAGG_HEALTH_HOST"] == "0.0.0.0"
+    config = tmp_path / "config.yaml"
+    config.write_text("archive: {bucket: central}\n")
+    s = load_settings(config, env)
+    assert s.state.path == env["CTAGG_STATE_PATH"]
+    assert s.service.health_host == "0.0.0.0"

@@ -160,3 +160,80 @@ async def opened(
             return await pool.get(await archive_session(settings, source), "s3")
 
         yield Archive(settings.archive, connect=connect)
+
+
+# ---------------------------------------------------------------- can the archive be written?
+
+# ``ctagg doctor``'s probe: created once with If-None-Match, so later probes get 412
+# Precondition Failed, which S3 answers only to an authorized writer (the first write also
+# proves the KMS key). Nothing else is ever written for it, and nothing needs deleting (Object
+# Lock may forbid it). Retention and verification never look outside AWSLogs/ and the digests.
+PROBE_KEY = "_ctagg/doctor-probe"
+# The check before each ingest start writes nothing: a PutObject with If-Match on a key that
+# does not exist is answered 404 NoSuchKey, after S3 authorized the write (403 otherwise, and
+# NoSuchBucket for a missing bucket).
+PREFLIGHT_KEY = "_ctagg/write-check"
+_NO_ETAG = '"00000000000000000000000000000000"'
+
+
+class ArchiveUnavailable(Exception):
+    """The central bucket cannot be written (missing, denied, unreachable): said once, at the
+    start, instead of once per source object. ``what`` names the bucket, ``hint`` what to do."""
+
+    def __init__(self, what: str, hint: str, code: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+        self.code = code
+
+
+def probe_params(cfg: ArchiveSettings) -> dict[str, Any]:
+    """The PutObject of doctor's write probe (with the archive's KMS key, which it checks)."""
+    params: dict[str, Any] = {
+        "Bucket": cfg.bucket,
+        "Key": f"{cfg.prefix}{PROBE_KEY}",
+        "Body": b"ctagg doctor probe\n",
+        "IfNoneMatch": "*",
+    }
+    if cfg.kms_key_id:
+        params["ServerSideEncryption"] = "aws:kms"
+        params["SSEKMSKeyId"] = cfg.kms_key_id
+    return params
+
+
+async def check_writable(settings: Settings, sessions: SessionProvider, pool: ClientPool) -> None:
+    """Raise :class:`ArchiveUnavailable` unless the archive identity may write the central
+    bucket. Writes nothing (see ``PREFLIGHT_KEY``)."""
+    from aggregator.aws.errors import error_code, error_message, explain
+
+    cfg = settings.archive
+    where = f"central archive s3://{cfg.bucket}"
+    try:
+        s3 = await pool.get(await archive_session(settings, sessions), "s3")
+        await s3.put_object(
+            Bucket=cfg.bucket, Key=f"{cfg.prefix}{PREFLIGHT_KEY}", Body=b"", IfMatch=_NO_ETAG
+        )
+    except Exception as exc:
+        code = error_code(exc)
+        if code in ("NoSuchKey", "PreconditionFailed", "412"):
+            return  # authorized; nothing written
+        said = explain(exc)
+        if code == "NoSuchBucket":
+            what = f"{where} does not exist (NoSuchBucket)"
+            hint = "create the bucket, or correct archive.bucket"
+        elif said is not None and said.kind in ("denied", "credentials"):
+            who = (
+                f"the role ctagg assumes in {cfg.writer_account_id}"
+                if cfg.writer_account_id
+                else "the base identity"
+            )
+            what = f"{where} cannot be written: {said.what}"
+            hint = (
+                f"grant s3:PutObject on arn:aws:s3:::{cfg.bucket}/* to {who} (ctagg doctor CONFIG)"
+            )
+        elif said is not None:
+            what, hint = f"{where}: {said.what}", said.hint
+        else:
+            what, hint = f"{where} cannot be written: {error_message(exc)}", ""
+        raise ArchiveUnavailable(what, hint, code) from exc
+    # Written: a store that ignores If-Match. Harmless (an empty object outside AWSLogs/).

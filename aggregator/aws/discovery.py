@@ -33,8 +33,10 @@ from aggregator.aws.inventory import (
     account_is_active,
     account_selected,
     build_sources,
+    org_trail_dropped,
     own_trails,
     select_regions,
+    why_left_out,
 )
 from aggregator.config import Settings
 from aggregator.log import get_logger
@@ -73,6 +75,8 @@ class _Discovery:
         self.failures: list[AccountFailure] = []
         self._nodes: dict[str, asyncio.Task[tuple[str | None, str]]] = {}
         self._root_names: dict[str, str] = {}
+        self.management_id: str | None = None  # from DescribeOrganization
+        self.warnings: list[str] = []
 
     def fail(
         self, account_id: str, stage: str, exc: BaseException, region: str | None = None
@@ -99,7 +103,15 @@ class _Discovery:
         else:
             candidates, org_id = await self._org_accounts()
         accounts = [a for a in candidates if account_selected(a, self.cfg.accounts)]
+        selected = {a.id for a in accounts}
+        # accounts left out by the filters whose organization trails still cover the others
+        owners = [
+            a
+            for a in candidates
+            if a.id in self.cfg.trails.organization_trail_owner_ids and a.id not in selected
+        ]
         examined = await asyncio.gather(*(self._examine(a) for a in accounts))
+        owned = await asyncio.gather(*(self._examine(a) for a in owners))
 
         regions: dict[str, list[str]] = {}
         trails: dict[str, Trail] = {}
@@ -108,7 +120,13 @@ class _Discovery:
                 regions[account.id] = account_regions
             for t in found:
                 trails.setdefault(t.arn, t)
+        for _, found in owned:
+            for t in found:
+                if t.is_organization:
+                    trails.setdefault(t.arn, t)
         trail_list = sorted(trails.values(), key=lambda t: t.arn)
+        if not any(t.is_organization for t in trail_list):
+            await self._warn_if_org_trail_dropped(candidates, selected)
         org_trails = [t for t in trail_list if t.is_organization]
         if org_trails and org_id is None:
             org_id = await self._org_id_via(org_trails[0].owner_account_id)
@@ -129,6 +147,7 @@ class _Discovery:
             sources=sources,
             failures=self.failures,
             organization_id=org_id,
+            warnings=self.warnings,
         )
 
     # ------------------------------------------------------------ accounts
@@ -151,7 +170,9 @@ class _Discovery:
     async def _org_accounts(self) -> tuple[list[Account], str | None]:
         orgs = await self.pool.get(await self._org_session(), "organizations")
         try:
-            org_id = str((await orgs.describe_organization())["Organization"]["Id"])
+            org = (await orgs.describe_organization())["Organization"]
+            org_id = str(org["Id"])
+            self.management_id = str(org.get("MasterAccountId") or "") or None
             entries: list[dict[str, Any]] = []
             async for page in orgs.get_paginator("list_accounts").paginate():
                 entries.extend(page.get("Accounts", []))
@@ -233,6 +254,42 @@ class _Discovery:
         except Exception as exc:
             self.fail(account_id, "describe_organization", exc)
             return None
+
+    async def _warn_if_org_trail_dropped(
+        self, candidates: list[Account], selected: set[str]
+    ) -> None:
+        """Coverage is never lost silently: when the management account (where organization
+        trails live) is left out by the account filters and no organization trail was found,
+        look at its trails once and warn, naming the setting that keeps them."""
+        mgmt = self.management_id
+        rules = self.cfg.accounts
+        if (
+            mgmt is None
+            or mgmt in selected
+            or mgmt in self.cfg.trails.organization_trail_owner_ids
+            or any(st.organization_id for st in self.cfg.trails.static_sources)
+            or not self.cfg.trails.discover
+        ):
+            return
+        account = next((a for a in candidates if a.id == mgmt), Account(mgmt))
+        reason = why_left_out(account, rules)
+        arns: list[str] = []
+        probed = False
+        try:
+            session = await self.call(lambda: self.broker.session_for(mgmt))
+            ct = await self.pool.get(session, "cloudtrail", self.pool.aws.settings.region)
+            resp = await self.call(lambda: ct.describe_trails(includeShadowTrails=True))
+            probed = True
+            arns = [
+                str(t["TrailARN"])
+                for t in resp.get("trailList", [])
+                if t.get("IsOrganizationTrail") and f":{mgmt}:trail/" in str(t.get("TrailARN"))
+            ]
+        except Exception:  # no role in the management account: warn without the trail names
+            probed = False
+        if probed and not arns:
+            return  # nothing lost
+        self.warnings.append(org_trail_dropped(mgmt, reason, arns))
 
     # ------------------------------------------------------------ per account
 

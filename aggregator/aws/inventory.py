@@ -66,6 +66,9 @@ class Inventory:
     sources: list[Source]
     failures: list[AccountFailure]
     organization_id: str | None = None
+    # coverage lost to the config (an organization trail whose owner the account filters
+    # leave out), each saying which setting keeps it
+    warnings: list[str] = field(default_factory=list)
 
 
 ACTIVE = "ACTIVE"
@@ -114,6 +117,42 @@ def account_selected(account: Account, rules: AccountDiscovery) -> bool:
         account.id in rules.include_ids
         or any(_ou_matches(account, p) for p in rules.include_ous)
         or _tags_match(account, rules.include_tags)
+    )
+
+
+def why_left_out(account: Account, rules: AccountDiscovery) -> str:
+    """The setting that leaves ``account`` out (for messages): the exclude rule it matches, or
+    the include rules it matches none of."""
+    if account.id in rules.exclude_ids:
+        return "discovery.accounts.exclude_ids"
+    if any(_ou_matches(account, p) for p in rules.exclude_ous):
+        return "discovery.accounts.exclude_ous"
+    if _tags_match(account, rules.exclude_tags):
+        return "discovery.accounts.exclude_tags"
+    used = [
+        f"discovery.accounts.{name}"
+        for name in ("include_ids", "include_ous", "include_tags")
+        if getattr(rules, name)
+    ]
+    return "matches none of " + " / ".join(used) if used else "discovery.accounts"
+
+
+def org_trail_dropped(owner: str, reason: str, trail_arns: Iterable[str]) -> str:
+    """The warning for organization trails lost because their owner is left out."""
+    keep = (
+        f'keep it with discovery.trails.organization_trail_owner_ids: ["{owner}"] (its '
+        "trails are read, its own events stay out), or name the trail's bucket in "
+        "discovery.trails.static_sources"
+    )
+    arns = sorted(trail_arns)
+    if arns:
+        return (
+            f"organization trail {', '.join(arns)} is not read for any account: its owner, "
+            f"the management account {owner}, is left out ({reason}); {keep}"
+        )
+    return (
+        f"the management account {owner} is left out ({reason}) and its trails could not be "
+        f"checked: an organization trail it owns would not be read for any account; {keep}"
     )
 
 

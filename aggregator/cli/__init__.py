@@ -12,15 +12,27 @@ import argparse
 from collections.abc import Sequence
 
 from aggregator import __version__
-from aggregator.cli import archive, config, demo, detect, discover, forward, ingest, integrity, run
+from aggregator.cli import (
+    archive,
+    backfill,
+    config,
+    demo,
+    detect,
+    discover,
+    forward,
+    ingest,
+    integrity,
+    run,
+)
 from aggregator.cli import normalize as normalize_cmd
-from aggregator.cli._common import AddArgs, Run, config_and_json, config_arg
+from aggregator.cli._common import AddArgs, Run, config_and_json
+from aggregator.cli._errors import EXIT_CODES, EXIT_INTERRUPTED, report
 
 COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     (
         "validate",
         "check a config file without touching the network",
-        config_arg,
+        config.add_validate_args,
         config.run_validate,
     ),
     (
@@ -38,8 +50,14 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     (
         "once",
         "run one ingest cycle (discovery, collect, dedupe, archive) and exit",
-        config_arg,
+        ingest.add_once_args,
         ingest.run_once,
+    ),
+    (
+        "backfill",
+        "collect a window of history, rate-limited; run again to resume",
+        backfill.add_backfill_args,
+        backfill.run_backfill,
     ),
     ("run", "run as a daemon until SIGTERM", run.add_run_args, run.run_run),
     (
@@ -83,6 +101,12 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         "run detection rules over CloudTrail files or stdin",
         detect.add_arguments,
         detect.run,
+    ),
+    (
+        "alerts",
+        "list the alerts detection raised and stored (newest first)",
+        detect.add_alerts_args,
+        detect.run_alerts,
     ),
     (
         "audit",
@@ -129,14 +153,31 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
 ]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+    return f"exit codes (every command):\n{codes}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ctagg",
         description="cloudtrail-aggregator: collect, dedupe, verify and forward CloudTrail.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"ctagg {__version__}")
-    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    ap.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (any case)",
+    )
     ap.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text, add_args, run_fn in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -156,4 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report(exc, prog=f"ctagg {args.command}", debug=args.debug)

@@ -1,5 +1,6 @@
 """What every command shares: the CONFIG argument, loading a config (or saying every problem
-and exiting 2), date arguments, JSON lines and human durations.
+and exiting 2), opening the state (or naming the path that cannot be opened), date arguments,
+JSON lines and human durations.
 
 Imports stay light at module level (argparse and the standard library): ``ctagg --help`` must
 not pay for boto3, pydantic or rich. Each command imports what it needs when it runs.
@@ -13,8 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from aggregator.cli._errors import EXIT_CONFIG, CliError
+
 if TYPE_CHECKING:
     from aggregator.config import Settings
+    from aggregator.state import State
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -33,17 +37,70 @@ def config_and_json(p: argparse.ArgumentParser) -> None:
     json_arg(p, "one JSON object per line")
 
 
-def load_or_exit(path: str) -> Settings:
-    """Load a config or print every problem (with its path) and exit 2."""
-    from aggregator.config import ConfigError, load_settings
+# Secrets only where used: the config sections a command reads (the others' unset ${VAR}s are
+# deferred, not errors; aggregator/config/loading.py).
+EVERYTHING = None
+STATE_ONLY = frozenset({"state", "archive"})
+NO_SINKS = frozenset(
+    {
+        "state",
+        "aws",
+        "credentials",
+        "discovery",
+        "collect",
+        "dedupe",
+        "archive",
+        "service",
+        "retention",
+        "integrity",
+    }
+)
 
+
+def load_or_exit(path: str, uses: frozenset[str] | None = EVERYTHING) -> Settings:
+    """Load a config or print every problem (with its path) and exit 2. ``uses``: the sections
+    the command reads; unset variables elsewhere are deferred (None: every section)."""
+    from aggregator.config import ConfigError, Settings, load_settings
+
+    defer = () if uses is None else tuple(set(Settings.model_fields) - uses)
     try:
-        return load_settings(path)
+        return load_settings(path, defer=defer)
     except ConfigError as exc:
         print(f"config {path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+class state_errors:  # used like a function: ``with state_errors(path):``
+    """Turn a state file that cannot be opened (a folder that cannot be made, a file that is
+    not a database, no permission) into one line naming the path and the setting. (A class,
+    not ``contextlib``: command modules import nothing heavy when they load.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        # OSError: the folder; sqlite3 errors (by module name: the CLI does not import SQLite).
+        if exc is None or not (isinstance(exc, OSError) or type(exc).__module__ == "sqlite3"):
+            return
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise CliError(
+            f"state {self.path}: cannot open: {reason}",
+            "set state.path (or CTAGG_STATE_PATH) to a file ctagg can create and write",
+            EXIT_CONFIG,
+        ) from exc
+
+
+def open_state(settings: Settings) -> State:
+    """The state of ``settings``, or a :class:`CliError` naming the path."""
+    from aggregator.state import State
+
+    with state_errors(settings.state.path):
+        return State(settings.state.path)
 
 
 def when(text: str) -> datetime:
@@ -51,7 +108,9 @@ def when(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a date or date-time: {text!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][Z], UTC)"
+        ) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -68,3 +127,15 @@ def human_secs(secs: float | None) -> str:
         if abs(secs) >= size:
             return f"{secs / size:.1f} {unit}"
     return f"{secs:.0f} s"
+
+
+def source_label(bucket: str, prefix: str) -> str:
+    """Which copy a source is: ``org:`` (an organization trail's prefix), ``acct:`` (an account
+    trail's), ``lookup`` (LookupEvents), with the bucket and any key prefix before AWSLogs/."""
+    if bucket == "LookupEvents":
+        return "lookup"
+    if not bucket:
+        return "-"
+    head, _, rest = prefix.partition("AWSLogs/")
+    kind = "org" if rest.startswith("o-") else "acct"
+    return f"{kind}:{bucket}" + (f"/{head.rstrip('/')}" if head else "")

@@ -7,7 +7,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, json_arg, load_or_exit
+from aggregator.cli._common import NO_SINKS, config_arg, json_arg, load_or_exit, open_state
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS
 
 if TYPE_CHECKING:
     from aggregator.archive.retention import RetentionReport
@@ -23,17 +24,16 @@ def run_archive_digest(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.archive.digests import write_archive_digests
-    from aggregator.state import State
 
-    settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    settings = load_or_exit(args.config, NO_SINKS)
+    state = open_state(settings)
     try:
         rep = asyncio.run(write_archive_digests(settings, state))
     finally:
         state.close()
     out = {"digests": rep.digests, "objects": rep.objects, "retained": rep.retained}
     print(
-        json.dumps(out, indent=2)
+        json.dumps(out)
         if args.json
         else f"{len(rep.digests)} digest(s), {rep.objects} object(s), {rep.retained} retained"
     )
@@ -53,10 +53,9 @@ def run_verify_archive(args: argparse.Namespace) -> int:
     from aggregator.archive.digest_keys import client_and_key
     from aggregator.archive.verify import verify_archive
     from aggregator.aws.clients import Aws, ClientPool
-    from aggregator.state import State
 
-    settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    settings = load_or_exit(args.config, NO_SINKS)
+    state = open_state(settings)
 
     async def go() -> Any:
         async with ClientPool(Aws(settings.aws)) as pool:
@@ -75,7 +74,7 @@ def run_verify_archive(args: argparse.Namespace) -> int:
     finally:
         state.close()
     if args.json:
-        print(json.dumps(rep.as_dict(), indent=2, sort_keys=True))
+        print(json.dumps(rep.as_dict(), sort_keys=True))
     else:
         print(
             f"{'OK' if rep.ok else 'FAILED'}: {rep.digests} digest(s), "
@@ -95,7 +94,7 @@ def run_verify_archive(args: argparse.Namespace) -> int:
                 print(f"  {label}: {item}")
         if rep.head_problem:
             print(f"  head: {rep.head_problem}")
-    return 0 if rep.ok else 1
+    return EXIT_OK if rep.ok else EXIT_PROBLEMS
 
 
 def add_retention_args(p: argparse.ArgumentParser) -> None:
@@ -109,13 +108,14 @@ def run_retention(args: argparse.Namespace) -> int:
 
     from aggregator.service.retention import run_once
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
+    open_state(settings).close()  # a state that cannot be opened is named before any AWS call
     report = asyncio.run(run_once(settings, dry_run=args.dry_run))
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, default=str))
+        print(json.dumps(report.as_dict(), default=str))
     else:
         print(render_retention(report))
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_PARTIAL
 
 
 def render_retention(report: RetentionReport, limit: int = 50) -> str:

@@ -10,9 +10,20 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
-from aggregator.cli._common import config_arg, json_arg, load_or_exit
+from aggregator.cli._common import (
+    NO_SINKS,
+    config_arg,
+    json_arg,
+    json_line,
+    load_or_exit,
+    source_label,
+)
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS
+from aggregator.cli._table import Column
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from aggregator.aws.inventory import Inventory
     from aggregator.integrity.doctor import DoctorReport, Row
 
@@ -23,30 +34,27 @@ def add_discover_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_discover(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """0 when every account was discovered, 1 otherwise."""
+    """0 when every account was discovered, 4 (partial) when some failed; a discovery that
+    cannot run at all raises (3, access)."""
     import asyncio
 
     from aggregator.aws.clients import Aws
     from aggregator.aws.credentials import CredentialBroker
-    from aggregator.aws.discovery import DiscoveryError, discover
+    from aggregator.aws.discovery import discover
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     stream = out or sys.stdout
 
     async def go() -> Inventory:
         aws = Aws(settings.aws)
         return await discover(settings, CredentialBroker(settings, aws), aws)
 
-    try:
-        inv = asyncio.run(go())
-    except DiscoveryError as exc:
-        print(f"discovery failed: {exc}", file=sys.stderr)
-        return 1
+    inv = asyncio.run(go())
     if args.json:
-        stream.write(json.dumps(inventory_dict(inv), indent=2, sort_keys=True) + "\n")
+        stream.write(json.dumps(inventory_dict(inv), sort_keys=True) + "\n")
     else:
         print_inventory(inv, stream)
-    return 1 if inv.failures else 0
+    return EXIT_PARTIAL if inv.failures else EXIT_OK
 
 
 def inventory_dict(inv: Inventory) -> dict[str, Any]:
@@ -67,6 +75,7 @@ def inventory_dict(inv: Inventory) -> dict[str, Any]:
         "trails": [asdict(t) for t in inv.trails],
         "sources": [asdict(s) for s in inv.sources],
         "failures": [asdict(f) for f in inv.failures],
+        "warnings": list(inv.warnings),
     }
 
 
@@ -94,6 +103,8 @@ def print_inventory(inv: Inventory, out: TextIO) -> None:
         for f in inv.failures:
             where = f" {f.region}" if f.region else ""
             p(f"  {f.account_id}{where}  {f.stage}: {f.reason}")
+    for w in inv.warnings:
+        p(f"warning: {w}")
 
 
 def add_doctor_args(p: argparse.ArgumentParser) -> None:
@@ -104,43 +115,35 @@ def add_doctor_args(p: argparse.ArgumentParser) -> None:
 def run_doctor(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aggregator.aws.discovery import DiscoveryError
     from aggregator.integrity import doctor
 
-    settings = load_or_exit(args.config)
-    try:
-        report = asyncio.run(doctor.run_live(settings))
-    except DiscoveryError as exc:
-        print(f"doctor: discovery failed: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit(args.config, NO_SINKS)
+    report = asyncio.run(doctor.run_live(settings))
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json_line(report.as_dict()))
     else:
-        from rich.console import Console
+        from aggregator.cli._table import console_for
 
-        console = Console()
-        console.print(render_table(report))
-        for line in render_text(report):
-            console.print(line)
-    return 0 if report.ok else 1
+        print_doctor(console_for(), report)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
-def render_table(report: DoctorReport) -> Any:
-    """A rich Table of the report (one row per account × region)."""
-    from rich.table import Table
+DOCTOR_COLUMNS = (
+    Column("account", 0, elide=False),
+    Column("region", 1, elide=False),
+    Column("assume", 2, elide=False),
+    Column("list", 3, elide=False),
+    Column("read", 4, elide=False),
+    Column("source", 6, min_width=10),
+    Column("reader", 7, min_width=12),
+    Column("problem / missing permission", 5, min_width=24, wrap=True),
+)
 
-    table = Table(title="ctagg doctor: access per account × region")
-    for col in (
-        "account",
-        "region",
-        "reader",
-        "assume",
-        "list trail",
-        "read object",
-        "write central",
-        "problem / missing permission",
-    ):
-        table.add_column(col)
+
+def print_doctor(console: Console, report: DoctorReport) -> None:
+    """The table (one row per account × region; fitted to the terminal, whole on a pipe) and
+    the summary lines (central write, accounts whose role cannot be assumed, failing count)."""
+    from aggregator.cli._table import esc, print_table
 
     def cell(row: Row, name: str) -> str:
         c = row.check(name)
@@ -148,24 +151,28 @@ def render_table(report: DoctorReport) -> Any:
             return "-"
         return "[green]ok[/green]" if c.ok else "[red]FAIL[/red]"
 
-    central = "[green]ok[/green]" if report.central.ok else "[red]FAIL[/red]"
+    rows = []
     for row in report.rows:
         problems = [
             f"{c.name}: {c.detail}" + (f" → grant {c.missing}" if c.missing else "")
             for c in row.checks
             if not c.ok
         ]
-        table.add_row(
-            row.account_id,
-            row.region,
-            row.reader,
-            cell(row, "assume"),
-            cell(row, "list"),
-            cell(row, "read"),
-            central,
-            "\n".join(problems),
+        rows.append(
+            [
+                row.account_id,
+                row.region,
+                cell(row, "assume"),
+                cell(row, "list"),
+                cell(row, "read"),
+                source_label(row.bucket, row.prefix),
+                row.reader,
+                esc("\n".join(problems)),
+            ]
         )
-    return table
+    print_table(console, DOCTOR_COLUMNS, rows, title="ctagg doctor: access per account × region")
+    for line in render_text(report):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def render_text(report: DoctorReport) -> Sequence[str]:
@@ -174,6 +181,15 @@ def render_text(report: DoctorReport) -> Sequence[str]:
         f"central archive write: {'ok' if c.ok else 'FAIL'}: {c.detail}"
         + (f" → grant {c.missing}" if c.missing else "")
     ]
-    failing = sum(1 for r in report.rows if not r.ok)
-    lines.append(f"{len(report.rows)} account × region rows, {failing} failing")
+    if report.roles_denied:
+        lines.append(
+            f"role cannot be assumed in {len(report.roles_denied)} account(s): "
+            + ", ".join(report.roles_denied)
+        )
+    failing_rows = sum(1 for r in report.rows if not r.ok)
+    parts = [f"{failing_rows} of {len(report.rows)} account × region rows"]
+    if not c.ok:
+        parts.append("the central archive write")
+    lines.append(f"{report.failing} failing: " + " and ".join(parts))
+    lines.extend(f"warning: {w}" for w in report.warnings)
     return lines

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, human_secs, json_arg, json_line, load_or_exit, when
+from aggregator.cli._common import (
+    NO_SINKS,
+    config_arg,
+    human_secs,
+    json_arg,
+    json_line,
+    load_or_exit,
+    open_state,
+    when,
+)
+from aggregator.cli._errors import EXIT_ACCESS, EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, CliError
+from aggregator.cli._table import Column
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from aggregator.config import Settings
+    from aggregator.state import State
 
 
 def add_replay_args(p: argparse.ArgumentParser) -> None:
@@ -29,22 +42,42 @@ def run_replay(args: argparse.Namespace) -> int:
     from aggregator.forward.replay import GaveUp, replay_with_settings
     from connectors.base import Fatal
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS | {"forward", "normalize"})
     names = _enabled(settings)
     if args.connector not in names:
-        print(f"no enabled connector named {args.connector!r}; have {names}")
-        return 2
+        raise CliError(
+            f"no enabled connector named {args.connector!r} "
+            f"(enabled: {', '.join(names) or 'none'})",
+            "name one of forward.connectors[].name",
+            EXIT_CONFIG,
+        )
     if args.until <= args.since:
-        print("--until must be after --since")
-        return 2
+        raise CliError(
+            f"--until {args.until.isoformat()} is not after --since {args.since.isoformat()}",
+            "give a window that ends after it starts",
+            EXIT_CONFIG,
+        )
+    from aggregator.cli._progress import progress
+
     try:
-        report = asyncio.run(replay_with_settings(settings, args.connector, args.since, args.until))
+        with progress(f"replay to {args.connector}", unit="objects") as bar:
+            report = asyncio.run(
+                replay_with_settings(
+                    settings, args.connector, args.since, args.until, progress=bar.report
+                )
+            )
     except Fatal as exc:
-        print(f"replay stopped: {exc}")
-        return 1
+        raise CliError(
+            f"replay to {args.connector} stopped: {exc}",
+            "fix the connector (credentials, URL) and replay again",
+            EXIT_ACCESS,
+        ) from exc
     except GaveUp as exc:
-        print(f"replay stopped: {args.connector} is not accepting events ({exc}); try again later")
-        return 1
+        raise CliError(
+            f"replay to {args.connector} stopped: it is not accepting events ({exc})",
+            "try again when the sink is back; nothing was lost (the archive keeps the events)",
+            EXIT_PARTIAL,
+        ) from exc
     filtered = f", {report.filtered} filtered out" if report.filtered else ""
     resolved = f", {report.resolved} dead letter(s) resolved" if report.resolved else ""
     print(
@@ -52,7 +85,7 @@ def run_replay(args: argparse.Namespace) -> int:
         f"{args.connector}: {report.delivered} delivered, {report.rejected} dead-lettered"
         f"{filtered}{resolved}"
     )
-    return 0 if report.rejected == 0 else 1
+    return EXIT_OK if report.rejected == 0 else EXIT_PARTIAL
 
 
 # ---------------------------------------------------------------------------- dead letters
@@ -76,17 +109,21 @@ def _pointer(bucket: str, row: dict[str, Any]) -> str:
 
 
 def run_dead_letters(args: argparse.Namespace) -> int:
-    settings = load_or_exit(args.config)
+    uses = NO_SINKS | {"forward", "normalize"} if args.retry else NO_SINKS
+    settings = load_or_exit(args.config, uses)
     configured = [c.name for c in settings.forward.connectors]
     if args.connector is not None and args.connector not in configured:
-        print(f"no connector named {args.connector!r}; have {configured}", file=sys.stderr)
-        return 2
+        raise CliError(
+            f"no connector named {args.connector!r} "
+            f"(configured: {', '.join(configured) or 'none'})",
+            "name one of forward.connectors[].name",
+            EXIT_CONFIG,
+        )
     if args.retry:
         return _retry(args, settings)
     from aggregator.forward.store import ForwardStore
-    from aggregator.state import State
 
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         rows = ForwardStore(state).dead_letters(args.connector, include_resolved=args.all)
     finally:
@@ -95,10 +132,10 @@ def run_dead_letters(args: argparse.Namespace) -> int:
     if args.json:
         for r in rows:
             print(json_line({**r, "archive": _pointer(bucket, r)}))
-        return 0
+        return EXIT_OK
     if not rows:
         print("no dead letters" if args.all else "no open dead letters")
-        return 0
+        return EXIT_OK
     import time
 
     now = time.time()
@@ -110,7 +147,7 @@ def run_dead_letters(args: argparse.Namespace) -> int:
         )
     opened = sum(1 for r in rows if not r["resolved_at"])
     print(f"{len(rows)} dead letter(s), {opened} open; `--retry` sends the open ones again")
-    return 0
+    return EXIT_OK
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
@@ -118,14 +155,16 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
 
     from aggregator.forward.replay import GaveUp, retry_with_settings
     from aggregator.forward.store import ForwardStore
-    from aggregator.state import State
     from connectors.base import Fatal
 
     names = [args.connector] if args.connector else _enabled(settings)
     if args.connector is not None and args.connector not in _enabled(settings):
-        print(f"connector {args.connector!r} is not enabled", file=sys.stderr)
-        return 2
-    state = State(settings.state.path)
+        raise CliError(
+            f"connector {args.connector!r} is not enabled",
+            f"set enabled: true on forward.connectors[{args.connector}] to retry into it",
+            EXIT_CONFIG,
+        )
+    state = open_state(settings)
     try:
         store = ForwardStore(state)
         todo = [n for n in names if store.open_dead_letters(n)]
@@ -133,18 +172,18 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
         state.close()
     if not todo:
         print("no open dead letters to retry")
-        return 0
-    code = 0
+        return EXIT_OK
+    code = EXIT_OK
     for name in todo:
         try:
             report = asyncio.run(retry_with_settings(settings, name))
         except Fatal as exc:
             print(f"{name}: retry stopped: {exc}")
-            code = 1
+            code = EXIT_ACCESS
             continue
         except GaveUp as exc:
             print(f"{name}: not accepting events ({exc}); the dead letters stay open")
-            code = 1
+            code = code or EXIT_PARTIAL
             continue
         left = len(report.still_dead)
         print(f"{name}: {report.events} retried, {report.resolved} resolved, {left} still open")
@@ -155,39 +194,33 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
             for r in report.still_dead[:20]:
                 print(f"  {_pointer(settings.archive.bucket, r)}  {r['reason'][:200]}")
         if left:
-            code = 1
+            code = code or EXIT_PARTIAL
     return code
 
 
 # ---------------------------------------------------------------------------- status
 
 
-def forwarding_status(settings: Settings, *, as_json: bool) -> None:
+def forwarding_items(settings: Settings, state: State) -> list[dict[str, Any]]:
     """The forwarding block of ``ctagg status``: per connector its state, cursor, backlog,
     lag (how long the oldest undelivered central object has waited), last delivery and open
     dead letters, from the state (the daemon need not run)."""
     import time
 
     from aggregator.forward.store import ForwardStore
-    from aggregator.state import State
 
     configured = {c.name: c for c in settings.forward.connectors}
     if not configured:
-        return
-    state = State(settings.state.path)
-    try:
-        store = ForwardStore(state)
-        rows = {r.connector: r for r in store.connectors()}
-        never = {n: state.ledger.count_from(0) for n in configured if n not in rows}
-    finally:
-        state.close()
+        return []
+    store = ForwardStore(state)
+    rows = {r.connector: r for r in store.connectors()}
     now = time.time()
     out: list[dict[str, Any]] = []
     for name, c in configured.items():
         r = rows.get(name)
         item: dict[str, Any] = {"connector": name, "type": c.type, "enabled": c.enabled}
         if r is None:
-            item.update(state="no cursor yet", backlog=never[name])
+            item.update(state="no cursor yet", backlog=state.ledger.count_from(0))
         else:
             item.update(
                 state=r.state if c.enabled else "disabled",
@@ -208,33 +241,44 @@ def forwarding_status(settings: Settings, *, as_json: bool) -> None:
             )
         out.append(item)
     for name in sorted(set(rows) - set(configured)):
-        r = rows[name]
-        out.append({"connector": name, "state": "not configured", "backlog": r.backlog})
-    if as_json:
-        for item in out:
-            print(json_line({"forward": item}))
-        return
-    from rich.console import Console
-    from rich.table import Table
+        out.append({"connector": name, "state": "not configured", "backlog": rows[name].backlog})
+    return out
 
-    table = Table(title="forwarding: per connector")
-    for col in ("connector", "state", "cursor", "backlog", "lag", "last delivery", "dead",
-                "reason"):  # fmt: skip
-        table.add_column(col, no_wrap=col != "reason", overflow="fold")
-    for item in out:
+
+FORWARD_COLUMNS = (
+    Column("connector", 0, elide=False),
+    Column("state", 1, elide=False),
+    Column("backlog", 2, justify="right", elide=False),
+    Column("lag", 3, justify="right", elide=False),
+    Column("last delivery", 4, elide=False),
+    Column("dead", 5, justify="right", elide=False),
+    Column("cursor", 7, elide=False),
+    Column("reason", 6, min_width=12, max_width=160, wrap=True),
+)
+
+
+def print_forwarding(console: Console, items: list[dict[str, Any]]) -> None:
+    """The forwarding table (fitted like the status table)."""
+    if not items:
+        return
+    from aggregator.cli._table import esc, print_table
+
+    cells = []
+    for item in items:
         cur = item.get("cursor")
         last = item.get("last_delivered_secs")
         state_text = str(item["state"])
         color = {"ok": "green", "failing": "yellow", "fatal": "red"}.get(state_text)
-        table.add_row(
-            item["connector"],
-            f"[{color}]{state_text}[/{color}]" if color else state_text,
-            f"{cur['ledger_id']}:{cur['offset']}" if cur else "-",
-            str(item.get("backlog", "-")),
-            human_secs(item.get("lag_secs")) if cur else "-",
-            f"{human_secs(last)} ago" if last is not None else "never",
-            str(item.get("dead_letters_open", 0)),
-            str(item.get("reason") or "")[:160],
+        cells.append(
+            [
+                esc(item["connector"]),
+                f"[{color}]{state_text}[/{color}]" if color else esc(state_text),
+                str(item.get("backlog", "-")),
+                human_secs(item.get("lag_secs")) if cur else "-",
+                f"{human_secs(last)} ago" if last is not None else "never",
+                str(item.get("dead_letters_open", 0)),
+                f"{cur['ledger_id']}:{cur['offset']}" if cur else "-",
+                esc(str(item.get("reason") or "")),
+            ]
         )
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(table)
+    print_table(console, FORWARD_COLUMNS, cells, title="forwarding: per connector")

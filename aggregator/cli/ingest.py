@@ -4,108 +4,195 @@ state says about collection."""
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, human_secs, json_line, load_or_exit
+from aggregator.cli._common import (
+    NO_SINKS,
+    STATE_ONLY,
+    config_arg,
+    human_secs,
+    json_line,
+    load_or_exit,
+    open_state,
+    source_label,
+    state_errors,
+)
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
+from aggregator.cli._table import Column
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from aggregator.state import StatusRow
+
+
+def add_once_args(p: argparse.ArgumentParser) -> None:
+    config_arg(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the cycle report as one JSON line (the default when stdout is not a terminal)",
+    )
 
 
 def run_once(args: argparse.Namespace) -> int:
     import asyncio
+    import sys
 
     from aggregator.service.app import App
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
 
     async def go() -> dict[str, object]:
-        app = App(settings)
+        with state_errors(settings.state.path):
+            app = App(settings)
         try:
             return (await app.run_once()).as_dict()
         finally:
             await app.close()
 
     report = asyncio.run(go())
-    print(json_line(report))
-    return 1 if report["errors"] else 0
+    if getattr(args, "json", False) or not sys.stdout.isatty():
+        print(json_line(report))
+    else:
+        print(render_once(report))
+    return EXIT_PARTIAL if report["errors"] or report["failed_accounts"] else EXIT_OK
+
+
+def render_once(r: dict[str, Any]) -> str:
+    """A short summary of one cycle for people (``once`` on a terminal)."""
+    kinds: dict[str, int] = dict(r.get("by_kind") or {})
+    logs = kinds.get("log", 0) + kinds.get("insight", 0)
+    problems = f"{r['errors']} errors, {r['failed_accounts']} accounts with failures"
+    lines = [
+        f"ctagg once: cycle done in {human_secs(r['duration_secs'])}"
+        + (" (stopped early)" if r.get("stopped") else ""),
+        f"  scope     {r['accounts']} accounts, {r['regions']} regions, {r['sources']} sources",
+        f"  objects   {logs:,} log objects, {kinds.get('digest', 0):,} digests, "
+        f"{r['quarantined']:,} quarantined",
+        f"  events    {r['events_in']:,} read, {r['duplicates']:,} duplicates dropped, "
+        f"{r['events_archived']:,} archived in {r['central_objects']:,} central objects",
+        f"  problems  {problems}" + ("; see 'ctagg status CONFIG'" if r["errors"] else ""),
+    ]
+    if r.get("lookup_windows"):
+        lines.insert(
+            4,
+            f"  lookup    {r['lookup_windows']} LookupEvents windows, "
+            f"{r['lookup_requests']} requests, {r['gaps_filled']} gaps filled",
+        )
+    return "\n".join(lines)
 
 
 def run_status(args: argparse.Namespace) -> int:
     import time
     from dataclasses import asdict
-    from datetime import UTC, datetime
 
-    from aggregator.cli.forward import forwarding_status
-    from aggregator.state import State
+    from aggregator.cli.forward import forwarding_items, print_forwarding
 
-    settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    settings = load_or_exit(args.config, STATE_ONLY)
+    state = open_state(settings)
     try:
         rows = state.sources.status()
         failures = state.failures.rows()
+        forward = forwarding_items(settings, state)
     finally:
         state.close()
     now = time.time()
-
-    def lag(newest: str | None) -> float | None:
-        if not newest:
-            return None
-        try:
-            t = datetime.fromisoformat(newest.replace("Z", "+00:00"))
-        except ValueError:  # a record with an odd eventTime must not break the report
-            return None
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        return round(now - t.timestamp())
-
     if args.json:
         for r in rows:
-            print(json_line({**asdict(r), "lag_secs": lag(r.newest_event_time)}))
+            lag = lag_secs(r.newest_event_time, now)
+            print(
+                json_line(
+                    {**asdict(r), "source": source_label(r.bucket, r.prefix), "lag_secs": lag}
+                )
+            )
         for f in failures:
             print(json_line({"failure": f}))
-        forwarding_status(settings, as_json=True)
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+        for item in forward:
+            print(json_line({"forward": item}))
+        return EXIT_OK
+    from aggregator.cli._table import console_for
 
-    table = Table(title="ctagg status: per account × region source")
-    for col in (
-        "account",
-        "region",
-        "newest eventTime",
-        "lag",
-        "objects",
-        "events",
-        "errors",
-        "last object",
-    ):
-        table.add_column(col, no_wrap=col != "errors")
-    for r in rows:
-        table.add_row(
+    console = console_for()
+
+    print_status(console, rows, failures, now)
+    print_forwarding(console, forward)
+    return EXIT_OK
+
+
+def lag_secs(newest: str | None, now: float) -> float | None:
+    """Seconds from the newest archived eventTime to ``now`` (None when unknown or odd)."""
+    from datetime import UTC, datetime
+
+    if not newest:
+        return None
+    try:
+        t = datetime.fromisoformat(newest.replace("Z", "+00:00"))
+    except ValueError:  # a record with an odd eventTime must not break the report
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return round(now - t.timestamp())
+
+
+STATUS_COLUMNS = (
+    Column("account", 0, elide=False),
+    Column("region", 1, elide=False),
+    Column("source", 2, min_width=10),
+    Column("lag", 3, justify="right", elide=False),
+    Column("logs", 4, justify="right", elide=False),
+    Column("events", 5, justify="right", elide=False),
+    Column("errors", 6, justify="right", elide=False),
+    Column("digests", 7, justify="right", elide=False),
+    Column("newest eventTime", 8, elide=False),
+    Column("last error", 10, min_width=12, max_width=80),
+    Column("last log object", 9, min_width=16),
+)
+
+
+def print_status(
+    console: Console, rows: Sequence[StatusRow], failures: Sequence[dict[str, Any]], now: float
+) -> None:
+    """The status table (fitted to the terminal, whole on a pipe) and the account failures."""
+    from aggregator.cli._table import esc, print_table
+
+    cells = [
+        [
             r.account_id,
             r.region,
-            r.newest_event_time or "-",
-            human_secs(lag(r.newest_event_time)),
+            source_label(r.bucket, r.prefix),
+            human_secs(lag_secs(r.newest_event_time, now)),
             str(r.objects),
             str(r.events),
-            f"{r.errors} ({r.last_error[:80]})" if r.last_error else str(r.errors),
+            f"[red]{r.errors}[/red]" if r.last_error else str(r.errors),
+            str(r.digests),
+            r.newest_event_time or "-",
+            esc(r.last_error or ""),
             (r.last_key or "-").rsplit("/", 1)[-1],
-        )
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(table)
+        ]
+        for r in rows
+    ]
+    print_table(
+        console,
+        STATUS_COLUMNS,
+        cells,
+        title="ctagg status: per account × region source (logs, events; digests apart)",
+    )
+    if not rows:
+        console.print("no source handled yet: run 'ctagg once CONFIG' or the daemon")
     for f in failures:
         console.print(
-            f"[red]account {f['account_id']}[/red] {f['stage']}: {f['reason']} (x{f['count']})"
+            f"[red]account {f['account_id']}[/red] {esc(f['stage'])}: {esc(f['reason'])} "
+            f"(x{f['count']})"
         )
-    forwarding_status(settings, as_json=False)
-    return 0
 
 
 def run_quarantine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from aggregator.state import State
-
-    settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    settings = load_or_exit(args.config, STATE_ONLY)
+    state = open_state(settings)
     try:
         rows = state.quarantine.rows()
     finally:
@@ -126,10 +213,8 @@ def add_retry_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from aggregator.state import State
-
-    settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    settings = load_or_exit(args.config, STATE_ONLY)
+    state = open_state(settings)
     try:
         n = state.quarantine.retry(args.bucket)
     finally:

@@ -15,11 +15,15 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, load_or_exit, when
+from aggregator.cli._common import NO_SINKS, config_arg, load_or_exit, open_state, when
+from aggregator.cli._errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, EXIT_PROBLEMS, CliError
+from aggregator.cli._table import Column
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from aggregator.integrity.audit import AuditReport, Finding
-    from aggregator.integrity.completeness import CompletenessReport
+    from aggregator.integrity.completeness import CompletenessReport, RefreshReport
 
 
 def _format_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +35,14 @@ def _format_args(p: argparse.ArgumentParser) -> None:
 
 def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
     until = args.until or datetime.now(UTC)
-    return args.since or until - timedelta(hours=24), until
+    since = args.since or until - timedelta(hours=24)
+    if since >= until:
+        raise CliError(
+            f"--since {since.isoformat()} is not before --until {until.isoformat()}",
+            "give a window that ends after it starts",
+            EXIT_CONFIG,
+        )
+    return since, until
 
 
 # ---------------------------------------------------------------------------- audit
@@ -53,7 +64,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from aggregator.integrity import audit
     from aggregator.integrity.jobs import discover_inventory
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
 
     async def go() -> audit.AuditReport:
         aws = Aws(settings.aws)
@@ -75,7 +86,7 @@ def run_audit(args: argparse.Namespace) -> int:
         sys.stdout.write(audit_csv(report.findings))
     else:
         print_audit_table(report, sys.stdout, failed_only=args.failed_only)
-    return 1 if report.failed() else 0
+    return EXIT_PROBLEMS if report.failed() else EXIT_OK
 
 
 AUDIT_FIELDS = ["account_id", "region", "check", "status", "cis", "trails", "detail"]
@@ -90,7 +101,6 @@ def audit_json(report: AuditReport) -> str:
             "counts": report.counts(),
             "findings": [asdict(f) | {"description": f.description} for f in report.findings],
         },
-        indent=2,
         sort_keys=True,
     )
 
@@ -104,30 +114,41 @@ def audit_csv(findings: Iterable[Finding]) -> str:
     return buf.getvalue()
 
 
-def print_audit_table(report: AuditReport, out: Any, *, failed_only: bool = False) -> None:
-    from rich.console import Console
-    from rich.table import Table
+AUDIT_COLUMNS = (
+    Column("account", 0, elide=False),
+    Column("region", 1, elide=False),
+    Column("check", 2, elide=False),
+    Column("status", 3, elide=False),
+    Column("CIS", 4, elide=False),
+    Column("detail", 5, min_width=20, wrap=True),
+    Column("trails", 6, min_width=12),
+)
 
+
+def print_audit_table(
+    report: AuditReport, out: Any, *, failed_only: bool = False, console: Console | None = None
+) -> None:
+    """The findings (fitted to a terminal, whole on a pipe) and the counts, to ``out`` (or the
+    ``console`` given)."""
+    from aggregator.cli._table import console_for, esc, print_table
     from aggregator.integrity.audit import BENCHMARK
 
-    table = Table(title=f"Trail audit ({BENCHMARK})")
-    for col in ("account", "region", "check", "status", "CIS", "trails", "detail"):
-        table.add_column(col)
     style = {"pass": "green", "fail": "red", "unknown": "yellow"}
-    for f in report.findings:
-        if failed_only and f.status == "pass":
-            continue
-        table.add_row(
+    rows = [
+        [
             f.account_id,
             f.region,
             f.check,
             f"[{style[f.status]}]{f.status}[/]",
             f.cis or "-",
-            f.trails,
-            f.detail,
-        )
-    console = Console(file=out, width=200)
-    console.print(table)
+            esc(f.detail),
+            esc(f.trails),
+        ]
+        for f in report.findings
+        if not (failed_only and f.status == "pass")
+    ]
+    console = console or console_for(out)
+    print_table(console, AUDIT_COLUMNS, rows, title=f"Trail audit ({BENCHMARK})")
     c = report.counts()
     console.print(f"{c['fail']} failed, {c['unknown']} unknown, {c['pass']} passed")
 
@@ -151,18 +172,20 @@ def run_completeness(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.integrity import jobs
-    from aggregator.state import State
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
-    if since >= until:
-        print("--since must be before --until", file=sys.stderr)
-        return 2
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
         if not args.offline:
-            refresh = jobs.refresh_sources(settings, since, until, state, check_logs=False)
-            for err in asyncio.run(refresh).errors:
+            from aggregator.cli._progress import progress
+
+            with progress("completeness: digests per source", unit="sources") as bar:
+                refresh = jobs.refresh_sources(
+                    settings, since, until, state, check_logs=False, progress=bar.report
+                )
+                errors = asyncio.run(refresh).errors
+            for err in errors:
                 print(f"warning: {err}", file=sys.stderr)
         report, _ = jobs.completeness_pass(settings, state, since, until, retry=not args.no_retry)
     finally:
@@ -173,7 +196,7 @@ def run_completeness(args: argparse.Namespace) -> int:
         sys.stdout.write(completeness_csv(report))
     else:
         print_completeness_table(report, sys.stdout)
-    return 1 if report.missing else 0
+    return EXIT_PROBLEMS if report.missing else EXIT_OK
 
 
 COMPLETENESS_FIELDS = [
@@ -188,7 +211,7 @@ COMPLETENESS_FIELDS = [
 
 
 def completeness_json(report: CompletenessReport) -> str:
-    return json.dumps(report.as_dict(), indent=2, sort_keys=True)
+    return json.dumps(report.as_dict(), sort_keys=True)
 
 
 def completeness_csv(report: CompletenessReport) -> str:
@@ -210,25 +233,42 @@ def completeness_csv(report: CompletenessReport) -> str:
     return buf.getvalue()
 
 
-def print_completeness_table(report: CompletenessReport, out: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COMPLETENESS_COLUMNS = (
+    Column("account", 0, elide=False),
+    Column("region", 1, elide=False),
+    Column("hour", 2, elide=False),
+    Column("expected", 3, justify="right", elide=False),
+    Column("ingested", 4, justify="right", elide=False),
+    Column("missing", 5, min_width=20, wrap=True),
+)
 
-    table = Table(title=f"Completeness {report.since} .. {report.until} (UTC hours)")
-    for col in ("account", "region", "hour", "expected", "ingested", "missing"):
-        table.add_column(col)
+
+def print_completeness_table(
+    report: CompletenessReport, out: Any, *, console: Console | None = None
+) -> None:
+    """Expected vs ingested per hour (fitted to a terminal, whole on a pipe) and the totals."""
+    from aggregator.cli._table import console_for, esc, print_table
+
+    rows = []
     for h in report.hours:
         miss = "\n".join(k.rsplit("/", 1)[-1] for k in h.missing)
-        table.add_row(
-            h.account_id,
-            h.region,
-            h.hour,
-            str(h.expected),
-            str(h.ingested),
-            f"[red]{miss}[/]" if miss else "[green]0[/]",
+        rows.append(
+            [
+                h.account_id,
+                h.region,
+                h.hour,
+                str(h.expected),
+                str(h.ingested),
+                f"[red]{esc(miss)}[/]" if miss else "[green]0[/]",
+            ]
         )
-    console = Console(file=out, width=200)
-    console.print(table)
+    console = console or console_for(out)
+    print_table(
+        console,
+        COMPLETENESS_COLUMNS,
+        rows,
+        title=f"Completeness {report.since} .. {report.until} (UTC hours)",
+    )
     console.print(
         f"{report.expected} expected, {len(report.missing)} missing, "
         f"{report.pending} too recent to judge; ratio {report.ratio:.6f}"
@@ -250,30 +290,62 @@ def run_validate_digests(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
+    from aggregator.cli._progress import progress
     from aggregator.integrity.jobs import refresh_sources
-    from aggregator.state import State
 
-    settings = load_or_exit(args.config)
+    settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
-    state = State(settings.state.path)
+    state = open_state(settings)
     try:
-        rep = asyncio.run(refresh_sources(settings, since, until, state, check_logs=True))
+        with progress("validate-digests", unit="sources") as bar:
+            rep = asyncio.run(
+                refresh_sources(settings, since, until, state, check_logs=True, progress=bar.report)
+            )
         rows = [r for r in state.digests.results() if r["checked_at"] >= time.time() - 3600]
     finally:
         state.close()
     bad = [r for r in rows if r["status"] != "valid"]
     unlisted = rep.not_in_any_digest
     if args.json:
-        doc = {"statuses": rep.statuses, "problems": bad, "not_in_any_digest": unlisted}
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        doc = {
+            "statuses": rep.statuses,
+            "problems": bad,
+            "not_in_any_digest": unlisted,
+            "sources_without_digests": rep.without_digests,
+            "errors": rep.errors,
+        }
+        print(json.dumps(doc, sort_keys=True))
     else:
-        print(f"digests: {rep.statuses or 'none found'}")
-        for r in bad:
-            print(f"  {r['status']:18} s3://{r['bucket']}/{r['key']}  {r['detail']}")
-        if unlisted:
-            print(f"log files in no digest: {len(unlisted)}")
-            for k in unlisted[:20]:
-                print(f"  {k}")
-        for err in rep.errors:
-            print(f"  error: {err}")
-    return 1 if bad or unlisted or rep.errors else 0
+        print(render_digests(rep, bad))
+    if bad or unlisted:
+        return EXIT_PROBLEMS
+    return EXIT_PARTIAL if rep.errors else EXIT_OK
+
+
+def render_digests(rep: RefreshReport, bad: list[dict[str, Any]], limit: int = 20) -> str:
+    """``validate-digests`` for people: counts by outcome, then each problem."""
+    lines = []
+    if rep.statuses:
+        counts = ", ".join(
+            f"{n} {status.replace('_', ' ')}" for status, n in sorted(rep.statuses.items())
+        )
+        lines.append(f"digests: {counts} (from {rep.sources} sources)")
+    else:
+        lines.append(f"digests: none found in the window (from {rep.sources} sources)")
+    for r in bad:
+        lines.append(f"  {r['status']:18} s3://{r['bucket']}/{r['key']}  {r['detail']}")
+    if rep.not_in_any_digest:
+        lines.append(f"log files in no digest: {len(rep.not_in_any_digest)}")
+        lines += [f"  {k}" for k in rep.not_in_any_digest[:limit]]
+        if len(rep.not_in_any_digest) > limit:
+            lines.append(f"  ... and {len(rep.not_in_any_digest) - limit} more (--json lists all)")
+    if rep.without_digests:
+        lines.append(
+            f"sources with log files but no digest file: {len(rep.without_digests)} (log file "
+            "validation is off for their trail, or its digests were removed; 'ctagg audit "
+            "CONFIG' shows which trails validate, CIS 3.2)"
+        )
+        lines += [f"  {s}" for s in rep.without_digests[:limit]]
+    for err in rep.errors:
+        lines.append(f"  error: {err}")
+    return "\n".join(lines)

@@ -14,7 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
-from aggregator.cli._common import load_or_exit
+from aggregator.cli._common import STATE_ONLY, load_or_exit
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
 
 if TYPE_CHECKING:
     from aggregator.normalize import Normalizer
@@ -97,7 +98,9 @@ def normalize_stream(
 def run(args: argparse.Namespace) -> int:
     from aggregator.normalize import Normalizer
 
-    settings = load_or_exit(args.config).normalize if args.config else None
+    settings = (
+        load_or_exit(args.config, STATE_ONLY | {"normalize"}).normalize if args.config else None
+    )
     normalizer = Normalizer(settings)
     try:
         ok = normalize_stream(
@@ -106,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (| head): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return EXIT_OK
     sys.stderr.flush()
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_PARTIAL

@@ -10,14 +10,19 @@ YAML syntax cannot change the document's structure:
 * ``${VAR:-default}``   ``default`` when unset or empty
 * ``$${``               a literal ``${``
 
+Secrets only where used: a command passes ``defer`` (the top-level sections it does not use),
+and an unset variable there is no error. Its text stays as written (``${SPLUNK_HEC_TOKEN}``,
+never sent anywhere: the command does not use that section) and its path is listed in
+``Settings.deferred``. A value that then fails validation only because it is a placeholder (a
+webhook URL) falls back to its default; a required one keeps the "not set" error.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from pathlib import Path as FilePath
 from typing import Any
 
 import yaml
@@ -49,10 +54,21 @@ def _fmt_path(path: tuple[str | int, ...]) -> str:
     return out or "<root>"
 
 
+Path = tuple[str | int, ...]
+
+
 def interpolate(
-    value: Any, env: Mapping[str, str], problems: list[str], path: tuple[str | int, ...] = ()
+    value: Any,
+    env: Mapping[str, str],
+    problems: list[str],
+    path: Path = (),
+    *,
+    defer: frozenset[str] = frozenset(),
+    deferred: dict[Path, str] | None = None,
 ) -> Any:
-    """Replace ``${VAR}`` forms in every string of a parsed document; collect problems."""
+    """Replace ``${VAR}`` forms in every string of a parsed document; collect problems. An
+    unset variable under a top-level section in ``defer`` is kept as written and recorded in
+    ``deferred`` (path -> problem) instead."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -64,44 +80,125 @@ def interpolate(
                 return got if got else (arg or "")
             if got is None or (op == ":?" and got == ""):
                 msg = arg if op == ":?" and arg else f"environment variable {name} is not set"
+                if path and path[0] in defer and deferred is not None:
+                    deferred[path] = f"{_fmt_path(path)}: {msg}"
+                    return m.group(0)
                 problems.append(f"{_fmt_path(path)}: {msg}")
                 return ""
             return got
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: interpolate(v, env, problems, (*path, str(k))) for k, v in value.items()}
+        return {
+            k: interpolate(v, env, problems, (*path, str(k)), defer=defer, deferred=deferred)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [interpolate(v, env, problems, (*path, i)) for i, v in enumerate(value)]
+        return [
+            interpolate(v, env, problems, (*path, i), defer=defer, deferred=deferred)
+            for i, v in enumerate(value)
+        ]
     return value
 
 
-def parse_settings(doc: Any, env: Mapping[str, str] | None = None) -> Settings:
-    """Validate a parsed document. Raises ConfigError naming every problem."""
+def _within(deferred: Path, loc: tuple[Any, ...]) -> bool:
+    """Whether a validation error at ``loc`` is about the value at ``deferred`` (pydantic puts
+    union tags such as ``splunk_hec`` between the document's own path elements)."""
+    it = iter(loc)
+    return bool(loc) and loc[0] == deferred[0] and all(part in it for part in deferred)
+
+
+def _drop(doc: Any, path: Path) -> None:
+    for part in path[:-1]:
+        doc = doc[part]
+    if isinstance(doc, dict):
+        doc.pop(path[-1], None)
+
+
+def parse_settings(
+    doc: Any, env: Mapping[str, str] | None = None, *, defer: Iterable[str] = ()
+) -> Settings:
+    """Validate a parsed document. Raises ConfigError naming every problem. ``defer``: the
+    top-level sections whose unset variables are not errors (see the module)."""
     problems: list[str] = []
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError([f"<root>: expected a mapping, got {type(doc).__name__}"])
-    doc = interpolate(doc, os.environ if env is None else env, problems)
-    try:
-        settings = Settings.model_validate(doc)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            problems.append(f"{_fmt_path(loc)}: {msg}")
-        raise ConfigError(problems) from None
+    deferred: dict[Path, str] = {}
+    doc = interpolate(
+        doc,
+        os.environ if env is None else env,
+        problems,
+        defer=frozenset(defer),
+        deferred=deferred,
+    )
+    dropped: set[Path] = set()
+    while True:
+        try:
+            settings = Settings.model_validate(doc)
+        except ValidationError as exc:
+            errors = exc.errors()
+            placeholders = {d for d in deferred for err in errors if _within(d, tuple(err["loc"]))}
+            if placeholders and placeholders.isdisjoint(dropped):
+                for d in placeholders:  # a placeholder is not a valid value: use the default
+                    _drop(doc, d)
+                dropped |= placeholders
+                continue
+            for err in errors:
+                blame = [d for d in deferred if _within(d, tuple(err["loc"]))]
+                if blame:  # a required value whose variable is not set after all
+                    problems.extend(deferred[d] for d in blame if deferred[d] not in problems)
+                    continue
+                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key"
+                problems.append(f"{_fmt_path(loc)}: {msg}")
+            raise ConfigError(problems) from None
+        break
     if problems:
         raise ConfigError(problems)
+    settings._deferred = dict(sorted((_fmt_path(p), m) for p, m in deferred.items()))
     return settings
 
 
-def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a YAML config file."""
-    p = Path(path)
+STATE_PATH_ENV = "CTAGG_STATE_PATH"
+HEALTH_HOST_ENV = "CTAGG_HEALTH_HOST"
+
+
+def _environment_defaults(doc: Any, env: Mapping[str, str], config_path: FilePath) -> Any:
+    """Defaults that depend on where ctagg runs, for keys the file leaves out:
+
+    * ``state.path``: ``$CTAGG_STATE_PATH`` (the image sets it on its volume), else
+      ``state/ctagg.db`` beside the config file — never relative to the working directory,
+      so ``ctagg status`` finds the state ``ctagg run`` writes from wherever it is run;
+    * ``service.health_host``: ``$CTAGG_HEALTH_HOST`` (the image sets ``0.0.0.0``; the chart
+      sets it in the config), else the model's ``127.0.0.1``.
+    """
+    if not isinstance(doc, dict):
+        return doc
+    if doc.get("state") is None:
+        doc["state"] = {}
+    state = doc["state"]
+    if isinstance(state, dict) and "path" not in state:
+        default = config_path.resolve().parent / "state" / "ctagg.db"
+        state["path"] = env.get(STATE_PATH_ENV) or str(default)
+    host = env.get(HEALTH_HOST_ENV)
+    if host:
+        if doc.get("service") is None:
+            doc["service"] = {}
+        if isinstance(doc["service"], dict):
+            doc["service"].setdefault("health_host", host)
+    return doc
+
+
+def load_settings(
+    path: str | FilePath, env: Mapping[str, str] | None = None, *, defer: Iterable[str] = ()
+) -> Settings:
+    """Read and validate a YAML config file (``defer``: see :func:`parse_settings`; defaults
+    that depend on the environment: :func:`_environment_defaults`)."""
+    p = FilePath(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
@@ -114,4 +211,6 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         raise ConfigError(
             [f"{p}: invalid YAML at {where}: {getattr(exc, 'problem', exc)}"]
         ) from None
-    return parse_settings(doc, env)
+    environ = os.environ if env is None else env
+    doc = _environment_defaults(doc if doc is not None else {}, environ, p)
+    return parse_settings(doc, environ, defer=defer)

@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -34,7 +35,10 @@ class Strict(BaseModel):
 
 class StateSettings(Strict):
     path: str = Field(
-        default="./state/ctagg.db", description="SQLite file; put it on a persistent volume."
+        default="state/ctagg.db",
+        description="SQLite file; put it on a persistent volume. Default: $CTAGG_STATE_PATH "
+        "(the image sets /var/lib/ctagg/state.db), else state/ctagg.db beside the config file. "
+        "A relative path given here is relative to the working directory.",
     )
 
 
@@ -164,6 +168,12 @@ class TrailDiscovery(Strict):
         description="Account whose role reads the organization trail bucket (log archive).",
     )
     static_sources: list[StaticSource] = Field(default_factory=list)
+    organization_trail_owner_ids: list[AccountId] = Field(
+        default_factory=list,
+        description="Accounts examined for organization trails even when the account filters "
+        "leave them out (their trails cover the selected accounts; their own events stay out). "
+        "Typically the management account when include/exclude rules drop it.",
+    )
     bucket_readers: dict[str, AccountId] = Field(
         default_factory=dict,
         description="Bucket name -> account whose role reads it; overrides the reader of every "
@@ -231,7 +241,11 @@ class ArchiveSettings(Strict):
 class ServiceSettings(Strict):
     """The daemon (``ctagg run``): job intervals, the health/metrics port, shutdown."""
 
-    health_host: str = Field(default="0.0.0.0", description="Address of /livez /readyz /metrics.")  # noqa: S104
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="Address of /livez /readyz /metrics. Default: $CTAGG_HEALTH_HOST (the image "
+        "and the chart use 0.0.0.0 so the kubelet and Prometheus reach it), else 127.0.0.1.",
+    )
     health_port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port.")
     discovery_interval_secs: float = Field(default=3600, gt=0)
     ingest_interval_secs: float = Field(default=300, gt=0)
@@ -252,6 +266,13 @@ class ServiceSettings(Strict):
         description="On SIGTERM, wait this long for in-flight work, then abandon it safely.",
     )
     misfire_grace_secs: float = Field(default=60, gt=0)
+    retry_initial_secs: float = Field(
+        default=5,
+        gt=0,
+        description="A failed discovery or ingest run is tried again after this long, doubling "
+        "on each failure in a row up to retry_max_secs (never later than its interval).",
+    )
+    retry_max_secs: float = Field(default=300, gt=0, description="Longest wait between retries.")
 
     @field_validator("job_intervals_secs")
     @classmethod
@@ -510,6 +531,15 @@ class Settings(Strict):
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     detect: DetectSettings = Field(default_factory=DetectSettings)
+
+    # path -> "path: environment variable X is not set" for the variables a command deferred
+    # (aggregator.config.loading: sections it does not use)
+    _deferred: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def deferred(self) -> dict[str, str]:
+        """Unset variables of sections the loading command said it does not use."""
+        return dict(self._deferred)
 
     @model_validator(mode="after")
     def _alert_connectors_exist(self) -> Settings:

@@ -114,10 +114,41 @@ def _cis_controls(sr: SigmaRule, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(from_pack + from_attribute + from_tags))
 
 
-def load_rule_text(text: str, where: str) -> list[Rule]:
-    """Rules from one file's text. Raises RuleLoadError naming ``where``."""
+def _rule_problems(sr: SigmaRule, where: str) -> list[str]:
+    """Everything wrong with one parsed rule, not only the first thing: pySigma's own errors
+    (collected, not raised), then ctagg's requirements (logsource, id, level, CIS ids) and,
+    for a rule that has other problems, whether its detection compiles (a rule without
+    problems is compiled once, by :func:`_rule_from_sigma`)."""
+    problems = [str(e) for e in sr.errors]
+    said = " ".join(problems).lower()
+    ls = sr.logsource
+    if (ls.product or "").lower() != "aws" or (ls.service or "").lower() != "cloudtrail":
+        problems.append(
+            "unsupported construct: logsource must be product: aws, service: cloudtrail "
+            f"(got product: {ls.product}, service: {ls.service})"
+        )
+    if sr.id is None and "identifier" not in said:
+        problems.append("unsupported construct: missing 'id' (a UUID)")
+    if sr.level is None and "level" not in said:
+        problems.append(f"unsupported construct: missing 'level' (one of {', '.join(LEVELS)})")
     try:
-        coll = SigmaCollection.from_yaml(text)
+        _cis_controls(sr, where)
+    except UnsupportedRule as exc:
+        problems.append(f"unsupported construct: {exc}")
+    if problems and not sr.errors:  # pySigma read it: its detection may have problems too
+        try:
+            compile_rule(sr)
+        except UnsupportedRule as exc:
+            problems.append(f"unsupported construct: {exc}")
+        except SigmaError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def load_rule_text(text: str, where: str) -> list[Rule]:
+    """Rules from one file's text. Raises RuleLoadError naming ``where`` and every problem."""
+    try:
+        coll = SigmaCollection.from_yaml(text, collect_errors=True)
     except SigmaError as exc:
         raise RuleLoadError([f"{where}: {exc}"]) from None
     except Exception as exc:  # YAML errors and pySigma internals
@@ -131,12 +162,18 @@ def load_rule_text(text: str, where: str) -> list[Rule]:
             )
             continue
         label = f"{where} ({item.title or item.id})"
+        found = _rule_problems(item, where)
+        if found:
+            problems += [f"{label}: {p}" for p in found]
+            continue
         try:
             out.append(_rule_from_sigma(item, where))
         except UnsupportedRule as exc:
             problems.append(f"{label}: unsupported construct: {exc}")
         except SigmaError as exc:
             problems.append(f"{label}: {exc}")
+    if not coll.rules:
+        problems += [f"{where}: {e}" for e in getattr(coll, "errors", [])]
     if problems:
         raise RuleLoadError(problems)
     return out

@@ -37,6 +37,7 @@ log = get_logger("aggregator.detect")
 
 BACKOFF_BASE_SECS = 30.0
 BACKOFF_MAX_SECS = 3600.0
+UNROUTED_REPEAT_SECS = 300.0
 
 
 def sinks_from_settings(settings: DetectSettings, aws: Aws | None) -> list[AlertSink]:
@@ -84,7 +85,27 @@ class DetectionService:
             else None
         )
         self.clock = clock
+        self._unrouted = 0  # alerts raised with no sink since the last warning
+        self._unrouted_said: float | None = None
         log.info("detect.rules_loaded", count=len(rules), sinks=sorted(self.sinks))
+
+    def _note_unrouted(self, raised: int) -> None:
+        """Alerts with no sink reach nobody: say so at WARNING, at most every five minutes
+        (with the count since), pointing at the settings and at ``ctagg alerts``."""
+        if self.sinks or not raised:
+            return
+        self._unrouted += raised
+        now = time.monotonic()
+        if self._unrouted_said is not None and now - self._unrouted_said < UNROUTED_REPEAT_SECS:
+            return
+        log.warning(
+            "detect.alerts_unrouted",
+            count=self._unrouted,
+            reason="no alert sink is configured: the alerts are stored and listed by "
+            "'ctagg alerts CONFIG'; send them with detect.sns_topic_arn, detect.webhook_url or "
+            "detect.connectors",
+        )
+        self._unrouted, self._unrouted_said = 0, now
 
     @classmethod
     def from_settings(
@@ -107,6 +128,7 @@ class DetectionService:
             self.anomalies.flush()
         if out:
             log.info("detect.alerts_raised", count=len(out), events=n)
+            self._note_unrouted(len(out))
         return out
 
     def hourly(self, now: float | None = None) -> list[Alert]:
@@ -118,6 +140,7 @@ class DetectionService:
         self.store.prune_alerts(now - self.settings.alert_window_days * 86400)
         if out:
             log.info("detect.anomalies_raised", count=len(out))
+            self._note_unrouted(len(out))
         return out
 
     async def deliver(self, now: float | None = None, limit: int = 100) -> int:

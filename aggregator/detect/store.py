@@ -1,6 +1,7 @@
 """Detection's persisted positions (tables made by state migration 10), on top of State.
 
-* ``detect_alerts``  (rule_id, event_key) pairs that already raised an alert
+* ``detect_alerts``  (rule_id, event_key) pairs that already raised an alert, with the alert
+  itself (JSON, migration 45: ``ctagg alerts`` lists them)
 * ``detect_outbox``  alerts not yet delivered, per sink (at-least-once delivery)
 * ``detect_counts``  hourly counts per (account, metric) for rate anomalies
 * ``detect_meta``    small named values (the last hour evaluated for anomalies, the ledger
@@ -28,6 +29,17 @@ class Pending:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A raised alert as remembered (``alert`` is None for ones raised before migration 45,
+    which kept only the rule and the event key)."""
+
+    rule_id: str
+    event_key: str
+    raised_at: float
+    alert: Alert | None
+
+
 class DetectStore:
     def __init__(self, state: State, sinks: Sequence[str] = ()) -> None:
         self.state = state
@@ -43,20 +55,45 @@ class DetectStore:
         out: list[Alert] = []
         with self.state.transaction() as c:
             for a in alerts:
+                body = orjson.dumps(a.to_dict()).decode()
                 cur = c.execute(
-                    "INSERT OR IGNORE INTO detect_alerts VALUES (?,?,?,?)",
-                    (a.rule_id, a.event_key, a.event_epoch, now),
+                    "INSERT OR IGNORE INTO detect_alerts (rule_id, event_key, event_epoch, "
+                    "created_at, alert) VALUES (?,?,?,?,?)",
+                    (a.rule_id, a.event_key, a.event_epoch, now, body),
                 )
                 if cur.rowcount != 1:
                     continue
                 out.append(a)
                 if self.sinks:
-                    body = orjson.dumps(a.to_dict()).decode()
                     c.executemany(
                         "INSERT OR IGNORE INTO detect_outbox (alert_uid, sink, alert, next_at, "
                         "created_at) VALUES (?,?,?,?,?)",
                         [(a.uid, s, body, 0.0, now) for s in self.sinks],
                     )
+        return out
+
+    def stored(
+        self, *, since: float | None = None, rule: str | None = None, limit: int | None = None
+    ) -> list[Stored]:
+        """Remembered alerts, newest first: raised at or after ``since`` (epoch seconds), of
+        the rule whose id is ``rule`` or whose title contains it (any case)."""
+        q = "SELECT rule_id, event_key, created_at, alert FROM detect_alerts WHERE 1=1"
+        args: list[object] = []
+        if since is not None:
+            q += " AND created_at >= ?"
+            args.append(since)
+        q += " ORDER BY created_at DESC, rule_id, event_key"
+        out: list[Stored] = []
+        needle = (rule or "").lower()
+        for rule_id, key, at, body in self.state.db.fetchall(q, args):
+            alert = Alert.from_dict(orjson.loads(body)) if body else None
+            if needle and not (
+                rule_id.lower() == needle or (alert is not None and needle in alert.title.lower())
+            ):
+                continue
+            out.append(Stored(rule_id, key, float(at), alert))
+            if limit is not None and len(out) >= limit:
+                break
         return out
 
     def prune_alerts(self, before_created: float) -> int:

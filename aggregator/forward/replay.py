@@ -100,6 +100,9 @@ def _lane(fwd: Forwarder, name: str) -> Lane:
     return lane
 
 
+Progress = Callable[[int, int | None], None]  # (central objects done, of total)
+
+
 async def replay(
     fwd: Forwarder,
     name: str,
@@ -107,14 +110,19 @@ async def replay(
     until: datetime,
     *,
     max_attempts: int | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
-    """Re-send events with since <= eventTime < until from the central archive."""
+    """Re-send events with since <= eventTime < until from the central archive;
+    ``progress(done, total)`` after each central object."""
     lane = _lane(fwd, name)
     lo, hi = since.timestamp(), until.timestamp()
     report = ReplayReport()
     sender = _Sender(fwd, lane, report, max_attempts)
     try:
-        for row in fwd.store.ledger.overlapping(_iso(since), _iso(until)):
+        rows = list(fwd.store.ledger.overlapping(_iso(since), _iso(until)))
+        if progress is not None:
+            progress(0, len(rows))
+        for row in rows:
             key = str(row["central_key"])
             records = await lane.records(key)
             report.objects += 1
@@ -123,6 +131,8 @@ async def replay(
                     continue
                 await sender.add(lane.item(rec, key, i))
             await sender.flush()
+            if progress is not None:
+                progress(report.objects, len(rows))
     finally:
         await lane.close()
     return report
@@ -226,11 +236,18 @@ async def one_shot_forwarder(settings: Settings) -> AsyncIterator[Forwarder]:
 
 
 async def replay_with_settings(
-    settings: Settings, name: str, since: datetime, until: datetime
+    settings: Settings,
+    name: str,
+    since: datetime,
+    until: datetime,
+    *,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     """:func:`replay` for a config."""
     async with one_shot_forwarder(settings) as fwd:
-        return await replay(fwd, name, since, until, max_attempts=ONE_SHOT_ATTEMPTS)
+        return await replay(
+            fwd, name, since, until, max_attempts=ONE_SHOT_ATTEMPTS, progress=progress
+        )
 
 
 async def retry_with_settings(settings: Settings, name: str) -> ReplayReport:

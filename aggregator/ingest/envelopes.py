@@ -3,7 +3,8 @@
 Accepted: a bare record, a ``{"Records": [...]}`` log file (plain or gzip), an EventBridge
 event whose ``detail`` is a CloudTrail record (API calls, console sign-in, service events,
 Insights), a CloudWatch Logs subscription payload whose log events are CloudTrail records,
-NDJSON (one of the above per line), a JSON array of the above, and CloudTrail Insights events.
+NDJSON (one of the above per line), concatenated JSON documents (``cat *.json``: pretty-printed
+objects one after another), a JSON array of the above, and CloudTrail Insights events.
 Digest files are recognised and reported as such, never mistaken for events; S3/SQS/SNS
 notifications (which also use ``Records``) are reported as problems, not read as events.
 Pure code: bytes in, records out.
@@ -162,7 +163,27 @@ def iter_items(data: bytes, where: str = "<stdin>") -> Iterator[Item]:
     else:
         yield from _classify(doc, where)
         return
-    # Not one JSON document: NDJSON, one per line.
+    # Not one JSON document: NDJSON (one per line), or documents one after another.
+    lines: list[tuple[int, Any]] = []
+    broken = False
+    for lineno, line in enumerate(stripped.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            lines.append((lineno, orjson.loads(line)))
+        except orjson.JSONDecodeError:
+            broken = True
+            break
+    if not broken:
+        for lineno, value in lines:
+            yield from _classify(value, f"{where}:{lineno}")
+        return
+    del lines
+    docs = _concatenated(stripped)
+    if docs is not None:
+        for lineno, value in docs:
+            yield from _classify(value, f"{where}:{lineno}")
+        return
     for lineno, line in enumerate(stripped.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -172,6 +193,35 @@ def iter_items(data: bytes, where: str = "<stdin>") -> Iterator[Item]:
             yield Problem(f"{where}:{lineno}", f"invalid JSON: {exc}")
             continue
         yield from _classify(value, f"{where}:{lineno}")
+
+
+def _concatenated(data: bytes) -> list[tuple[int, Any]] | None:
+    """JSON documents one after another (``cat a.json b.json``), each with the line it starts
+    on; None when the text is not only that (then each line is judged on its own)."""
+    import json
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    decoder = json.JSONDecoder()
+    out: list[tuple[int, Any]] = []
+    pos, line, n = 0, 1, len(text)
+    while pos < n:
+        while pos < n and text[pos] in " \t\r\n":
+            if text[pos] == "\n":
+                line += 1
+            pos += 1
+        if pos >= n:
+            break
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        out.append((line, value))
+        line += text.count("\n", pos, end)
+        pos = end
+    return out if len(out) > 1 else None
 
 
 def iter_records(data: bytes, where: str = "<stdin>") -> Iterator[Item]:

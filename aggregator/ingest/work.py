@@ -6,7 +6,8 @@ once and the account skipped)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -80,17 +81,80 @@ class Cycle:
 
 
 class Gate:
-    """Stop and pause: ``stop`` is set on shutdown; ``should_pause`` is the forwarder's
-    backpressure predicate (a sink's backlog is full)."""
+    """Stop, pause and pace, checked before each object is queued.
 
-    def __init__(self, should_pause: Callable[[], bool] | None = None) -> None:
+    * ``stop`` is set on shutdown.
+    * ``should_pause`` is the forwarder's backpressure predicate (a sink's backlog is full).
+      A pause is said: ``ingest.paused`` (WARNING, with ``pause_reason()``) when it starts and
+      every ``repeat_secs`` while it lasts, ``ingest.resumed`` when it ends; ``on_change(paused,
+      reason)`` lets the daemon show it in ``/readyz`` and ``/metrics``.
+    * ``pace``, when set, is awaited before each object is queued (``ctagg backfill``'s rate
+      limit).
+    """
+
+    def __init__(
+        self, should_pause: Callable[[], bool] | None = None, *, repeat_secs: float = 300.0
+    ) -> None:
         self.stop = asyncio.Event()
         self.should_pause = should_pause
+        self.pause_reason: Callable[[], str] | None = None
+        self.on_change: Callable[[bool, str], None] | None = None
+        self.pace: Callable[[], Awaitable[None]] | None = None
+        self.repeat_secs = repeat_secs
+        self.paused_since: float | None = None  # time.time() when the current pause began
+        self.pauses = 0  # pauses begun since start
+        self._waiting = 0
+        self._said = 0.0  # time.monotonic() of the last ingest.paused line
+
+    def _must_pause(self) -> bool:
+        return self.should_pause is not None and self.should_pause() and not self.stop.is_set()
+
+    def _reason(self) -> str:
+        try:
+            return self.pause_reason() if self.pause_reason else "a sink's backlog is full"
+        except Exception as exc:  # a reason must never break collection
+            return f"a sink's backlog is full ({type(exc).__name__} while asking which)"
 
     async def wait_unpaused(self) -> None:
-        # Polls a predicate owned by the forwarder (another room); no event to wait on.
-        while self.should_pause is not None and self.should_pause() and not self.stop.is_set():  # noqa: ASYNC110
-            await asyncio.sleep(1.0)
+        if self._must_pause():
+            self._waiting += 1
+            if self.paused_since is None:
+                self._begin()
+            try:
+                # Polls a predicate owned by the forwarder (another room); no event to wait on.
+                while self._must_pause():
+                    await asyncio.sleep(1.0)
+                    if time.monotonic() - self._said >= self.repeat_secs and self.paused_since:
+                        self._said = time.monotonic()
+                        log.warning(
+                            "ingest.paused",
+                            stage="ingest",
+                            reason=self._reason(),
+                            duration_secs=round(time.time() - self.paused_since),
+                        )
+            finally:
+                self._waiting -= 1
+                if self._waiting == 0 and self.paused_since is not None:
+                    self._end()
+        if self.pace is not None and not self.stop.is_set():
+            await self.pace()
+
+    def _begin(self) -> None:
+        self.paused_since = time.time()
+        self._said = time.monotonic()
+        self.pauses += 1
+        reason = self._reason()
+        log.warning("ingest.paused", stage="ingest", reason=reason, duration_secs=0)
+        if self.on_change is not None:
+            self.on_change(True, reason)
+
+    def _end(self) -> None:
+        assert self.paused_since is not None
+        duration = round(time.time() - self.paused_since, 1)
+        self.paused_since = None
+        log.info("ingest.resumed", stage="ingest", duration_secs=duration)
+        if self.on_change is not None:
+            self.on_change(False, "")
 
 
 async def session_or_skip(

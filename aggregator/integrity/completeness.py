@@ -57,6 +57,9 @@ class RefreshReport:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     not_in_any_digest: list[str] = field(default_factory=list)  # only with check_logs
+    # sources with log files but no digest file at all (only with check_logs): their trail has
+    # no log file validation (or its digests were removed); said once, not per log file
+    without_digests: list[str] = field(default_factory=list)
 
 
 async def refresh_expected(
@@ -67,17 +70,20 @@ async def refresh_expected(
     *,
     days: Iterable[str] | None = None,
     check_logs: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> RefreshReport:
-    """Validate new digests under each source and record what they list.
+    """Validate new digests under each source and record what they list; ``progress(done,
+    total)`` after each source.
 
     ``days`` (``YYYY/MM/DD``) limits the day prefixes read; default: all. ``check_logs`` also
     reads every listed log file and checks its hash (doubles the S3 reads; ``ctagg
     validate-digests`` style)."""
     rep = RefreshReport()
     day_list = list(days) if days is not None else None
-    for src in sources:
-        if "/CloudTrail/" not in src.prefix:
-            continue
+    todo = [src for src in sources if "/CloudTrail/" in src.prefix]
+    for done, src in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo))
         rep.sources += 1
         try:
             s3 = await s3_for(src)
@@ -98,6 +104,8 @@ async def refresh_expected(
             )
             continue
         rep.not_in_any_digest.extend(report.not_in_any_digest)
+        if report.without_digests:
+            rep.without_digests.append(f"s3://{src.bucket}/{src.prefix}")
         expected_rows = []
         result_rows = []
         for res in report.digests:
@@ -131,6 +139,8 @@ async def refresh_expected(
         state.digests.record_results(result_rows)
         state.digests.record_expected(expected_rows)
         rep.expected_recorded += len(expected_rows)
+    if progress is not None:
+        progress(len(todo), len(todo))
     return rep
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aggregator.archive.store import archive_session
+from aggregator.archive.store import PROBE_KEY, archive_session, probe_params
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
 from aggregator.aws.errors import error_code, error_message, is_access_denied
 from aggregator.aws.iam import missing_permission
@@ -27,8 +27,8 @@ from aggregator.log import get_logger
 
 log = get_logger("aggregator.doctor")
 
-PROBE_KEY = "_ctagg/doctor-probe"
 OK = "ok"
+__all__ = ["PROBE_KEY", "Doctor", "DoctorReport", "run_live"]
 
 
 @dataclass
@@ -64,14 +64,34 @@ class DoctorReport:
     rows: list[Row]
     central: Check
     duration_secs: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # coverage lost to the config
 
     @property
     def ok(self) -> bool:
         return self.central.ok and all(r.ok for r in self.rows)
 
+    @property
+    def failing(self) -> int:
+        """Failing rows, plus one for a central write that fails."""
+        return sum(1 for r in self.rows if not r.ok) + (0 if self.central.ok else 1)
+
+    @property
+    def roles_denied(self) -> list[str]:
+        """Accounts whose role (the one ctagg assumes there) cannot be assumed."""
+        return sorted(
+            {
+                r.reader
+                for r in self.rows
+                if (c := r.check("assume")) and not c.ok and r.reader != "base identity"
+            }
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "failing": self.failing,
+            "roles_denied": self.roles_denied,
+            "warnings": list(self.warnings),
             "central": asdict(self.central),
             "rows": [{**asdict(r), "ok": r.ok} for r in self.rows],
         }
@@ -106,9 +126,10 @@ class Doctor:
                     row = Row(account_id, region)
                     row.checks.append(Check("list", False, "no trail log prefix discovered"))
                     rows.append(row)
+            # Every account whose own role cannot be assumed gets its row, also when the
+            # organization trail (read with another account's role) covers its regions: its
+            # account trails, regions and LookupEvents are out of reach.
             for account_id, failure in sorted(denied.items()):
-                if any(r.account_id == account_id for r in rows):
-                    continue
                 row = Row(account_id, "*", reader=account_id)
                 row.checks.append(
                     Check("assume", False, failure.reason[:300], self._assume_missing(account_id))
@@ -119,7 +140,12 @@ class Doctor:
                     row = Row(f.account_id, "*")
                     row.checks.append(Check(f.stage, False, f.reason[:300]))
                     rows.append(row)
-        report = DoctorReport(rows, central, round(time.perf_counter() - started, 3))
+        report = DoctorReport(
+            rows,
+            central,
+            round(time.perf_counter() - started, 3),
+            warnings=list(getattr(inventory, "warnings", [])),
+        )
         log.info(
             "doctor.done",
             count=len(rows),
@@ -169,17 +195,8 @@ class Doctor:
         return row
 
     async def _write_central(self, pool: ClientPool) -> Check:
-        cfg = self.settings.archive
-        params: dict[str, Any] = {
-            "Bucket": cfg.bucket,
-            "Key": f"{cfg.prefix}{PROBE_KEY}",
-            "Body": b"ctagg doctor probe\n",
-            "IfNoneMatch": "*",
-        }
-        if cfg.kms_key_id:
-            params["ServerSideEncryption"] = "aws:kms"
-            params["SSEKMSKeyId"] = cfg.kms_key_id
-        target = f"s3://{cfg.bucket}/{params['Key']}"
+        params = probe_params(self.settings.archive)
+        target = f"s3://{params['Bucket']}/{params['Key']}"
         try:
             session = await archive_session(self.settings, self.sessions)
             s3 = await pool.get(session, "s3")

@@ -68,6 +68,7 @@ async def refresh_sources(
     sources: Sequence[Source] | None = None,
     aws: Aws | None = None,
     sessions: SessionProvider | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> comp.RefreshReport:
     """Validate new digests of ``sources`` (default: discover them now) for the days around
     [since, until] and record the log files they list. The daemon passes its own inventory's
@@ -89,6 +90,7 @@ async def refresh_sources(
             keys,
             days=days_between(since - timedelta(hours=2), until + timedelta(hours=2)),
             check_logs=check_logs,
+            progress=progress,
         )
 
 

@@ -99,6 +99,9 @@ class ValidationReport:
     # every log key a signature-valid digest lists -> (expected hash, digest key)
     expected: dict[str, tuple[str, str]] = field(default_factory=dict)
     skipped: int = 0  # digests passed in ``skip`` (validated before), not read again
+    # log files but not one digest file under the prefix (with check_logs): the trail has no
+    # log file validation, or its digests were removed. Its files are not each "in no digest".
+    without_digests: bool = False
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in DigestStatus}
@@ -119,6 +122,7 @@ class ValidationReport:
             "counts": self.counts(),
             "digests": [r.as_dict() for r in self.digests],
             "not_in_any_digest": self.not_in_any_digest,
+            "without_digests": self.without_digests,
         }
 
 
@@ -193,6 +197,7 @@ class DigestValidator:
             if check_logs:
                 log_keys += await self._list(bucket, log_prefix + (f"{sub}/" if sub else ""))
         skipped = set(skip)
+        listed_any_digest = bool(digest_keys)
         n_skipped = sum(1 for k in digest_keys if k in skipped)
         digest_keys = sorted(
             (k for k in digest_keys if digest_key_time(k) and k not in skipped),
@@ -240,7 +245,10 @@ class DigestValidator:
                     if results[dg.key].status is not DigestStatus.INVALID_FORMAT
                 )
             )
-            report.not_in_any_digest = self._unlisted(log_keys, listed, digests.values())
+            if listed_any_digest:
+                report.not_in_any_digest = self._unlisted(log_keys, listed, digests.values())
+            else:
+                report.without_digests = any(k.endswith(".json.gz") for k in log_keys)
         for res in report.digests:
             log.info(
                 "digest.validated",

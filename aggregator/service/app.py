@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from aggregator.aws.clients import Aws
+from aggregator.archive.store import check_writable
+from aggregator.aws.clients import Aws, ClientPool
 from aggregator.aws.credentials import CredentialBroker
 from aggregator.aws.discovery import discover
 from aggregator.aws.inventory import Account, Inventory
@@ -43,6 +44,7 @@ class App:
         self.discovered_at: float | None = None
         self.last_cycle: CycleReport | None = None
         self.last_cycle_at: float | None = None
+        self._archive_ok = False  # the central bucket took the write probe
 
     async def refresh_discovery(self) -> Inventory:
         started = time.perf_counter()
@@ -58,13 +60,28 @@ class App:
             failures=len(inventory.failures),
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        for warning in inventory.warnings:  # coverage lost to the config: said every discovery
+            log.warning("discovery.coverage_lost", stage="discovery", reason=warning)
         return inventory
 
+    async def check_archive(self) -> None:
+        """Raise ``ArchiveUnavailable`` (once, naming the bucket and what to do) unless the
+        central bucket can be written: before any source object is read."""
+        async with ClientPool(self.aws) as pool:
+            await check_writable(self.settings, self.broker, pool)
+        self._archive_ok = True
+
     async def run_once(self) -> CycleReport:
-        """One ingest cycle (discovering first when nothing is known yet)."""
+        """One ingest cycle (discovering first when nothing is known yet). The central bucket
+        is probed before the first cycle and after a cycle with errors, so a missing or
+        unwritable bucket stops the cycle at its start instead of failing every object."""
+        if not self._archive_ok:
+            await self.check_archive()
         inventory = self.inventory or await self.refresh_discovery()
         report = await self.ingestor.run(inventory)
         self.last_cycle, self.last_cycle_at = report, self.clock()
+        if report.errors:
+            self._archive_ok = False
         return report
 
     def account(self, account_id: str) -> Account | None:

@@ -30,7 +30,7 @@ from aggregator.service.jobs import (
     job_interval,
 )
 from aggregator.service.metrics import Metrics
-from aggregator.service.scheduler import Scheduler, wait_or_stop
+from aggregator.service.scheduler import Scheduler, describe_error, wait_or_stop
 from aggregator.state import ObjectOutcome, SourceRef, State
 from aggregator.state.db import Database
 from aggregator.state.quarantine import Failures, Quarantine
@@ -128,16 +128,22 @@ class Daemon:
         )
         self.discovery_done = Condition("discovery_done", reason="no discovery yet")
         self._discovered_event = asyncio.Event()
+        self._cycled_event = asyncio.Event()  # the first ingest cycle finished
         self.health.add_ready(self.discovery_done)
         max_age = svc.ready_max_cycle_age_secs or 3 * svc.ingest_interval_secs
         self.ingest_recent = Recency("ingest_recent", max_age, never_reason="no cycle yet")
         self.health.add_ready(self.ingest_recent)
+        # collection paused by backpressure (a sink's backlog is full): said in /readyz too
+        self.ingest_flowing = Condition("ingest_not_paused", ok=True, reason="not paused")
+        self.health.add_ready(self.ingest_flowing)
         self.scheduler = Scheduler(
             svc, metrics=self.metrics, health=self.health, recorder=app.state.jobs
         )
-        self.scheduler.register("discovery", self._discovery, on_success=self._discovered)
+        self.scheduler.register(
+            "discovery", self._discovery, on_success=self._discovered, retry=True
+        )
         # the first cycle waits for the first discovery (run at start) instead of racing it
-        self.scheduler.register("ingest", self._ingest, start_delay_secs=0.5)
+        self.scheduler.register("ingest", self._ingest, start_delay_secs=0.5, retry=True)
         self.scheduler.register("retention", self._retention, run_at_start=False)
         for name, fn in (extra_jobs or {}).items():
             self.scheduler.register(name, fn)
@@ -160,8 +166,8 @@ class Daemon:
         try:
             return await self.app.refresh_discovery()
         except Exception as exc:
-            if not self.discovery_done.ok:  # say why /readyz stays red (type only: no secrets)
-                self.discovery_done.set(False, f"last attempt failed: {type(exc).__name__}")
+            if not self.discovery_done.ok:  # say why /readyz stays red
+                self.discovery_done.set(False, f"last attempt failed: {describe_error(exc)}")
             raise
 
     def _discovered(self, inventory: Any) -> None:
@@ -191,9 +197,14 @@ class Daemon:
                 return None
         if self.scheduler.stopping.is_set():
             return None
-        report = await self.app.run_once()
+        try:
+            report = await self.app.run_once()
+        except Exception as exc:  # /readyz says why there is no recent cycle
+            self.ingest_recent.failed(describe_error(exc))
+            raise
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
+            self._cycled_event.set()
         return report
 
     def _register_integrity(self) -> None:
@@ -224,8 +235,13 @@ class Daemon:
             )
 
     async def _completeness(self) -> Any:
+        wait = self.settings.service.ingest_interval_secs
         if not self.discovery_done.ok:  # the job reads the inventory's sources
-            await wait_or_stop(self._discovered_event, self.settings.service.ingest_interval_secs)
+            await wait_or_stop(self._discovered_event, wait)
+        if not self._cycled_event.is_set():
+            # before the first cycle every listed file would count as missing and be queued
+            # for a retry the cycle is about to make anyway
+            await wait_or_stop(self._cycled_event, wait)
         if self.scheduler.stopping.is_set() or self.completeness is None:
             return None
         return await self.completeness.run()
@@ -284,6 +300,28 @@ class Daemon:
         )
         return await job.run()
 
+    def _pause_reason(self) -> str:
+        """Which connectors hold collection back, and why."""
+        fwd, limit = self.forwarder, self.settings.forward.max_backlog_objects
+        full = []
+        if fwd is not None:
+            for name in fwd.paused_by or tuple(fwd.holding_back()):
+                fatal = fwd.lanes[name].status.fatal
+                n = fwd.store.backlog(name, cap=limit)
+                full.append(f"{name} {n}/{limit}" + (f" (fatal: {fatal})" if fatal else ""))
+        return (
+            f"forward backlog full: {', '.join(full) or 'a connector'} objects behind; "
+            "collection waits until the sink catches up (forward.max_backlog_objects)"
+        )
+
+    def _pause_changed(self, paused: bool, reason: str) -> None:
+        self.metrics.ingest_pause(paused)
+        if paused:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.ingest_flowing.set(False, f"paused since {since}: {reason}")
+        else:
+            self.ingest_flowing.set(True, "not paused")
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, install_signals: bool = True) -> int:
@@ -312,6 +350,9 @@ class Daemon:
             self.app.ingestor.should_pause = fwd.backpressure
             self.metrics.forward.forwarder = fwd  # live: read from the lanes at each scrape
             self.health.add_ready(ConnectorsReady(fwd, self.settings.forward.not_ready_when))
+            gate = self.app.ingestor.gate
+            gate.pause_reason = self._pause_reason
+            gate.on_change = self._pause_changed
         port = await self.server.start()
         log.info("daemon.started", port=port, count=len(fwd.lanes) if fwd else 0)
         self.scheduler.on_shutdown(self.server.stop)

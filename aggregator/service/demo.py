@@ -184,8 +184,9 @@ def seed(endpoint: str, testdata: Path) -> DemoWorld:
 
     records = load_records(testdata)
     accounts = [management, *members.values()]
-    org_objects = account_objects = account_records = 0
+    org_objects = account_objects = account_records = placed = 0
     for account, region, ts, recs in _objects(records, accounts):
+        placed += len(recs)  # records whose eventTime names no hour are not placed
         body = gzip.compress(json.dumps({"Records": recs}).encode(), mtime=0)
         base = f"AWSLogs/{org_id}/{account}/CloudTrail/{region}/"
         s3.put_object(Bucket=ORG_BUCKET, Key=base + _name(account, region, ts, "org"), Body=body)
@@ -208,7 +209,7 @@ def seed(endpoint: str, testdata: Path) -> DemoWorld:
         org_objects,
         account_objects,
         account_records,
-        len(records),
+        placed,
         corrupt,
     )
 

@@ -52,17 +52,23 @@ class Recency:
     max_age_secs: float
     last_at: float | None = None
     never_reason: str = "never happened"
+    last_error: str | None = None  # why the latest attempt failed (cleared by the next mark)
 
     def mark(self, at: float) -> None:
         self.last_at = at
+        self.last_error = None
+
+    def failed(self, reason: str) -> None:
+        self.last_error = reason
 
     def status(self, now: float) -> tuple[bool, str]:
+        why = f"; last attempt failed: {self.last_error}" if self.last_error else ""
         if self.last_at is None:
-            return False, self.never_reason
+            return False, self.never_reason + why
         age = now - self.last_at
         if age > self.max_age_secs:
-            return False, f"last one {age:.0f}s ago (max {self.max_age_secs:.0f}s)"
-        return True, f"last one {age:.0f}s ago"
+            return False, f"last one {age:.0f}s ago (max {self.max_age_secs:.0f}s){why}"
+        return True, f"last one {age:.0f}s ago{why}"
 
 
 @dataclass

@@ -286,6 +286,17 @@ class Metrics:
             registry=r,
         )
 
+        self.ingest_paused = Gauge(
+            "ctagg_ingest_paused",
+            "1 while collection is paused because a sink's backlog is full (backpressure).",
+            registry=r,
+        )
+        self.ingest_pauses = Counter(
+            "ctagg_ingest_pauses_total",
+            "Times collection paused because a sink's backlog was full.",
+            registry=r,
+        )
+
         # ---- forwarding, per connector: read from the running lanes at scrape time
         self.forward = ForwardCollector()
         r.register(self.forward)
@@ -344,6 +355,11 @@ class Metrics:
 
     def object_quarantined(self, account_id: str, region: str) -> None:
         self.quarantined.labels(account_id, region).inc()
+
+    def ingest_pause(self, paused: bool) -> None:
+        self.ingest_paused.set(1 if paused else 0)
+        if paused:
+            self.ingest_pauses.inc()
 
     def assume_role_failed(self, account_id: str) -> None:
         self.assume_role_failures.labels(account_id).inc()

@@ -2,8 +2,11 @@
 
 * Every job runs with ``max_instances=1`` and ``coalesce=True``: a run never overlaps the
   previous one of the same job; runs missed while it was busy collapse into one.
-* A job run that raises is logged (``scheduler.job_failed``), counted (metrics and the
-  ``job_runs`` table) and the process carries on; the next interval runs it again.
+* A job run that raises is logged (``scheduler.job_failed``, with the reason), counted (metrics
+  and the ``job_runs`` table) and the process carries on. A job registered with ``retry``
+  (discovery, ingest) runs again after a bounded backoff (``service.retry_initial_secs``
+  doubling up to ``service.retry_max_secs``, never later than its interval) instead of waiting
+  a whole interval; other jobs run again at their next interval.
 * SIGTERM / SIGINT: the scheduler is paused (no new runs), :attr:`Scheduler.stopping` is set so
   running jobs stop taking new work, in-flight runs get ``shutdown_timeout_secs`` to finish and
   are then cancelled (abandoned: whatever they did not commit is redone next start, because
@@ -54,6 +57,7 @@ class JobSpec:
     run_at_start: bool = True
     start_delay_secs: float = 0.0
     on_success: Callable[[Any], None] | None = None
+    retry: bool = False
 
 
 @dataclass
@@ -65,6 +69,34 @@ class JobStats:
     last_ok_at: float | None = None
     running: bool = False
     durations: list[float] = field(default_factory=list)
+    consecutive_failures: int = 0
+    retry_in_secs: float | None = None  # set while a retry after a failure is scheduled
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying why a job failed, for logs and ``/readyz``: the error's own words when
+    it has them (``what``; ``hint``), an AWS error's meaning, else type and message. None of
+    these carry a credential (AWS error messages do not; config secrets are SecretStr)."""
+    from aggregator.aws.errors import explain
+
+    what, hint = getattr(exc, "what", None), getattr(exc, "hint", None)
+    if isinstance(what, str):
+        text = f"{what}; {hint}" if hint else what
+    elif (said := explain(exc)) is not None:
+        context = str(exc).split(":", 1)[0] if type(exc).__name__ == "DiscoveryError" else ""
+        text = f"{context + ': ' if context else ''}{said.what}" + (
+            f"; {said.hint}" if said.hint else ""
+        )
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:500]
+
+
+def backoff_secs(settings: ServiceSettings, failures: int, interval: float) -> float:
+    """The wait before retry number ``failures`` (1, 2, ...): doubling from the initial wait,
+    capped at ``retry_max_secs`` and at the job's own interval."""
+    wait = settings.retry_initial_secs * 2 ** max(0, failures - 1)
+    return float(min(wait, settings.retry_max_secs, interval))
 
 
 def interval_for(settings: ServiceSettings, name: str) -> float:
@@ -114,11 +146,13 @@ class Scheduler:
         run_at_start: bool = True,
         start_delay_secs: float = 0.0,
         on_success: Callable[[Any], None] | None = None,
+        retry: bool = False,
     ) -> JobSpec:
+        """``retry``: after a failed run, run again after a bounded backoff (see the module)."""
         if name in self.jobs:
             raise ValueError(f"job {name!r} registered twice")
         interval = interval_secs if interval_secs is not None else interval_for(self.settings, name)
-        spec = JobSpec(name, fn, interval, run_at_start, start_delay_secs, on_success)
+        spec = JobSpec(name, fn, interval, run_at_start, start_delay_secs, on_success, retry)
         self.jobs[name] = spec
         self.stats[name] = JobStats()
         return spec
@@ -155,15 +189,19 @@ class Scheduler:
             duration = time.perf_counter() - t0
             st.runs += 1
             st.failures += 1
-            st.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            st.consecutive_failures += 1
+            st.last_error = describe_error(exc)
             if self.metrics:
                 self.metrics.job_finished(name, "error", duration, time.time())
             self._record("finished", name, time.time(), st.last_error)
-            # error_type only: an exception message may quote a payload or a credential
+            retry = self._schedule_retry(spec, st)
             log.error(
                 "scheduler.job_failed",
                 job=name,
                 error_type=type(exc).__name__,
+                reason=st.last_error,
+                attempt=st.consecutive_failures,
+                retry_in_secs=retry,
                 duration_ms=int(duration * 1000),
             )
             return None
@@ -174,6 +212,8 @@ class Scheduler:
         now = time.time()
         st.runs += 1
         st.last_ok_at = now
+        st.consecutive_failures = 0
+        st.retry_in_secs = None
         st.durations.append(duration)
         del st.durations[:-100]
         if self.metrics:
@@ -186,6 +226,22 @@ class Scheduler:
             except Exception as exc:
                 log.error("scheduler.on_success_failed", job=name, error_type=type(exc).__name__)
         return result
+
+    def _schedule_retry(self, spec: JobSpec, st: JobStats) -> float | None:
+        """Move a failed retrying job's next run to now + backoff; returns the wait (None when
+        the job just waits for its next interval)."""
+        if not spec.retry or self._aps is None or self.stopping.is_set():
+            return None
+        wait = backoff_secs(self.settings, st.consecutive_failures, spec.interval_secs)
+        job = self._aps.get_job(spec.name)
+        if job is None:
+            return None
+        when = datetime.now(UTC) + timedelta(seconds=wait)
+        nxt = job.next_run_time
+        if nxt is None or when < nxt:
+            job.modify(next_run_time=when)
+        st.retry_in_secs = round(wait, 3)
+        return st.retry_in_secs
 
     def _record(self, method: str, *args: Any) -> None:
         if self.recorder is None:

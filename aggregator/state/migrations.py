@@ -303,6 +303,40 @@ def _m40_integrity(db: sqlite_utils.Database) -> None:
 
 
 # Append-only: a migration, once released, is never edited. Other rooms add theirs here.
+def _m45_operator(db: sqlite_utils.Database) -> None:
+    """Operator views (issue 17): digests counted apart from log objects per source, and the
+    body of every raised alert (``ctagg alerts`` reads them).
+
+    Existing rows are recounted once: a source's digests are those of its digest stream (closed
+    day prefixes keep their counts; open ones still have their object rows), and its last
+    object, when that was a digest, becomes its newest log object still on record (else
+    unknown until the next log)."""
+    db.executescript(
+        """
+        ALTER TABLE sources ADD COLUMN digests INTEGER NOT NULL DEFAULT 0;
+        UPDATE sources SET digests =
+            (SELECT coalesce(sum(p.objects), 0) FROM prefixes p
+              WHERE p.closed = 1
+                AND p.source_id = replace(sources.source_id, '/CloudTrail/', '/CloudTrail-Digest/'))
+          + (SELECT count(*) FROM objects o
+              WHERE o.bucket = sources.bucket AND o.kind = 'digest'
+                AND substr(o.prefix, 1, length(replace(sources.prefix, '/CloudTrail/',
+                    '/CloudTrail-Digest/'))) = replace(sources.prefix, '/CloudTrail/',
+                    '/CloudTrail-Digest/'));
+        UPDATE sources SET objects = max(0, objects - digests);
+        UPDATE sources SET last_key =
+            (SELECT o.key FROM objects o
+              WHERE o.bucket = sources.bucket AND o.kind IN ('log', 'insight')
+                AND substr(o.prefix, 1, length(sources.prefix)) = sources.prefix
+              ORDER BY o.processed_at DESC LIMIT 1)
+          WHERE last_key LIKE '%/CloudTrail-Digest/%';
+
+        ALTER TABLE detect_alerts ADD COLUMN alert TEXT;
+        CREATE INDEX detect_alerts_rule ON detect_alerts (rule_id, created_at);
+        """
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
@@ -310,4 +344,5 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (21, "forward: connector state, resolved dead letters, accounts", _m21_forward_health),
     (30, "service: job runs, retention log", _m30_service),
     (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
+    (45, "operator: digests per source apart from log objects, stored alert bodies", _m45_operator),
 ]

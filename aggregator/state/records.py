@@ -74,4 +74,6 @@ class StatusRow:
     events: int
     errors: int
     last_error: str | None
+    digests: int = 0  # digest files, counted apart from the log objects above
+    trail_arn: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Per source progress, for ``ctagg status``, the freshness gauges and ``/readyz``.
 
-* ``sources``  one row per (account, region, source prefix): the last object handled, the
-               newest eventTime archived, counts, and the last error (NULL once it lists cleanly)
+* ``sources``  one row per (account, region, source prefix): the last log object handled, the
+               newest eventTime archived, counts (log and Insights objects, events; digests
+               apart), and the last error (NULL once it lists cleanly)
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class Sources:
     @classmethod
     def note_object(cls, c: sqlite3.Connection, o: ObjectOutcome, now: float) -> None:
         cls.touch(c, o.source, now)
+        if o.kind == "digest":  # counted apart: "last object" and freshness are log objects
+            c.execute(
+                "UPDATE sources SET digests=digests+1 WHERE source_id=?", (o.source.source_id,)
+            )
+            return
+        if o.kind not in ("log", "insight"):
+            return  # other files under a trail prefix are recorded, not counted
         c.execute(
             "UPDATE sources SET last_key=?, last_object_at=?, objects=objects+1, "
             "events=events+?, newest_event_time=max(coalesce(newest_event_time,''), ?) "
@@ -62,7 +70,8 @@ class Sources:
     def status(self) -> list[StatusRow]:
         rows = self.db.fetchall(
             "SELECT source_id, account_id, region, bucket, prefix, last_key, last_object_at, "
-            "newest_event_time, objects, events, errors, last_error FROM sources "
+            "newest_event_time, objects, events, errors, last_error, digests, trail_arn "
+            "FROM sources "
             "ORDER BY account_id, region, source_id"
         )
         return [StatusRow(*r) for r in rows]

@@ -122,3 +122,43 @@ async def test_archive_connects_once_for_concurrent_first_reads_and_again_after_
     assert len(calls) == 1
     assert len({id(c) for c in clients}) == 1
     assert await archive.client() is clients[0]
+
+
+async def test_check_writable_names_the_bucket_and_the_permission_and_writes_nothing(
+    moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-of-cycle check: a writable bucket passes without any object written; one the
+    identity may not write fails once, naming the bucket and the permission to grant."""
+    import boto3
+    from orgseed import hub_user, iam_enforced, make_settings
+
+    from aggregator.archive.store import ArchiveUnavailable, check_writable
+    from aggregator.aws.clients import Aws, ClientPool
+    from aggregator.aws.credentials import CredentialBroker
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="central-archive")
+    settings = make_settings(moto)
+
+    async def check() -> None:
+        aws = Aws(settings.aws)
+        async with ClientPool(aws) as pool:
+            await check_writable(settings, CredentialBroker(settings, aws), pool)
+
+    await check()
+    listed = boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket="central-archive")
+    assert listed["KeyCount"] == 0
+
+    key_id, secret = hub_user(
+        [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    with iam_enforced(), pytest.raises(ArchiveUnavailable) as info:
+        await check()
+    assert info.value.what.startswith(
+        "central archive s3://central-archive cannot be written: PutObject denied: AccessDenied"
+    )
+    assert info.value.hint.startswith(
+        "grant s3:PutObject on arn:aws:s3:::central-archive/* to the base identity"
+    )

@@ -573,9 +573,9 @@ def test_cli_discover_text_and_json(moto: str, tmp_path: Any, capsys: Any) -> No
     assert doc["failures"] == []
 
 
-def test_cli_discover_reports_failures_with_exit_1(moto: str, tmp_path: Any, capsys: Any) -> None:
-    """Without an organization (and no static list), discovery cannot start: exit 1 and a
-    one-line reason on stderr, nothing on stdout."""
+def test_cli_discover_reports_failures_with_exit_3(moto: str, tmp_path: Any, capsys: Any) -> None:
+    """Without an organization (and no static list), discovery cannot start: exit 3 (access)
+    and a one-line reason with what to do on stderr, nothing on stdout."""
     from aggregator.cli import main
 
     config = tmp_path / "ctagg.yaml"
@@ -583,10 +583,13 @@ def test_cli_discover_reports_failures_with_exit_1(moto: str, tmp_path: Any, cap
         f"aws: {{endpoint_url: '{moto}', max_attempts: 1}}\narchive: {{bucket: b-1}}\n"
     )
 
-    assert main(["--log-level", "ERROR", "discover", str(config)]) == 1
+    assert main(["--log-level", "ERROR", "discover", str(config)]) == 3
     out = capsys.readouterr()
     assert out.out == ""
-    assert "discovery failed: organizations: AWSOrganizationsNotInUseException" in out.err
+    assert len(out.err.strip().splitlines()) == 1
+    assert "discovery failed: " in out.err
+    assert "AWSOrganizationsNotInUseException" in out.err
+    assert "discovery.accounts.source: static" in out.err
 
 
 def test_ou_rules_must_be_ids_or_paths_from_root() -> None:
@@ -614,3 +617,85 @@ def test_ou_rules_must_be_ids_or_paths_from_root() -> None:
     assert info.value.problems[0].startswith("discovery.accounts.include_ous: ")
     assert "['Prod']" in info.value.problems[0]
     assert info.value.problems[1].startswith("discovery.accounts.exclude_ous: ")
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+async def test_filters_that_drop_the_org_trail_owner_warn_and_name_the_setting(
+    moto: str,
+) -> None:
+    """include_tags selects the tagged members; the management account (owner of the
+    organization trail) is left out, so the trail disappears for every account: discovery
+    says so, naming the trail, why its owner is out, and the setting that keeps it."""
+    org = seed_org(LAYOUT)
+    org_arn = make_trail(
+        MGMT, "us-east-1", "org-trail", "org-logs", multi_region=True, organization=True
+    )
+    settings = _settings(moto, accounts={"include_tags": {"env": "prod"}})
+
+    inv = await _discover(settings)
+
+    assert MGMT not in {a.id for a in inv.accounts}
+    assert not [s for s in inv.sources if s.trail_arn == org_arn]
+    (warning,) = inv.warnings
+    assert f"organization trail {org_arn} is not read for any account" in warning
+    assert f"the management account {MGMT}" in warning
+    assert "matches none of discovery.accounts.include_tags" in warning
+    assert f'discovery.trails.organization_trail_owner_ids: ["{MGMT}"]' in warning
+    assert org.accounts["prod-a"]  # the members are still discovered
+
+
+async def test_organization_trail_owner_ids_keeps_the_trail_but_not_the_owner(moto: str) -> None:
+    org = seed_org(LAYOUT)
+    org_arn = make_trail(
+        MGMT, "us-east-1", "org-trail", "org-logs", multi_region=True, organization=True
+    )
+    settings = _settings(
+        moto,
+        accounts={"include_tags": {"env": "prod"}},
+        trails={"organization_trail_owner_ids": [MGMT]},
+    )
+
+    inv = await _discover(settings)
+
+    assert inv.warnings == []
+    covered = {s.account_id for s in inv.sources if s.trail_arn == org_arn}
+    prod = {org.accounts[n] for n in ("prod-a", "prod-b", "pay-a")}
+    assert covered == prod  # the members the filters chose, not the management account
+    assert MGMT not in {a.id for a in inv.accounts}
+
+
+async def test_no_warning_when_the_owner_is_in_or_has_no_org_trail(moto: str) -> None:
+    seed_org(LAYOUT)
+    make_trail(MGMT, "us-east-1", "own", "mgmt-logs")  # an account trail only
+    left_out = _settings(moto, accounts={"exclude_ids": [MGMT]})
+    assert (await _discover(left_out)).warnings == []
+    make_trail(MGMT, "us-east-1", "org-trail", "org-logs", organization=True, multi_region=True)
+    assert (await _discover(_settings(moto))).warnings == []
+    (warning,) = (await _discover(left_out)).warnings
+    assert "left out (discovery.accounts.exclude_ids)" in warning
+
+
+def test_cli_discover_and_doctor_print_the_warning(moto: str, tmp_path: Any, capsys: Any) -> None:
+    from aggregator.cli import main
+
+    seed_org(LAYOUT)
+    make_trail(MGMT, "us-east-1", "org-trail", "org-logs", organization=True, multi_region=True)
+    client("s3").create_bucket(Bucket="central-archive")
+    config = tmp_path / "ctagg.yaml"
+    config.write_text(
+        f"aws: {{endpoint_url: '{moto}', max_attempts: 1}}\n"
+        "archive: {bucket: central-archive}\n"
+        "state: {path: " + str(tmp_path / "s.db") + "}\n"
+        "discovery: {regions: {include: [us-east-1]}, accounts: {include_tags: {env: dev}}}\n"
+    )
+
+    main(["--log-level", "ERROR", "discover", str(config)])
+    out = capsys.readouterr().out
+    main(["--log-level", "ERROR", "doctor", str(config)])
+    doctor_out = capsys.readouterr().out
+
+    assert "warning: organization trail arn:aws:cloudtrail:us-east-1:" in out
+    assert "organization_trail_owner_ids" in out
+    assert "warning: organization trail arn:aws:cloudtrail:us-east-1:" in doctor_out

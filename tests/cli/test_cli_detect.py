@@ -84,12 +84,13 @@ def test_stdin_and_dedupe_across_inputs(stop_record: dict[str, Any]) -> None:
     assert len(lines) == 2
 
 
-def test_bad_inputs_go_to_stderr_and_exit_1(tmp_path: Path, stop_record: dict[str, Any]) -> None:
-    """Unreadable files and non-records are reported with a reason; good records still alert."""
+def test_bad_inputs_go_to_stderr_and_exit_4(tmp_path: Path, stop_record: dict[str, Any]) -> None:
+    """Unreadable files and non-records are reported with a reason; good records still alert;
+    exit 4 (partial failure)."""
     nd = tmp_path / "mixed.ndjson"
     nd.write_text(json.dumps(stop_record) + "\n{not json\n" + json.dumps({"hello": 1}) + "\n")
     code, lines, err = run_cli([str(nd), str(tmp_path / "missing.json")])
-    assert code == 1
+    assert code == 4
     assert len(lines) == 2
     assert f"{nd}:2: invalid JSON" in err
     assert f"{nd}:3: not a CloudTrail record" in err
@@ -97,7 +98,8 @@ def test_bad_inputs_go_to_stderr_and_exit_1(tmp_path: Path, stop_record: dict[st
 
 
 def test_user_rules_and_no_builtin(tmp_path: Path, stop_record: dict[str, Any]) -> None:
-    """--rules adds a directory; --no-builtin runs only it; a broken rule: exit 1, file named."""
+    """--rules adds a directory; --no-builtin runs only it; a broken rule: exit 2 (config),
+    file named."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "stop.yml").write_text(
@@ -126,7 +128,7 @@ detection:
         "detection: {sel: {eventName|base64offset: x}, condition: sel}\n"
     )
     code, lines, err = run_cli(["--rules", str(rules)], stdin=data)
-    assert code == 1
+    assert code == 2
     assert lines == []
     assert "bad.yml" in err
     assert "modifier 'base64offset'" in err
@@ -153,3 +155,112 @@ def test_entry_point_over_stratus_files(testdata: Path) -> None:
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
     assert "Account Tried to Leave the Organization" in titles(lines)
     assert len({x["alert_id"] for x in lines}) == len(lines)
+
+
+# ---------------------------------------------------------------------------- ctagg alerts
+
+
+def _raise_alerts(testdata: Path, tmp_path: Path) -> tuple[Path, str]:
+    """What the daemon's detection does with no sink configured: alerts are stored (and a
+    WARNING says they reach nobody). Returns the config and the captured log."""
+    import yaml
+
+    from aggregator import log
+    from aggregator.config import DetectSettings
+    from aggregator.detect.alerts import ArchivePointer
+    from aggregator.detect.service import DetectionService
+    from aggregator.state import State
+
+    captured = io.StringIO()
+    log.configure("INFO", json=True, stream=captured)
+    state = State(tmp_path / "state.db")
+    try:
+        service = DetectionService(DetectSettings(), state, sinks=[])
+        stratus = testdata / "stratus-red-team/detonation-logs"
+        for name in ("defense-evasion.cloudtrail-stop", "defense-evasion.cloudtrail-delete"):
+            records = json.loads((stratus / f"aws.{name}.json").read_text())
+            service.process(records, ArchivePointer("central", f"AWSLogs/x/{name}.json.gz"))
+    finally:
+        state.close()
+        log.configure("INFO")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "state": {"path": str(tmp_path / "state.db")},
+                "archive": {"bucket": "central"},
+                "forward": {
+                    "connectors": [
+                        {"name": "s", "type": "splunk_hec", "url": "https://x", "token": "${NOPE}"}
+                    ]
+                },
+            }
+        )
+    )
+    return cfg, captured.getvalue()
+
+
+def test_alerts_with_no_sink_are_stored_listed_and_warned_about(
+    testdata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aggregator.cli import main
+
+    cfg, logged = _raise_alerts(testdata, tmp_path)
+    warned = [json.loads(x) for x in logged.splitlines() if "alerts_unrouted" in x]
+    assert len(warned) == 1  # bounded: one line for both scans
+    assert warned[0]["level"] == "warning"
+    assert "ctagg alerts CONFIG" in warned[0]["reason"]
+
+    assert main(["alerts", str(cfg), "--json"]) == 0  # the sink's token is not needed
+    docs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(docs) >= 2
+    assert all(d["raised_at"].endswith("Z") for d in docs)
+    stop = [d for d in docs if d["event_name"] == "StopLogging"]
+    assert stop
+    assert stop[0]["archive"]["key"].endswith("cloudtrail-stop.json.gz")
+    rule = stop[0]["rule_id"]
+
+    assert main(["alerts", str(cfg), "--json", "--rule", rule]) == 0
+    only = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {d["rule_id"] for d in only} == {rule}
+    title_word = stop[0]["title"].split()[-1].upper()
+    assert main(["alerts", str(cfg), "--json", "--rule", title_word]) == 0
+    assert rule in {json.loads(x)["rule_id"] for x in capsys.readouterr().out.splitlines()}
+    assert main(["alerts", str(cfg), "--json", "--since", "2999-01-01"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_alerts_table_fits_the_terminal(
+    width: int, testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from aggregator.cli import detect as detect_cli
+    from aggregator.cli import main
+
+    cfg, _ = _raise_alerts(testdata, tmp_path)
+    console = Console(width=width, record=True, force_terminal=True, color_system=None)
+    monkeypatch.setattr("aggregator.cli._table.console_for", lambda out=None: console)
+
+    assert main(["alerts", str(cfg)]) == 0
+
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    header = next(line for line in text.splitlines() if "┃" in line)
+    for col in ("raised (UTC)", "severity", "account", "region"):
+        assert col in header
+    assert detect_cli.ALERT_COLUMNS[0].header == "raised (UTC)"
+
+
+def test_concatenated_json_documents_on_stdin(stop_record: dict[str, Any]) -> None:
+    """`cat a.json b.json | ctagg detect`: pretty-printed documents one after another (a bare
+    record, then a log file) are read like any other input; nothing is reported as broken."""
+    log_file = {"Records": [dict(stop_record, eventID="second-copy")]}
+    data = (json.dumps(stop_record, indent=2) + "\n" + json.dumps(log_file, indent=2)).encode()
+
+    code, lines, err = run_cli(["-"], stdin=data)
+
+    assert code == 0, err
+    assert err == ""
+    assert {line["event_id"] for line in lines} == {stop_record["eventID"], "second-copy"}

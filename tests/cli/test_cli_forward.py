@@ -22,9 +22,10 @@ from tests.fakes.opensearch import FakeOpenSearch
 
 
 def test_replay_command_resends_from_the_central_archive(
-    moto: str, tmp_path: Path, testdata: Path
+    moto: str, tmp_path: Path, testdata: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Records in [since, until) are read from S3 and land in OpenSearch; exit code 0."""
+    """Records in [since, until) are read from S3 and land in OpenSearch; exit code 0; the
+    progress (objects of total) is logged when stderr is not a terminal."""
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="central")
     db = tmp_path / "state.db"
@@ -60,6 +61,12 @@ def test_replay_command_resends_from_the_central_archive(
         )
         assert code == 0
         assert server.all_ids() == want
+        err = capsys.readouterr().err
+        done = [orjson.loads(x) for x in err.splitlines() if '"progress.done"' in x]
+        n_objects = (len(recs) + 99) // 100
+        assert [(d["stage"], d["count"], d["total"]) for d in done] == [
+            ("replay to os", n_objects, n_objects)
+        ]
         assert cli.main(["replay", str(cfg), "--connector", "nope", "--since", since,
                          "--until", until]) == 2  # fmt: skip
 
@@ -68,8 +75,8 @@ def test_replay_ends_with_a_clear_error_when_the_archive_role_is_refused(
     moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`ctagg replay` is a one-shot command: when archive.writer_account_id's role cannot be
-    assumed it stops at once with exit code 1 and the reason (the service forwarder retries
-    instead), and it never asks for the base identity in its place."""
+    assumed it stops at once with exit code 3 (access) and the reason on stderr (the service
+    forwarder retries instead), and it never asks for the base identity in its place."""
     from aggregator.aws.credentials import CredentialBroker
 
     asked: list[str | None] = []
@@ -90,10 +97,10 @@ def test_replay_ends_with_a_clear_error_when_the_archive_role_is_refused(
     code = cli.main(
         ["replay", str(cfg), "--connector", "os", "--since", "2024-01-01", "--until", "2024-01-02"]
     )
-    assert code == 1
-    out = capsys.readouterr().out
-    assert "replay stopped: cannot open the central archive" in out
-    assert "AccessDenied" in out
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "ctagg replay: replay to os stopped: cannot open the central archive" in err
+    assert "AccessDenied" in err
     assert asked == ["222222222222"]
 
 
@@ -248,7 +255,7 @@ def test_dead_letters_list_retry_and_resolve(
         assert "3 dead letter(s), 3 open" in capsys.readouterr().out
 
         server.reject_ids[ids[1]] = (400, "mapper_parsing_exception", "still bad")
-        assert cli.main(["dead-letters", str(cfg), "--retry"]) == 1
+        assert cli.main(["dead-letters", str(cfg), "--retry"]) == 4  # partial: one still open
         out = capsys.readouterr().out
         assert "os: 3 retried, 2 resolved, 1 still open" in out
         assert server.all_ids() == {ids[0], ids[2]}

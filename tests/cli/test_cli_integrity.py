@@ -229,3 +229,49 @@ async def test_verify_archive_reports_retention_deletions_as_expired(
     assert out.startswith("OK: 1 digest(s), 1/3 object(s) verified")
     assert "2 expired by retention" in out
     assert "missing" not in out
+
+
+def test_validate_digests_is_readable_and_a_trail_without_digests_is_said_once(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trail without log file validation has log files and no digest: validate-digests
+    names the source once (not each file as 'in no digest'), prints words, not a dict, and a
+    progress line per run goes to stderr."""
+    from opworld import put_logs, write_config
+
+    cfg = write_config(tmp_path, moto)
+    put_logs(25)
+
+    code = main(["validate-digests", str(cfg), "--since", "2024-05-01", "--until", "2024-05-02"])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "{" not in out
+    assert "log files in no digest" not in out
+    assert "digests: none found in the window (from 1 sources)" in out
+    assert "sources with log files but no digest file: 1" in out
+    assert "s3://trail-bucket/AWSLogs/111111111111/CloudTrail/us-east-1/" in out
+    assert "CIS 3.2" in out
+    done = [json.loads(x) for x in err.splitlines() if '"progress.done"' in x]
+    assert done
+    assert done[0]["stage"] == "validate-digests"
+    assert (done[0]["count"], done[0]["total"]) == (1, 1)
+    assert (
+        main(
+            [
+                "validate-digests",
+                str(cfg),
+                "--since",
+                "2024-05-01",
+                "--until",
+                "2024-05-02",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["not_in_any_digest"] == []
+    assert doc["sources_without_digests"] == [
+        "s3://trail-bucket/AWSLogs/111111111111/CloudTrail/us-east-1/"
+    ]

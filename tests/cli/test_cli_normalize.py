@@ -1,5 +1,6 @@
 """``ctagg normalize``: files or stdin in, one JSON line per event out, in input order; bad
-input on stderr with path and reason, good events still printed, exit 1 if anything failed."""
+input on stderr with path and reason, good events still printed, exit 4 (partial) if anything
+failed."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_files_in_order_with_bad_input_reported(
     out, err = capsys.readouterr()
     ids = [json.loads(line)["event"]["id"] for line in out.splitlines()]
     assert ids == ["1", "2", "3", "4"]
-    assert code == 1
+    assert code == 4
     assert f"{missing}: cannot read" in err
     assert f"{nd}:2: invalid JSON" in err
     assert "IQoJ-very-secret-token" not in out  # default redaction applies
@@ -92,7 +93,7 @@ def test_stdin_and_config(tmp_path: Path) -> None:
         check=False,
         timeout=60,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 4
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["metadata"]["uid"] for d in docs] == ["0", "1", "2"]
     assert {d["api"]["operation"] for d in docs} == {"Unknown"}  # eventName dropped first

@@ -108,3 +108,99 @@ def test_validate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "2 problem(s)" in err
     assert "archive.extra: unknown key" in err
     assert "state.pth: unknown key" in err
+
+
+def test_unset_variables_of_deferred_sections_are_not_errors() -> None:
+    """Secrets only where used: a command that does not use forward or detect loads a config
+    whose SIEM token and webhook are unset; the placeholders are recorded, never resolved."""
+    from aggregator.config import ConfigError, parse_settings
+
+    doc = {
+        "archive": {"bucket": "central"},
+        "credentials": {"external_id": "${CTAGG_EXTERNAL_ID}"},
+        "forward": {
+            "connectors": [
+                {"name": "s", "type": "splunk_hec", "url": "https://x", "token": "${SPLUNK}"}
+            ]
+        },
+        "detect": {"webhook_url": "${HOOK:?set the alert webhook}"},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, env={})
+    assert len(info.value.problems) >= 3
+
+    settings = parse_settings(doc, env={"CTAGG_EXTERNAL_ID": "x"}, defer=("forward", "detect"))
+
+    assert settings.deferred == {
+        "detect.webhook_url": "detect.webhook_url: set the alert webhook",
+        "forward.connectors[0].token": (
+            "forward.connectors[0].token: environment variable SPLUNK is not set"
+        ),
+    }
+    assert settings.forward.connectors[0].name == "s"  # still known (status shows connectors)
+    assert settings.detect.webhook_url is None  # a placeholder URL is no URL: the default
+    with pytest.raises(ConfigError) as used:  # a section the command uses is still strict
+        parse_settings(doc, env={}, defer=("forward", "detect"))
+    assert used.value.problems == [
+        "credentials.external_id: environment variable CTAGG_EXTERNAL_ID is not set"
+    ]
+
+
+def test_a_deferred_variable_in_a_required_value_is_still_an_error() -> None:
+    """A placeholder that is not a valid value for a required setting (a syslog port) cannot
+    fall back to a default: the error says the variable is not set."""
+    from aggregator.config import ConfigError, parse_settings
+
+    doc = {
+        "archive": {"bucket": "central"},
+        "forward": {"connectors": [{"name": "s", "type": "syslog", "host": "h", "port": "${P}"}]},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, env={}, defer=("forward",))
+    assert info.value.problems == ["forward.connectors[0].port: environment variable P is not set"]
+
+
+def test_example_config_shows_every_section_of_the_schema() -> None:
+    """README says config/example.yaml shows every section: its top-level keys are the
+    schema's, and the keys people asked for are there (retention, validate_digests)."""
+    import yaml
+
+    example = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    assert set(example) == set(json_schema()["properties"])
+    assert "validate_digests" in example["integrity"]
+    assert set(example["retention"]) == set(
+        json_schema()["$defs"]["RetentionSettings"]["properties"]
+    )
+
+
+def test_state_path_and_health_host_defaults_do_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left out, state.path is state/ctagg.db beside the config file (absolute), or
+    $CTAGG_STATE_PATH; the health server binds 127.0.0.1 unless $CTAGG_HEALTH_HOST says."""
+    cfg = tmp_path / "conf" / "ctagg.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("archive: {bucket: central}\n")
+    monkeypatch.chdir(tmp_path)
+
+    plain = load_settings(cfg, {})
+    image = load_settings(
+        cfg, {"CTAGG_STATE_PATH": "/var/lib/ctagg/state.db", "CTAGG_HEALTH_HOST": "0.0.0.0"}
+    )
+
+    assert plain.state.path == str(tmp_path / "conf" / "state" / "ctagg.db")
+    assert plain.service.health_host == "127.0.0.1"
+    assert image.state.path == "/var/lib/ctagg/state.db"
+    assert image.service.health_host == "0.0.0.0"
+    cfg.write_text("archive: {bucket: central}\nstate: {path: /data/s.db}\n")
+    assert load_settings(cfg, {"CTAGG_STATE_PATH": "/x.db"}).state.path == "/data/s.db"
+
+
+def test_validate_notes_a_relative_state_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("archive: {bucket: central}\nstate: {path: ./state.db}\n")
+    assert main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "note: state.path './state.db' is relative" in out

@@ -76,3 +76,44 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert any("copy.yml" in p and "duplicate rule id" in p for p in problems)
     assert any("broken.yml" in p for p in problems)
     assert any("missing" in p and "not found" in p for p in problems)
+
+
+def test_a_bad_rule_file_lists_every_problem_it_has() -> None:
+    """Not just the first: a bad id, level, status and modifier in one rule are four problems;
+    a wrong logsource and a condition naming an undefined selection are two more in another."""
+    from aggregator.detect.rules import RuleLoadError, load_rule_text
+
+    text = """
+title: Bad rule
+id: not-a-uuid
+status: bogus
+level: extreme
+logsource: {product: aws, service: cloudtrail}
+detection:
+  sel:
+    eventName|nosuchmodifier: x
+  condition: sel
+---
+title: Wrong source
+id: 7c4e1b5a-2f0d-4b6e-9a8c-5d3e2f1a0b0e
+level: low
+logsource: {product: windows}
+detection:
+  sel:
+    eventName: x
+  condition: sel and missing
+"""
+    with pytest.raises(RuleLoadError) as info:
+        load_rule_text(text, "bad.yml")
+
+    problems = info.value.problems
+    first = [p for p in problems if p.startswith("bad.yml (Bad rule): ")]
+    second = [p for p in problems if p.startswith("bad.yml (Wrong source): ")]
+    assert len(first) == 4
+    assert any("must be an UUID" in p for p in first)
+    assert any("'extreme' is not a valid Sigma rule level" in p for p in first)
+    assert any("'bogus' is not a valid Sigma rule status" in p for p in first)
+    assert any("Unknown modifier 'nosuchmodifier'" in p for p in first)
+    assert len(second) == 2
+    assert any("logsource must be product: aws" in p for p in second)
+    assert any("missing" in p for p in second)

@@ -86,3 +86,22 @@ def test_gunzip_checked_tells_clean_gzip_from_padded() -> None:
     assert gunzip_checked(one + gzip.compress(b"2")) == (b'{"a":1}2', True)
     assert gunzip_checked(one + b"\0" * 8) == (b'{"a":1}', False)
     assert gunzip_checked(b'{"a":1}') == (b'{"a":1}', False)  # not gzip: nothing to pass on
+
+
+def test_concatenated_documents_each_with_its_starting_line() -> None:
+    """Documents one after another are each classified, named by the line they start on;
+    a broken one among NDJSON lines is still reported per line."""
+    from aggregator.ingest.envelopes import Parsed, Problem, iter_records
+
+    rec = {"eventVersion": "1.08", "eventTime": "2024-05-01T10:00:00Z", "eventName": "X",
+           "eventSource": "s3.amazonaws.com", "eventID": "1"}  # fmt: skip
+    data = (json.dumps(rec, indent=2) + "\n" + json.dumps({"Records": [rec]}, indent=1)).encode()
+    items = list(iter_records(data, "in"))
+    assert [type(i) for i in items] == [Parsed, Parsed]
+    assert items[0].where == "in:1"
+    assert items[1].where.startswith(f"in:{json.dumps(rec, indent=2).count(chr(10)) + 2}")
+
+    mixed = (json.dumps(rec) + "\n{oops\n" + json.dumps(rec)).encode()
+    got = list(iter_records(mixed, "m"))
+    assert [type(i) for i in got] == [Parsed, Problem, Parsed]
+    assert got[1].where == "m:2"

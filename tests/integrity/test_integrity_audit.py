@@ -282,3 +282,26 @@ def test_policy_is_public() -> None:
     unrelated = {"StringEquals": {"s3:prefix": "public/"}}
     assert policy_is_public({"Statement": [dict(allow, Principal="*", Condition=unrelated)]})
     assert not policy_is_public({"Statement": [dict(allow, Principal={"Service": "cloudtrail"})]})
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+async def test_audit_table_fits_the_terminal(
+    width: int, seeded: Inventory, pool: ClientPool
+) -> None:
+    """At each width no line is wider than the terminal and account, region, check and status
+    are always shown; piped, every column is there."""
+    from rich.console import Console
+
+    report = await run_audit(seeded, pool_client_for(StsSessions(), pool), AuditSettings())
+    console = Console(width=width, record=True, force_terminal=True, color_system=None)
+    print_audit_table(report, None, console=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    header = next(line for line in text.splitlines() if "┃" in line)
+    for col in ("account", "region", "check", "status"):
+        assert f" {col} " in header
+    buf = io.StringIO()
+    print_audit_table(report, buf)
+    piped_header = next(line for line in buf.getvalue().splitlines() if "┃" in line)
+    assert " trails " in piped_header
+    assert " detail " in piped_header

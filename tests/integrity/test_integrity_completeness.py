@@ -215,3 +215,32 @@ async def test_missing_file_in_closed_prefix_is_refetched_via_retry_queue(
         assert compute(state, SINCE, UNTIL, now=later).missing == []
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, None])
+def test_completeness_table_fits_a_terminal_and_is_whole_on_a_pipe(width: int | None) -> None:
+    """At 80, 100 and 120 columns no line is wider than the terminal and account, region,
+    hour and counts are shown; on a pipe (None) every missing name is there in full."""
+    from rich.console import Console
+
+    from aggregator.integrity.completeness import CompletenessReport, HourRow
+
+    name = "111111111111_CloudTrail_ap-southeast-2_20240501T1005Z_AbCdEf0123456789.json.gz"
+    report = CompletenessReport(
+        "2024-05-01T00", "2024-05-02T00",
+        [HourRow("111111111111", "ap-southeast-2", "2024-05-01T10", 12, 11, [f"x/{name}"])],
+    )  # fmt: skip
+    buf = io.StringIO()
+    if width is None:
+        print_completeness_table(report, buf)
+        text = buf.getvalue()
+        assert name in text
+        assert max(len(line) for line in text.splitlines()) > 80
+        return
+    console = Console(width=width, record=True, force_terminal=True, color_system=None)
+    print_completeness_table(report, None, console=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    header = next(line for line in text.splitlines() if "┃" in line)
+    for col in ("account", "region", "hour", "expected", "ingested"):
+        assert col in header

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, AccountFailure, Inventory
-from aggregator.cli.discover import render_table, render_text
+from aggregator.cli.discover import print_doctor, render_text
 from aggregator.config import Settings, parse_settings
 from aggregator.integrity.doctor import PROBE_KEY, Doctor
 
@@ -122,7 +122,7 @@ async def test_doctor_reports_each_account_region(tmp_path: Path, inventory: Inv
     assert not report.ok
 
     console = Console(record=True, width=250)
-    console.print(render_table(report))
+    print_doctor(console, report)
     text = console.export_text()
     assert "grant s3:GetObject" in text
     assert "222222222222" in text
@@ -209,3 +209,126 @@ def test_cli_doctor_discovers_and_reports(
     assert a4["ok"] is False  # its prefix is empty: nothing to read yet
     assert a4["checks"][-1]["detail"] == "no object under the prefix to read yet"
     assert code == 1
+
+
+A3 = "333333333333"
+
+
+async def test_an_account_covered_by_the_org_trail_still_shows_its_unassumable_role(
+    tmp_path: Path, moto: str
+) -> None:
+    """A member whose own role cannot be assumed keeps ok rows for what the organization trail
+    (read by the log-archive role) gives, and gets a failing row of its own: its account
+    trails, regions and LookupEvents are out of reach. The summary names it."""
+    s3 = client("s3")
+    s3.create_bucket(Bucket="central")
+    s3.create_bucket(Bucket="org-trail")
+    src = make_source("org-trail", A3, org_id="o-abcdefghij", reader=A1)
+    s3.put_object(
+        Bucket="org-trail",
+        Key=log_key(src.prefix, A3, REGION, "20240501T0100Z"),
+        Body=log_object([record("e3", A3)]),
+    )
+    inventory = Inventory(
+        accounts=[Account(A1), Account(A3)],
+        regions={},
+        trails=[],
+        sources=[src],
+        failures=[AccountFailure(A3, "assume_role", "AccessDenied: not authorized")],
+    )
+    cfg = settings(tmp_path)
+
+    report = await Doctor(cfg, Sessions(), Aws(cfg.aws)).run(inventory)
+
+    rows = {(r.account_id, r.region): r for r in report.rows}
+    assert rows[(A3, REGION)].ok  # the organization trail's copy is readable
+    own = rows[(A3, "*")]
+    assert not own.ok
+    assume = own.check("assume")
+    assert assume is not None
+    assert "sts:AssumeRole on arn:aws:iam::333333333333:role/ctagg-member" in assume.missing
+    assert report.roles_denied == [A3]
+    assert not report.ok
+    text = render_text(report)
+    assert "role cannot be assumed in 1 account(s): 333333333333" in text
+    assert text[-1] == "1 failing: 1 of 2 account × region rows"
+
+
+async def test_a_failing_central_write_counts_as_failing(
+    tmp_path: Path, inventory: Inventory
+) -> None:
+    """With every row fine but the central write denied, doctor does not say '0 failing'."""
+
+    class DenyPut(StsSessions):
+        async def session_for(self, account_id: str | None) -> aioboto3.Session:
+            s = await super().session_for(account_id)
+            if account_id is None:
+                s = aioboto3.Session(region_name=REGION)
+                s._session.register("before-call.s3.PutObject", deny("PutObject"))
+            return s
+
+    only_ok = Inventory(
+        accounts=[Account(A1)],
+        regions={A1: [REGION]},
+        trails=[],
+        sources=[s for s in inventory.sources if s.account_id == A1 and s.region == REGION],
+        failures=[],
+    )
+    cfg = settings(tmp_path)
+
+    report = await Doctor(cfg, DenyPut(), Aws(cfg.aws)).run(only_ok)
+
+    assert all(r.ok for r in report.rows)
+    assert report.failing == 1
+    assert (
+        render_text(report)[-1]
+        == "1 failing: 0 of 1 account × region rows and the central archive write"
+    )
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+async def test_doctor_table_fits_the_terminal_by_priority(
+    width: int, tmp_path: Path, inventory: Inventory
+) -> None:
+    """At 80, 100 and 120 columns: no line is wider than the terminal; account, region and the
+    checks are always there, problems wrap (the permission to grant is never elided)."""
+    cfg = settings(tmp_path)
+    report = await Doctor(cfg, Sessions(), Aws(cfg.aws)).run(inventory)
+    console = Console(width=width, record=True, force_terminal=True, color_system=None)
+
+    print_doctor(console, report)
+
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    header = next(line for line in text.splitlines() if "┃" in line)
+    for col in ("account", "region", "assume", "list", "read"):
+        assert col in header
+    last_column = "".join(
+        line.split("│")[-2].strip() for line in text.splitlines() if line.startswith("│")
+    )
+    assert "→grants3:GetObjectonarn:aws:s3:::org-trail/AWSLogs/" in last_column.replace(" ", "")
+    assert "…" not in last_column
+    assert "555555555555" in text
+
+
+async def test_doctor_on_a_pipe_is_not_cut_to_80_columns(
+    tmp_path: Path, inventory: Inventory
+) -> None:
+    """Piped (not a terminal), the table has every column and whole cells, wider than 80."""
+    import io
+
+    cfg = settings(tmp_path)
+    report = await Doctor(cfg, Sessions(), Aws(cfg.aws)).run(inventory)
+    out = io.StringIO()
+    console = Console(file=out, width=80)
+    assert not console.is_terminal
+
+    print_doctor(console, report)
+
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) > 80
+    header = next(line for line in text.splitlines() if "┃" in line)
+    for col in ("source", "reader", "problem / missing permission"):
+        assert col in header
+    assert "…" not in text
+    assert "acct:org-trail" in text

@@ -256,7 +256,159 @@ async def test_failing_discovery_keeps_not_ready_with_the_reason(
         await asyncio.sleep(0.05)
     status, body = await get(f"http://127.0.0.1:{daemon.server.port}/readyz")
     assert status == 503
-    assert "last attempt failed: RuntimeError" in body
+    assert "last attempt failed: RuntimeError: organizations unreachable" in body
     assert (await get(f"http://127.0.0.1:{daemon.server.port}/livez"))[0] == 200
     daemon.scheduler.request_stop("test")
     assert await asyncio.wait_for(run, timeout=15) == 0
+
+
+async def test_a_failed_first_discovery_is_retried_in_seconds_not_the_interval(
+    tmp_path: Path, trail: Inventory
+) -> None:
+    """`ctagg run` started while the endpoint is down: discovery (interval one hour) is tried
+    again after the backoff, succeeds, and the first cycle follows; /readyz said why before."""
+
+    class Flaky(PipelineApp):
+        attempts = 0
+
+        async def refresh_discovery(self) -> Inventory:
+            Flaky.attempts += 1
+            if Flaky.attempts <= 2:
+                raise ConnectionError("Could not connect to the endpoint URL")
+            return await super().refresh_discovery()
+
+    cfg = settings(
+        tmp_path,
+        service={"discovery_interval_secs": 3600, "retry_initial_secs": 0.2, "retry_max_secs": 1},
+    )
+    app = Flaky(cfg, trail, discovery_delay=0)
+    daemon = Daemon(app)
+    run = asyncio.create_task(daemon.run(install_signals=False))
+    deadline = time.monotonic() + 20
+    reasons = set()
+    while daemon.ingest_recent.last_at is None:
+        assert time.monotonic() < deadline
+        reasons.add(daemon.discovery_done.reason)
+        await asyncio.sleep(0.02)
+    assert Flaky.attempts == 3
+    assert "last attempt failed: ConnectionError: Could not connect to the endpoint URL" in reasons
+    assert daemon.scheduler.stats["discovery"].consecutive_failures == 0
+    daemon.scheduler.request_stop("test")
+    assert await asyncio.wait_for(run, timeout=15) == 0
+
+
+async def test_a_failing_cycle_says_why_in_readyz_and_is_retried(
+    tmp_path: Path, trail: Inventory
+) -> None:
+    """The central bucket is missing: the ingest job fails at its start (no object read), the
+    reason is in /readyz, and it is retried after the backoff (not the 300 s interval)."""
+    from aggregator.service.app import App
+
+    client("s3").delete_bucket(Bucket="central")
+    cfg = settings(
+        tmp_path,
+        service={"ingest_interval_secs": 300, "retry_initial_secs": 0.2, "retry_max_secs": 0.4},
+    )
+    app = PipelineApp(cfg, trail, discovery_delay=0)
+
+    async def run_once() -> Any:  # the App's start-of-cycle check, then the real cycle
+        await App.check_archive(app)  # type: ignore[arg-type]
+        return await PipelineApp.run_once(app)
+
+    app.run_once = run_once  # type: ignore[method-assign]
+    daemon = Daemon(app)
+    run = asyncio.create_task(daemon.run(install_signals=False))
+    deadline = time.monotonic() + 20
+    while daemon.scheduler.stats["ingest"].failures < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    status, body = await get(f"http://127.0.0.1:{daemon.server.port}/readyz")
+    assert status == 503
+    assert "central archive s3://central does not exist (NoSuchBucket)" in body
+    assert app.state.count("objects") == 0
+    daemon.scheduler.request_stop("test")
+    assert await asyncio.wait_for(run, timeout=15) == 0
+
+
+async def test_a_paused_ingest_says_so_in_logs_readyz_and_metrics(
+    tmp_path: Path, trail: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink that keeps answering 503 busy: its backlog fills (max one object here) and
+    collection pauses. The log says so with the connector, /readyz fails with the reason,
+    /metrics has ctagg_ingest_paused 1; once the sink recovers it all clears."""
+    import json
+
+    from aggregator import log
+    from tests.fakes.splunk_hec import FakeSplunkHec
+
+    src = trail.sources[0]
+    for i in range(40):  # more than the ingest queue holds, so listing meets the full backlog
+        key = log_key(src.prefix, A1, "us-east-1", f"{TODAY}T05{i % 60:02d}Z", f"More{i:012d}")
+        body = log_object(
+            [record(f"more-{i}", A1, time=f"{TODAY[:4]}-{TODAY[4:6]}-{TODAY[6:]}T05:00:00Z")]
+        )
+        client("s3").put_object(Bucket="org-trail", Key=key, Body=body)
+    hec = FakeSplunkHec({HEC_TOKEN})
+    hec.busy_next = 10**9
+    await hec.start()
+    captured = io.StringIO()
+    log.configure("INFO", json=True, stream=captured)
+    monkeypatch.setenv("CTAGG_HEC_TOKEN", HEC_TOKEN)
+    try:
+        cfg = settings(
+            tmp_path,
+            forward={
+                "poll_interval_secs": 0.05,
+                "batch_max_wait_secs": 0,
+                "backoff_initial_secs": 0.05,
+                "backoff_max_secs": 0.1,
+                "max_backlog_objects": 1,
+                "connectors": [
+                    {
+                        "name": "hec",
+                        "type": "splunk_hec",
+                        "url": hec.url,
+                        "token": "${CTAGG_HEC_TOKEN}",
+                    }
+                ],
+            },
+        )
+        app = PipelineApp(cfg, trail, discovery_delay=0)
+        daemon = Daemon(app)
+        run = asyncio.create_task(daemon.run(install_signals=False))
+        deadline = time.monotonic() + 30
+        while app.ingestor.gate.paused_since is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        base = f"http://127.0.0.1:{daemon.server.port}"
+        status, body = await get(base + "/readyz")
+        check = json.loads(body)["checks"]["ingest_not_paused"]
+        metrics = (await get(base + "/metrics"))[1]
+
+        hec.busy_next = 0  # the sink recovers: the backlog drains and collection resumes
+        # (with a backlog of one object it may pause again: wait for the cycle to end)
+        while app.ingestor.gate.paused_since is not None or daemon.ingest_recent.last_at is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        after = json.loads((await get(base + "/readyz"))[1])["checks"]["ingest_not_paused"]
+        metrics_after = (await get(base + "/metrics"))[1]
+        daemon.scheduler.request_stop("test")
+        assert await asyncio.wait_for(run, timeout=15) == 0
+    finally:
+        await hec.stop()
+        log.configure("INFO")
+    assert status == 503
+    assert check["ok"] is False
+    assert check["reason"].startswith("paused since ")
+    assert "forward backlog full: hec 1/1 objects behind" in check["reason"]
+    assert "forward.max_backlog_objects" in check["reason"]
+    assert series(metrics, "ctagg_ingest_paused")[()] == 1
+    assert series(metrics, "ctagg_ingest_pauses_total")[()] >= 1
+    assert after == {"ok": True, "reason": "not paused"}
+    assert series(metrics_after, "ctagg_ingest_paused")[()] == 0
+    lines = [json.loads(x) for x in captured.getvalue().splitlines()]
+    paused = [x for x in lines if x["event"] == "ingest.paused"]
+    assert paused
+    assert paused[0]["level"] == "warning"
+    assert "hec 1/1" in paused[0]["reason"]
+    assert any(x["event"] == "ingest.resumed" for x in lines)

@@ -4,6 +4,7 @@ stop signal lets in-flight work finish (or abandons it after the timeout) and re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -185,3 +186,64 @@ async def test_wait_or_stop_returns_early_on_stop() -> None:
     assert await wait_or_stop(ev, 10) is True
     assert time.perf_counter() - t0 < 1
     assert await wait_or_stop(asyncio.Event(), 0.01) is False
+
+
+async def test_a_failed_retrying_job_runs_again_after_a_bounded_backoff() -> None:
+    """A discovery-like job (interval one hour) that fails twice is tried again after seconds,
+    not after the interval; each failure's log line carries the reason and the wait."""
+    import io
+    import json
+
+    from aggregator import log
+
+    captured = io.StringIO()
+    log.configure("INFO", json=True, stream=captured)
+    sched = Scheduler(settings(retry_initial_secs=0.2, retry_max_secs=0.3))
+    starts: list[float] = []
+
+    async def flaky() -> str:
+        starts.append(time.monotonic())
+        if len(starts) <= 3:
+            raise ConnectionError(f"endpoint down (attempt {len(starts)})")
+        sched.request_stop("done")
+        return "ok"
+
+    sched.register("discovery", flaky, interval_secs=3600, retry=True)
+    try:
+        assert await asyncio.wait_for(sched.run(install_signals=False), timeout=10) == 0
+    finally:
+        log.configure("INFO")
+    assert len(starts) == 4
+    waits = [b - a for a, b in itertools.pairwise(starts)]
+    assert 0.15 < waits[0] < 1.0  # retry_initial_secs
+    assert 0.25 < waits[1] < 1.0  # doubled, capped at retry_max_secs (0.3)
+    assert 0.25 < waits[2] < 1.0
+    failed = [json.loads(x) for x in captured.getvalue().splitlines() if "job_failed" in x]
+    assert [f["attempt"] for f in failed] == [1, 2, 3]
+    assert [f["retry_in_secs"] for f in failed] == [0.2, 0.3, 0.3]
+    assert failed[0]["reason"] == "ConnectionError: endpoint down (attempt 1)"
+    assert sched.stats["discovery"].consecutive_failures == 0
+
+
+async def test_a_job_without_retry_waits_for_its_interval() -> None:
+    sched = Scheduler(settings(retry_initial_secs=0.1))
+    runs = 0
+
+    async def failing() -> None:
+        nonlocal runs
+        runs += 1
+        raise RuntimeError("x")
+
+    sched.register("retention", failing, interval_secs=3600)
+    task = asyncio.create_task(stop_after(sched, 0.6))
+    assert await sched.run(install_signals=False) == 0
+    await task
+    assert runs == 1
+
+
+def test_backoff_doubles_and_is_bounded_by_the_max_and_the_interval() -> None:
+    from aggregator.service.scheduler import backoff_secs
+
+    s = settings()  # defaults: 5 s doubling up to 300 s
+    assert [backoff_secs(s, n, 3600) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert backoff_secs(s, 9, 60) == 60
