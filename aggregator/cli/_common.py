@@ -1,5 +1,11 @@
 """What every command shares: the CONFIG argument, loading a config (or saying every problem
-and exiting 2), date arguments, JSON lines and human durations.
+and exiting 2), opening the state (as its one writer, or read-only), date arguments, JSON lines
+and human durations.
+
+Exit codes shared by the commands that open the state (docs/operations.md):
+0 ok, 1 the command ran and found or hit problems, 2 the config is invalid, 3 discovery could
+not run at all, 4 the state cannot be used (unopenable, full disk, read-only), 5 another
+process is the state's writer (the message names it).
 
 Imports stay light at module level (argparse and the standard library): ``ctagg --help`` must
 not pay for boto3, pydantic or rich. Each command imports what it needs when it runs.
@@ -15,6 +21,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from aggregator.config import Settings
+    from aggregator.state import State
+
+EXIT_PROBLEMS = 1
+EXIT_CONFIG = 2
+EXIT_DISCOVERY = 3
+EXIT_STATE = 4
+EXIT_LOCKED = 5
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -44,6 +57,27 @@ def load_or_exit(path: str) -> Settings:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def open_state(
+    settings: Settings, command: str, *, read_only: bool = False, writer: bool = True
+) -> State:
+    """The state of ``settings``: as its one writer (``writer``, the default: the lock is
+    taken), read-only, or plainly writable without the lock (``writer=False``: commands whose
+    writes are safe beside the daemon). Says why in one line and exits 4 (unusable state) or
+    5 (another writer holds it) when it cannot."""
+    from aggregator.state import State, StateLocked, StorageError
+
+    try:
+        if read_only:
+            return State(settings.state.path, read_only=True)
+        return State(settings.state.path, writer=command if writer else None)
+    except StateLocked as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_LOCKED) from None
+    except StorageError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_STATE) from None
 
 
 def when(text: str) -> datetime:

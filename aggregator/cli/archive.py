@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, json_arg, load_or_exit
+from aggregator.cli._common import (
+    EXIT_LOCKED,
+    EXIT_STATE,
+    config_arg,
+    json_arg,
+    load_or_exit,
+    open_state,
+)
 
 if TYPE_CHECKING:
     from aggregator.archive.retention import RetentionReport
@@ -23,10 +31,9 @@ def run_archive_digest(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.archive.digests import write_archive_digests
-    from aggregator.state import State
 
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings, "ctagg archive-digest")
     try:
         rep = asyncio.run(write_archive_digests(settings, state))
     finally:
@@ -53,10 +60,9 @@ def run_verify_archive(args: argparse.Namespace) -> int:
     from aggregator.archive.digest_keys import client_and_key
     from aggregator.archive.verify import verify_archive
     from aggregator.aws.clients import Aws, ClientPool
-    from aggregator.state import State
 
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings, "ctagg verify-archive", read_only=True)
 
     async def go() -> Any:
         async with ClientPool(Aws(settings.aws)) as pool:
@@ -108,9 +114,17 @@ def run_retention(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.service.retention import run_once
+    from aggregator.state import StateLocked, StorageError
 
     settings = load_or_exit(args.config)
-    report = asyncio.run(run_once(settings, dry_run=args.dry_run))
+    try:
+        report = asyncio.run(run_once(settings, dry_run=args.dry_run))
+    except StateLocked as exc:
+        print(f"ctagg retention: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except StorageError as exc:
+        print(f"ctagg retention: {exc}", file=sys.stderr)
+        return EXIT_STATE
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:

@@ -6,24 +6,47 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aggregator.cli._common import config_arg, human_secs, json_line, load_or_exit
+from aggregator.cli._common import (
+    EXIT_DISCOVERY,
+    EXIT_LOCKED,
+    EXIT_STATE,
+    config_arg,
+    human_secs,
+    json_line,
+    load_or_exit,
+    open_state,
+)
 
 
 def run_once(args: argparse.Namespace) -> int:
+    """0: a clean cycle; 1: it ran with errors; 3: discovery could not run; 4: the state
+    cannot be used; 5: another process writes the state (see ``_common``)."""
     import asyncio
 
+    from aggregator.aws.discovery import DiscoveryError
     from aggregator.service.app import App
+    from aggregator.state import StateLocked, StorageError
 
     settings = load_or_exit(args.config)
 
     async def go() -> dict[str, object]:
-        app = App(settings)
+        app = App(settings, writer="ctagg once")
         try:
             return (await app.run_once()).as_dict()
         finally:
             await app.close()
 
-    report = asyncio.run(go())
+    try:
+        report = asyncio.run(go())
+    except DiscoveryError as exc:
+        print(f"ctagg once: discovery failed: {exc}", file=sys.stderr)
+        return EXIT_DISCOVERY
+    except StateLocked as exc:
+        print(f"ctagg once: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except StorageError as exc:
+        print(f"ctagg once: {exc}", file=sys.stderr)
+        return EXIT_STATE
     print(json_line(report))
     return 1 if report["errors"] else 0
 
@@ -33,10 +56,8 @@ def run_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from datetime import UTC, datetime
 
-    from aggregator.state import State
-
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings, "ctagg status", read_only=True)
     try:
         rows = state.sources.status()
         failures = state.failures.rows()
@@ -99,10 +120,8 @@ def run_status(args: argparse.Namespace) -> int:
 def run_quarantine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from aggregator.state import State
-
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings, "ctagg quarantine", read_only=True)
     try:
         rows = state.quarantine.rows()
     finally:
@@ -123,10 +142,8 @@ def add_retry_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from aggregator.state import State
-
     settings = load_or_exit(args.config)
-    state = State(settings.state.path)
+    state = open_state(settings, "ctagg retry-quarantined", writer=False)
     try:
         n = state.quarantine.retry(args.bucket)
     finally:

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from aggregator.cli._common import config_arg, load_or_exit, when
+from aggregator.cli._common import config_arg, load_or_exit, open_state, when
 
 if TYPE_CHECKING:
     from aggregator.integrity.audit import AuditReport, Finding
@@ -151,20 +151,30 @@ def run_completeness(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.integrity import jobs
-    from aggregator.state import State
+    from aggregator.state import StateLocked, holder_of
 
     settings = load_or_exit(args.config)
     since, until = _window(args)
     if since >= until:
         print("--since must be before --until", file=sys.stderr)
         return 2
-    state = State(settings.state.path)
+    offline, retry = args.offline, not args.no_retry
+    holder = holder_of(settings.state.path)
+    if holder is not None:
+        # beside a running writer (the daemon): report from what its completeness job
+        # recorded, read-only; nothing is refreshed or queued
+        note = StateLocked(settings.state.path, holder)
+        print(f"note: {note}; reporting from the state read-only", file=sys.stderr)
+        state = open_state(settings, "ctagg completeness", read_only=True)
+        offline, retry = True, False
+    else:
+        state = open_state(settings, "ctagg completeness", writer=False)
     try:
-        if not args.offline:
+        if not offline:
             refresh = jobs.refresh_sources(settings, since, until, state, check_logs=False)
             for err in asyncio.run(refresh).errors:
                 print(f"warning: {err}", file=sys.stderr)
-        report, _ = jobs.completeness_pass(settings, state, since, until, retry=not args.no_retry)
+        report, _ = jobs.completeness_pass(settings, state, since, until, retry=retry)
     finally:
         state.close()
     if args.json:
@@ -173,7 +183,7 @@ def run_completeness(args: argparse.Namespace) -> int:
         sys.stdout.write(completeness_csv(report))
     else:
         print_completeness_table(report, sys.stdout)
-    return 1 if report.missing else 0
+    return 1 if report.missing or report.unlisted_days else 0
 
 
 COMPLETENESS_FIELDS = [
@@ -233,6 +243,13 @@ def print_completeness_table(report: CompletenessReport, out: Any) -> None:
         f"{report.expected} expected, {len(report.missing)} missing, "
         f"{report.pending} too recent to judge; ratio {report.ratio:.6f}"
     )
+    if report.unlisted_days:
+        console.print(
+            f"[red]{len(report.unlisted_days)} backfill day(s) never listed[/] "
+            "(listed again every ingest cycle until a listing completes):"
+        )
+        for d in report.unlisted_days[:50]:
+            console.print(f"  {d['day']}  s3://{d['stream']}")
 
 
 # ---------------------------------------------------------------------------- digests
@@ -251,11 +268,10 @@ def run_validate_digests(args: argparse.Namespace) -> int:
     import time
 
     from aggregator.integrity.jobs import refresh_sources
-    from aggregator.state import State
 
     settings = load_or_exit(args.config)
     since, until = _window(args)
-    state = State(settings.state.path)
+    state = open_state(settings, "ctagg validate-digests", writer=False)
     try:
         rep = asyncio.run(refresh_sources(settings, since, until, state, check_logs=True))
         rows = [r for r in state.digests.results() if r["checked_at"] >= time.time() - 3600]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from aggregator.cli._common import config_arg, load_or_exit
+from aggregator.cli._common import EXIT_LOCKED, EXIT_STATE, config_arg, load_or_exit
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -41,4 +42,13 @@ def run_run(args: argparse.Namespace) -> int:
     if overrides:
         service = settings.service.model_copy(update=overrides)
         settings = settings.model_copy(update={"service": service})
-    return asyncio.run(daemon.serve(settings))
+    from aggregator.state import StateLocked, StorageError
+
+    try:
+        return asyncio.run(daemon.serve(settings))
+    except StateLocked as exc:
+        print(f"ctagg run: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except StorageError as exc:
+        print(f"ctagg run: {exc}", file=sys.stderr)
+        return EXIT_STATE
