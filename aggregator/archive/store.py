@@ -26,6 +26,7 @@ from typing import Any
 
 from aggregator.archive.codec import decode_records
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
+from aggregator.aws.objects import read_object
 from aggregator.config import ArchiveSettings, Settings
 
 # <acct>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<random>.json.gz (also CloudTrail-Insight)
@@ -123,9 +124,7 @@ class Archive:
         return sha
 
     async def get(self, key: str) -> bytes:
-        resp = await (await self.client()).get_object(Bucket=self.settings.bucket, Key=key)
-        async with resp["Body"] as stream:
-            data: bytes = await stream.read()
+        data, _ = await read_object(await self.client(), self.settings.bucket, key)
         return data
 
     async def read_records(self, key: str) -> list[dict[str, Any]]:

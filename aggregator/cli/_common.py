@@ -1,6 +1,7 @@
 """What every command shares: the CONFIG argument, loading a config (or saying every problem
-and exiting 2), opening the state (or naming the path that cannot be opened), date arguments,
-JSON lines and human durations.
+and exiting 2), opening the state (as its one writer, or read-only; a state that cannot be
+used or is held by another writer is one line naming it), date arguments, JSON lines and
+human durations.
 
 Imports stay light at module level (argparse and the standard library): ``ctagg --help`` must
 not pay for boto3, pydantic or rich. Each command imports what it needs when it runs.
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from aggregator.cli._errors import EXIT_CONFIG, CliError
+from aggregator.cli._errors import EXIT_CONFIG
 
 if TYPE_CHECKING:
     from aggregator.config import Settings
@@ -72,35 +73,18 @@ def load_or_exit(path: str, uses: frozenset[str] | None = EVERYTHING) -> Setting
         raise SystemExit(EXIT_CONFIG) from None
 
 
-class state_errors:  # used like a function: ``with state_errors(path):``
-    """Turn a state file that cannot be opened (a folder that cannot be made, a file that is
-    not a database, no permission) into one line naming the path and the setting. (A class,
-    not ``contextlib``: command modules import nothing heavy when they load.)"""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        # OSError: the folder; sqlite3 errors (by module name: the CLI does not import SQLite).
-        if exc is None or not (isinstance(exc, OSError) or type(exc).__module__ == "sqlite3"):
-            return
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise CliError(
-            f"state {self.path}: cannot open: {reason}",
-            "set state.path (or CTAGG_STATE_PATH) to a file ctagg can create and write",
-            EXIT_CONFIG,
-        ) from exc
-
-
-def open_state(settings: Settings) -> State:
-    """The state of ``settings``, or a :class:`CliError` naming the path."""
+def open_state(
+    settings: Settings, command: str, *, read_only: bool = False, writer: bool = True
+) -> State:
+    """The state of ``settings``: as its one writer (``writer``, the default: the lock is
+    taken), read-only, or plainly writable without the lock (``writer=False``: commands whose
+    writes are safe beside the daemon). When it cannot, the error (:class:`StorageError`,
+    :class:`StateLocked`) becomes one line and its exit code (``_errors.explain``)."""
     from aggregator.state import State
 
-    with state_errors(settings.state.path):
-        return State(settings.state.path)
+    if read_only:
+        return State(settings.state.path, read_only=True)
+    return State(settings.state.path, writer=command if writer else None)
 
 
 def when(text: str) -> datetime:

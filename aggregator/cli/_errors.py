@@ -17,6 +17,8 @@ EXIT_CONFIG = 2  # a config, an argument or a local file (the state) is wrong: n
 EXIT_ACCESS = 3  # AWS or a sink cannot be reached or refuses (credentials, endpoint, bucket)
 EXIT_PARTIAL = 4  # the command did its work, but some accounts, regions, sources or events failed
 EXIT_BUG = 5  # an unexpected error: a bug (run with --debug and report the traceback)
+EXIT_STATE = 6  # the state cannot be used: unopenable, full disk, read-only, corrupt
+EXIT_LOCKED = 7  # another process is the state's one writer (the message names it)
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 EXIT_CODES: dict[int, str] = {
@@ -26,6 +28,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_ACCESS: "access error: AWS or a sink unreachable or refusing",
     EXIT_PARTIAL: "partial failure: some accounts, sources or events failed",
     EXIT_BUG: "unexpected error (a bug): run with --debug, report it",
+    EXIT_STATE: "the state cannot be used (unopenable, full disk, read-only)",
+    EXIT_LOCKED: "another process is the state's writer (named); read commands work beside it",
     EXIT_INTERRUPTED: "interrupted: work done is kept; run again to continue",
 }
 
@@ -54,6 +58,21 @@ def explain(exc: BaseException) -> CliError:
     if isinstance(exc, ConfigError):
         problems = "; ".join(exc.problems)
         return CliError(f"config: {problems}", "fix the config and run again", EXIT_CONFIG)
+    kind = type(exc).__name__  # by name: the CLI does not import SQLite to classify
+    if kind == "StateLocked":
+        return CliError(
+            str(exc), "stop it first, or run read commands (status, ...) beside it", EXIT_LOCKED
+        )
+    if kind == "StorageError":
+        missing = "no state file" in str(exc)
+        return CliError(
+            str(exc),
+            "run 'ctagg once CONFIG' (or the daemon) first, or point state.path at the state"
+            if missing
+            else "free space or fix permissions, or set state.path (or CTAGG_STATE_PATH) to a "
+            "file ctagg can create and write",
+            EXIT_STATE,
+        )
     what, hint = getattr(exc, "what", None), getattr(exc, "hint", None)
     if isinstance(what, str) and isinstance(hint, str):  # errors that say it themselves
         return CliError(what, hint, EXIT_ACCESS)

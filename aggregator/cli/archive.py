@@ -26,7 +26,7 @@ def run_archive_digest(args: argparse.Namespace) -> int:
     from aggregator.archive.digests import write_archive_digests
 
     settings = load_or_exit(args.config, NO_SINKS)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg archive-digest")
     try:
         rep = asyncio.run(write_archive_digests(settings, state))
     finally:
@@ -55,7 +55,7 @@ def run_verify_archive(args: argparse.Namespace) -> int:
     from aggregator.aws.clients import Aws, ClientPool
 
     settings = load_or_exit(args.config, NO_SINKS)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg verify-archive", read_only=True)
 
     async def go() -> Any:
         async with ClientPool(Aws(settings.aws)) as pool:
@@ -109,7 +109,6 @@ def run_retention(args: argparse.Namespace) -> int:
     from aggregator.service.retention import run_once
 
     settings = load_or_exit(args.config, NO_SINKS)
-    open_state(settings).close()  # a state that cannot be opened is named before any AWS call
     report = asyncio.run(run_once(settings, dry_run=args.dry_run))
     if args.json:
         print(json.dumps(report.as_dict(), default=str))

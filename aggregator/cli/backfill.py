@@ -98,7 +98,7 @@ def run_backfill(args: argparse.Namespace) -> int:
                 on_app=apps.append,
             )
 
-    open_state(settings).close()  # a state that cannot be opened is named before any AWS call
+    open_state(settings, "ctagg backfill").close()  # named before any AWS call
     report = asyncio.run(go())
     if args.json:
         print(json_line(report.as_dict()))

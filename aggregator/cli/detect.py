@@ -154,7 +154,7 @@ def run_alerts(args: argparse.Namespace) -> int:
 
     settings = load_or_exit(args.config, STATE_ONLY)
     limit = args.limit if args.limit is not None else (None if args.json else 100)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg alerts", read_only=True)
     try:
         store = DetectStore(state)
         since = args.since.timestamp() if args.since else None

@@ -123,7 +123,7 @@ def run_dead_letters(args: argparse.Namespace) -> int:
         return _retry(args, settings)
     from aggregator.forward.store import ForwardStore
 
-    state = open_state(settings)
+    state = open_state(settings, "ctagg dead-letters", read_only=True)
     try:
         rows = ForwardStore(state).dead_letters(args.connector, include_resolved=args.all)
     finally:
@@ -164,7 +164,7 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
             f"set enabled: true on forward.connectors[{args.connector}] to retry into it",
             EXIT_CONFIG,
         )
-    state = open_state(settings)
+    state = open_state(settings, "ctagg dead-letters", writer=False)
     try:
         store = ForwardStore(state)
         todo = [n for n in names if store.open_dead_letters(n)]

@@ -16,7 +16,6 @@ from aggregator.cli._common import (
     load_or_exit,
     open_state,
     source_label,
-    state_errors,
 )
 from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
 from aggregator.cli._table import Column
@@ -37,6 +36,8 @@ def add_once_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_once(args: argparse.Namespace) -> int:
+    """0: a clean cycle; 4: it ran with errors; 3: discovery could not run; 6: the state
+    cannot be used; 7: another process writes the state (``_errors``)."""
     import asyncio
     import sys
 
@@ -45,8 +46,7 @@ def run_once(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config, NO_SINKS)
 
     async def go() -> dict[str, object]:
-        with state_errors(settings.state.path):
-            app = App(settings)
+        app = App(settings, writer="ctagg once")
         try:
             return (await app.run_once()).as_dict()
         finally:
@@ -91,7 +91,7 @@ def run_status(args: argparse.Namespace) -> int:
     from aggregator.cli.forward import forwarding_items, print_forwarding
 
     settings = load_or_exit(args.config, STATE_ONLY)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg status", read_only=True)
     try:
         rows = state.sources.status()
         failures = state.failures.rows()
@@ -192,7 +192,7 @@ def run_quarantine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     settings = load_or_exit(args.config, STATE_ONLY)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg quarantine", read_only=True)
     try:
         rows = state.quarantine.rows()
     finally:
@@ -214,7 +214,7 @@ def add_retry_args(p: argparse.ArgumentParser) -> None:
 
 def run_retry(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config, STATE_ONLY)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg retry-quarantined", writer=False)
     try:
         n = state.quarantine.retry(args.bucket)
     finally:

@@ -172,12 +172,23 @@ def run_completeness(args: argparse.Namespace) -> int:
     import asyncio
 
     from aggregator.integrity import jobs
+    from aggregator.state import StateLocked, holder_of
 
     settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
-    state = open_state(settings)
+    offline, retry = args.offline, not args.no_retry
+    holder = holder_of(settings.state.path)
+    if holder is not None:
+        # beside a running writer (the daemon): report from what its completeness job
+        # recorded, read-only; nothing is refreshed or queued
+        note = StateLocked(settings.state.path, holder)
+        print(f"note: {note}; reporting from the state read-only", file=sys.stderr)
+        state = open_state(settings, "ctagg completeness", read_only=True)
+        offline, retry = True, False
+    else:
+        state = open_state(settings, "ctagg completeness", writer=False)
     try:
-        if not args.offline:
+        if not offline:
             from aggregator.cli._progress import progress
 
             with progress("completeness: digests per source", unit="sources") as bar:
@@ -187,7 +198,7 @@ def run_completeness(args: argparse.Namespace) -> int:
                 errors = asyncio.run(refresh).errors
             for err in errors:
                 print(f"warning: {err}", file=sys.stderr)
-        report, _ = jobs.completeness_pass(settings, state, since, until, retry=not args.no_retry)
+        report, _ = jobs.completeness_pass(settings, state, since, until, retry=retry)
     finally:
         state.close()
     if args.json:
@@ -196,7 +207,7 @@ def run_completeness(args: argparse.Namespace) -> int:
         sys.stdout.write(completeness_csv(report))
     else:
         print_completeness_table(report, sys.stdout)
-    return EXIT_PROBLEMS if report.missing else EXIT_OK
+    return EXIT_PROBLEMS if report.missing or report.unlisted_days else EXIT_OK
 
 
 COMPLETENESS_FIELDS = [
@@ -273,6 +284,13 @@ def print_completeness_table(
         f"{report.expected} expected, {len(report.missing)} missing, "
         f"{report.pending} too recent to judge; ratio {report.ratio:.6f}"
     )
+    if report.unlisted_days:
+        console.print(
+            f"[red]{len(report.unlisted_days)} backfill day(s) never listed[/] "
+            "(listed again every ingest cycle until a listing completes):"
+        )
+        for d in report.unlisted_days[:50]:
+            console.print(f"  {d['day']}  s3://{d['stream']}")
 
 
 # ---------------------------------------------------------------------------- digests
@@ -295,7 +313,7 @@ def run_validate_digests(args: argparse.Namespace) -> int:
 
     settings = load_or_exit(args.config, NO_SINKS)
     since, until = _window(args)
-    state = open_state(settings)
+    state = open_state(settings, "ctagg validate-digests", writer=False)
     try:
         with progress("validate-digests", unit="sources") as bar:
             rep = asyncio.run(

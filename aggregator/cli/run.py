@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aggregator.cli._common import config_arg, load_or_exit, open_state
+from aggregator.cli._common import config_arg, load_or_exit
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,6 @@ def run_run(args: argparse.Namespace) -> int:
     from aggregator.service import daemon
 
     settings = load_or_exit(args.config)
-    open_state(settings).close()  # a state that cannot be opened is named, not a traceback
     overrides = {
         k: v
         for k, v in (

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from aggregator.archive.codec import gunzip_checked
+from aggregator.aws.objects import read_object
 from aggregator.ingest.dedupe import join_record, joined_size, split_record
 
 DAY = re.compile(r"(\d{4})/(\d{2})/(\d{2})/$")
@@ -93,17 +94,23 @@ async def walk_day_prefixes(s3: Any, bucket: str, stream_prefix: str) -> list[st
     return sorted(days)
 
 
+LIST_PAGE_SIZE = 1000  # S3's own maximum; tests lower it to walk page sequences
+
+
 async def list_objects(s3: Any, bucket: str, prefix: str) -> AsyncIterator[Listed]:
     paginator = s3.get_paginator("list_objects_v2")
-    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    pages = paginator.paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+    )
+    async for page in pages:
         for obj in page.get("Contents", ()):
             yield Listed(obj["Key"], int(obj.get("Size", 0)), obj.get("ETag"))
 
 
 async def fetch(s3: Any, bucket: str, key: str) -> bytes:
-    resp = await s3.get_object(Bucket=bucket, Key=key)
-    async with resp["Body"] as stream:
-        data: bytes = await stream.read()
+    """The object's bytes; a body cut short (reset, truncated) is read again a few times
+    within the cycle (``aws.objects.read_object``) before the object counts as failed."""
+    data, _ = await read_object(s3, bucket, key)
     return data
 
 
@@ -153,44 +160,70 @@ class Decoded:
         that is not an object or is over ``max_record_bytes``."""
         keys, contents, times = self.keys, self.contents, self.times
         head_buf, head_ends = self.heads.buf, self.heads.ends
-        for i in range(len(records)):
-            record = records[i]
-            records[i] = None
-            if type(record) is not dict:
-                raise BadObject(f"{where.format(i)} is not an object")
-            key, content, head = split_record(record)
-            if len(content) + len(head) > max_record_bytes:  # an upper bound of the joined size
-                size = joined_size(content, head)
-                if size > max_record_bytes:
-                    raise BadObject(f"{where.format(i)} is {size} bytes > max_record_bytes")
-            keys.append(key)
-            contents.append(content)
-            head_buf += head
-            head_ends.append(len(head_buf))
-            t = record.get("eventTime")
-            times.append(t if type(t) is str else "")
+        i = 0
+        try:  # one try around the loop: free in CPython 3.11 until something raises
+            for i in range(len(records)):
+                record = records[i]
+                records[i] = None
+                if type(record) is not dict:
+                    raise BadObject(f"{where.format(i)} is not an object")
+                key, content, head = split_record(record)
+                if len(content) + len(head) > max_record_bytes:  # upper bound of joined size
+                    size = joined_size(content, head)
+                    if size > max_record_bytes:
+                        raise BadObject(f"{where.format(i)} is {size} bytes > max_record_bytes")
+                keys.append(key)
+                contents.append(content)
+                head_buf += head
+                head_ends.append(len(head_buf))
+                t = record.get("eventTime")
+                times.append(t if type(t) is str else "")
+        except (BadObject, MemoryError):
+            raise
+        except Exception as exc:
+            # A record orjson parsed but cannot serialize again (nested deeper than its
+            # 254-level limit: "Recursion limit reached"), or anything else the key path
+            # raises: the object can never be archived as it is, so it is a bad object.
+            raise BadObject(f"{where.format(i)} cannot be keyed: {_reason(exc)}") from None
 
     def record_bytes(self, i: int) -> bytes:
         """Record ``i`` as archived (``dedupe.join_record``)."""
         return join_record(self.contents[i], self.heads[i])
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> Decoded:
     """gzip → JSON → records, each serialized once (its size checked, its key computed).
 
-    Raises BadObject for: corrupt gzip, gzip bomb (size cap), invalid JSON, no ``Records``
-    list, a record that is not an object, a record over ``max_record_bytes``.
+    Raises BadObject for: empty data, corrupt, truncated or padded-with-garbage gzip, a gzip
+    bomb (size cap; see ``codec.gunzip_checked``), invalid JSON (invalid UTF-8, nesting deeper
+    than orjson's 1024 levels, trailing garbage), no ``Records`` list, a record that is not an
+    object, a record over ``max_record_bytes``, a record that cannot be keyed (nesting deeper
+    than the 254 levels orjson serializes), and any other exception of the decode path: the
+    same bytes fail the same way every time, so they are quarantined, never retried forever.
+    Only MemoryError passes through (it says nothing about the object).
     """
+    if not data:
+        raise BadObject("empty object (0 bytes)")
     try:
         raw, clean = gunzip_checked(data, max_object_bytes)
     except ValueError as exc:
         raise BadObject(f"too large: {exc}") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # zlib.error, EOFError, BadGzipFile
         raise BadObject(f"corrupt gzip: {exc}") from None
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadObject(f"invalid JSON: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise BadObject(f"invalid JSON: {_reason(exc)}") from None
     del raw
     if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
         raise BadObject("missing 'Records' list")

@@ -49,6 +49,18 @@ log = get_logger("aggregator.ingest")
 LOOKUP_MAX_AGE_SECS = 90 * 86400  # LookupEvents keeps 90 days
 
 
+def _fits(record: Any, limit: int) -> bool:
+    """A record that can be keyed and serialized within ``limit`` bytes."""
+    if not isinstance(record, dict):
+        return False
+    try:
+        return len(key_and_bytes(dict(record))[1]) <= limit
+    except MemoryError:
+        raise
+    except Exception:  # nested deeper than orjson serializes, and the like
+        return False
+
+
 def lookup_source(account_id: str, region: str) -> Source:
     """The pseudo source of one account-region's LookupEvents windows."""
     prefix = f"lookup/{account_id}/{region}/"
@@ -230,8 +242,11 @@ class LookupWindows:
         except BadObject:
             # One oversized record must not hold the pair's cursor forever: the others are
             # archived, the window is recorded as quarantined with the reason.
-            fits = [r for r in window.records if len(key_and_bytes(dict(r))[1]) <= limit]
-            dropped = f"{len(window.records) - len(fits)} record(s) > max_record_bytes"
+            fits = [r for r in window.records if _fits(r, limit)]
+            dropped = (
+                f"{len(window.records) - len(fits)} record(s) over max_record_bytes, "
+                "not objects, or that cannot be keyed"
+            )
             window.records = fits
             decoded = decode_window(window, max_record_bytes=limit)
         await self.writer.write(job, decoded, archive, report, started)

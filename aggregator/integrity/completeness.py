@@ -167,6 +167,9 @@ class CompletenessReport:
     until: str
     hours: list[HourRow] = field(default_factory=list)
     pending: int = 0  # expected files too recent to count as missing yet
+    # coverage: days of a stream's backfill range that no listing went through (a backfill
+    # interrupted by a crash or failing LISTs), found longer than the grace ago
+    unlisted_days: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def expected(self) -> int:
@@ -195,6 +198,7 @@ class CompletenessReport:
             "missing": len(self.missing),
             "pending": self.pending,
             "ratio": round(self.ratio, 6),
+            "unlisted_days": self.unlisted_days,
             "hours": [asdict(h) for h in self.hours],
         }
 
@@ -240,6 +244,13 @@ def compute(
         else:
             g.missing.append(r["key"])
     report.hours = [groups[k] for k in sorted(groups)]
+    report.unlisted_days = [
+        {"stream": r["source_id"], "day": r["day"], "prefix": r["prefix"]}
+        for r in state.checkpoints.unlisted_days()
+        if float(str(r["found_at"])) + grace_secs <= now
+    ]
+    if report.unlisted_days:
+        log.warning("completeness.days_never_listed", count=len(report.unlisted_days))
     log.info(
         "completeness.computed",
         since=report.since,
@@ -294,7 +305,12 @@ def completeness_families(report: CompletenessReport) -> list[GaugeMetricFamily]
         exp.add_metric([a, r], e)
         miss.add_metric([a, r], m)
     ratio.add_metric([], report.ratio)
-    return [exp, miss, ratio]
+    unlisted = GaugeMetricFamily(
+        "ctagg_backfill_unlisted_days",
+        "Days of a stream's backfill range no listing went through yet (older than the grace)",
+    )
+    unlisted.add_metric([], len(report.unlisted_days))
+    return [exp, miss, ratio, unlisted]
 
 
 def digest_families(state: State) -> list[GaugeMetricFamily]:

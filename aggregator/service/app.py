@@ -31,12 +31,15 @@ class App:
         *,
         state: State | None = None,
         clock: Callable[[], float] = time.time,
+        writer: str = "ctagg",
     ) -> None:
+        """Without ``state``, opens ``settings.state.path`` as its one writer (the lock is
+        released by :meth:`close`); ``writer`` names the command in the lock."""
         self.settings = settings
         self.clock = clock
         tune_gc()  # many short-lived dicts per record: the default GC thresholds cost ~10-40%
         self.aws = Aws(settings.aws)
-        self.state = state or State(settings.state.path)
+        self.state = state or State(settings.state.path, writer=writer)
         self.broker = CredentialBroker(settings, self.aws)
         self.ingestor = Ingestor(settings, self.state, self.broker, self.aws, clock=clock)
         self.inventory: Inventory | None = None

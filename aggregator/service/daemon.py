@@ -45,8 +45,8 @@ class MeteredState(State):
 
     metrics: Metrics | None = None
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, path: str, *, writer: str | None = None) -> None:
+        super().__init__(path, writer=writer)
         self.quarantine = _MeteredQuarantine(self.db, self)
         self.failures = _MeteredFailures(self.db, self)
 
@@ -402,5 +402,5 @@ async def serve(settings: Settings) -> int:
     """``ctagg run``: the app with counted state, on the scheduler, until SIGTERM/SIGINT."""
     from aggregator.service.app import App
 
-    app = App(settings, state=MeteredState(settings.state.path))
+    app = App(settings, state=MeteredState(settings.state.path, writer="ctagg run"))
     return await Daemon(app).run()

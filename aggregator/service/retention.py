@@ -4,6 +4,8 @@ started) has not scanned."""
 
 from __future__ import annotations
 
+import os
+
 from aggregator.archive.retention import Retention, RetentionReport
 from aggregator.aws.clients import Aws, SessionProvider
 from aggregator.aws.credentials import CredentialBroker
@@ -13,11 +15,19 @@ from aggregator.forward.store import ForwardStore
 from aggregator.state import State
 
 
+def _open_state(settings: Settings, *, dry_run: bool) -> State:
+    """The writer's lock for a real pass; a dry run changes nothing and reads beside a running
+    daemon (a state that does not exist yet is made, as before: there is nothing to read)."""
+    if dry_run:
+        return State(settings.state.path, read_only=os.path.isfile(settings.state.path))
+    return State(settings.state.path, writer="ctagg retention")
+
+
 async def run_once(
     settings: Settings, *, dry_run: bool, sessions: SessionProvider | None = None
 ) -> RetentionReport:
     aws = Aws(settings.aws)
-    state = State(settings.state.path)
+    state = _open_state(settings, dry_run=dry_run)
     try:
         names = [c.name for c in settings.forward.connectors if c.enabled]
         # detection's cursor, once the daemon's detection has started (it persists the cursor)

@@ -24,6 +24,12 @@ keep their own stores over the same connection. The schema's history is
 Everything a cycle learns about one source object is committed in one transaction
 (:meth:`State.commit_object`) *after* its central object was written; a crash in between
 repeats the same work and writes the same central key again.
+
+One writer per state (:mod:`aggregator.state.lock`): ``State(path, writer="ctagg once")``
+takes the state's exclusive lock first and raises :class:`StateLocked` naming the holder;
+``State(path, read_only=True)`` opens the file read-only for commands that only look. A state
+that cannot be used (full disk, read-only, unopenable) raises :class:`StorageError` with its
+path and the reason.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from aggregator.state.checkpoints import Checkpoints
-from aggregator.state.db import Database
+from aggregator.state.db import Database, StorageError
 from aggregator.state.integrity import ArchiveDigestLog, DigestLog, LookupCursors, RetryQueue
 from aggregator.state.jobs import Jobs, RetentionLog
 from aggregator.state.ledger import Ledger
+from aggregator.state.lock import StateLocked, WriterLock, holder_of
 from aggregator.state.migrations import MIGRATIONS
 from aggregator.state.quarantine import Failures, Quarantine
 from aggregator.state.records import (
@@ -57,15 +64,30 @@ __all__ = [
     "QuarantineRow",
     "SourceRef",
     "State",
+    "StateLocked",
     "StatusRow",
+    "StorageError",
+    "holder_of",
 ]
 
 
 class State:
     """The state file: one connection, one attribute per store. One instance per process."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.db = Database(path)
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, writer: str | None = None
+    ) -> None:
+        """``writer``: take the state's writer lock first, for this command (``ctagg once``);
+        ``read_only``: open without writing anything (no migrations, no lock)."""
+        self.writer_lock: WriterLock | None = None
+        if writer is not None and str(path) != ":memory:":
+            self.writer_lock = WriterLock(str(path), writer).acquire()
+        try:
+            self.db = Database(path, read_only=read_only)
+        except BaseException:
+            if self.writer_lock is not None:
+                self.writer_lock.release()
+            raise
         self.checkpoints = Checkpoints(self.db)
         self.window = DedupeWindow(self.db)
         self.ledger = Ledger(self.db)
@@ -124,4 +146,8 @@ class State:
         return self.db.healthy()
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        finally:
+            if self.writer_lock is not None:
+                self.writer_lock.release()

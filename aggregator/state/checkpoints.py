@@ -5,6 +5,12 @@ keys do not arrive in key order).
 * ``prefixes``  day prefixes seen per stream; a closed prefix is compacted to one summary row
                 whose ``keys_z`` keeps the handled names (zlib, ~15 bytes a key), so
                 completeness can still ask "was this file handled?" after compaction
+* ``stream_walks``   streams whose existing day prefixes were walked (the first backfill)
+* ``backfill_days``  per stream, the days that walk found inside the backfill range and whether
+                     a listing of each went through every page (``listed_at``); a day still
+                     pending is listed again every cycle until one listing completes, so an
+                     interrupted backfill (a crash, a failed LIST, a partial page sequence)
+                     resumes instead of forgetting the days it had not reached
 
 Quarantined keys count as handled while they are held (``quarantine``): a bad object is not
 fetched again until an operator marks it for retry.
@@ -73,6 +79,61 @@ class Checkpoints:
         )
         return bool(rows), {day: prefix for day, prefix, closed in rows if not closed}
 
+    def walked(self, stream_id: str) -> bool:
+        """Was this stream's tree of day prefixes walked (its backfill range recorded)?"""
+        q = "SELECT 1 FROM stream_walks WHERE source_id=?"
+        return self.db.fetchone(q, (stream_id,)) is not None
+
+    def record_walk(self, stream_id: str, bucket: str, days: dict[str, str]) -> None:
+        """Record a walk: every ``{day: prefix}`` of the backfill range is pending, except days
+        already listed completely before (a ``prefixes`` row is written only after a whole
+        listing, so a state from before this table keeps what it knows)."""
+        now = time.time()
+        with self.db.transaction() as c:
+            for day, prefix in sorted(days.items()):
+                listed = c.execute(
+                    "SELECT 1 FROM prefixes WHERE bucket=? AND prefix=?", (bucket, prefix)
+                ).fetchone()
+                c.execute(
+                    "INSERT OR IGNORE INTO backfill_days (source_id, day, bucket, prefix, "
+                    "found_at, listed_at) VALUES (?,?,?,?,?,?)",
+                    (stream_id, day, bucket, prefix, now, now if listed else None),
+                )
+            c.execute(
+                "INSERT OR REPLACE INTO stream_walks (source_id, walked_at, days) VALUES (?,?,?)",
+                (stream_id, now, len(days)),
+            )
+
+    def pending_days(self, stream_id: str) -> dict[str, str]:
+        """{day: prefix} of the backfill range not listed completely yet."""
+        q = "SELECT day, prefix FROM backfill_days WHERE source_id=? AND listed_at IS NULL"
+        return {day: prefix for day, prefix in self.db.fetchall(q, (stream_id,))}
+
+    def mark_listed(self, stream_id: str, bucket: str, prefix: str, day: str, found: bool) -> None:
+        """One listing of a day prefix went through every page: remember the prefix (when it
+        holds anything) and take the day off the backfill's pending list, in one transaction."""
+        now = time.time()
+        with self.db.transaction() as c:
+            if found:
+                c.execute(
+                    "INSERT OR IGNORE INTO prefixes (bucket, prefix, source_id, day) "
+                    "VALUES (?,?,?,?)",
+                    (bucket, prefix, stream_id, day),
+                )
+            c.execute(
+                "UPDATE backfill_days SET listed_at=? WHERE source_id=? AND day=? "
+                "AND listed_at IS NULL",
+                (now, stream_id, day),
+            )
+
+    def unlisted_days(self) -> list[dict[str, object]]:
+        """Days of a backfill range that no listing went through yet (coverage), oldest
+        first: ``source_id`` (the stream), ``day``, ``prefix``, ``found_at``."""
+        return self.db.dicts(
+            "SELECT source_id, day, bucket, prefix, found_at FROM backfill_days "
+            "WHERE listed_at IS NULL ORDER BY day, source_id"
+        )
+
     def closed_days(self, source_id: str) -> set[str]:
         q = "SELECT day FROM prefixes WHERE source_id=? AND closed=1"
         return {r[0] for r in self.db.fetchall(q, (source_id,))}
@@ -115,7 +176,12 @@ class Checkpoints:
     def prune_closed(self, before_day: str, *, dry_run: bool = False) -> int:
         """Forget closed day prefixes whose day is before ``before_day`` (YYYY-MM-DD). Only safe
         for days the collector will never list again (older than its backfill horizon)."""
-        return self.db.delete("prefixes", "closed=1 AND day < ?", (before_day,), dry_run=dry_run)
+        n = self.db.delete("prefixes", "closed=1 AND day < ?", (before_day,), dry_run=dry_run)
+        # the backfill days listed long ago go with them (pending ones stay: they are owed)
+        self.db.delete(
+            "backfill_days", "listed_at IS NOT NULL AND day < ?", (before_day,), dry_run=dry_run
+        )
+        return n
 
     @staticmethod
     def record(c: sqlite3.Connection, o: ObjectOutcome, now: float) -> None:

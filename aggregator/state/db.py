@@ -3,6 +3,14 @@ migrations it applies when opened.
 
 One instance per process; safe to call from one thread at a time (a re-entrant lock guards
 the connection, so the metrics scrape thread and the event loop take turns).
+
+Storage failures never hang and always say where: a full disk, a read-only file or directory,
+an I/O error, a corrupt or unopenable file raise :class:`StorageError` (a
+``sqlite3.OperationalError`` naming the state's path and SQLite's reason) from every statement,
+and a transaction whose COMMIT failed is rolled back, so nothing is committed by half and the
+connection is never left inside a dead transaction. ``read_only`` opens the file with
+``mode=ro`` (no migrations, no writes): what ``ctagg status`` and the other readers use beside
+a running daemon.
 """
 
 from __future__ import annotations
@@ -10,35 +18,147 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
 from aggregator.state.migrations import MIGRATIONS
 
+# SQLite result codes (primary names) that mean "this state file cannot be used right now"
+_STORAGE_CODES = (
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_PERM",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_NOMEM",
+)
+
+
+class StorageError(sqlite3.OperationalError):
+    """The state file cannot be used: full disk, read-only, I/O error, corrupt, unopenable.
+    The message names the path and SQLite's reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"state {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _is_storage(exc: sqlite3.Error) -> bool:
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    if name:
+        return name.startswith(_STORAGE_CODES)
+    text = str(exc).lower()  # errors raised before a result code exists (connect)
+    return any(
+        t in text
+        for t in ("disk is full", "readonly", "read-only", "unable to open", "disk i/o", "locked")
+    )
+
+
+def _storage(path: str, exc: sqlite3.Error) -> sqlite3.Error:
+    return StorageError(path, str(exc)) if _is_storage(exc) else exc
+
+
+class _GuardedConnection(sqlite3.Connection):
+    """A connection whose statements raise :class:`StorageError` (with the file's path) for
+    storage failures; everything else is sqlite3's own."""
+
+    ctagg_path = ""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except StorageError:
+            raise
+        except sqlite3.Error as exc:
+            raise _storage(self.ctagg_path, exc) from exc
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.Error as exc:
+            raise _storage(self.ctagg_path, exc) from exc
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        try:
+            return super().executescript(sql_script)
+        except sqlite3.Error as exc:
+            raise _storage(self.ctagg_path, exc) from exc
+
 
 class Database:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.read_only = read_only
+        try:
+            conn = self._connect()
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(self.path, f"cannot open: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(self.path, f"cannot open: {exc}") from exc
         self.conn = conn
         self.utils = sqlite_utils.Database(conn)
         self.lock = threading.RLock()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoints (WAL → database, with an fsync) every ~40 MB instead of every 4 MB: the
-        # dedupe window takes a thousand keys per object, and per-commit checkpoints were the
-        # largest part of a commit. A crash still loses nothing committed (WAL).
-        conn.execute("PRAGMA wal_autocheckpoint=10000")
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            if not read_only:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                # Checkpoints (WAL → database, with an fsync) every ~40 MB instead of every
+                # 4 MB: the dedupe window takes a thousand keys per object, and per-commit
+                # checkpoints were the largest part of a commit. A crash still loses nothing
+                # committed (WAL).
+                conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if read_only:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            else:
+                self.migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_GuardedConnection,
+            )
+        elif self.read_only:
+            if not Path(self.path).is_file():
+                raise StorageError(self.path, "no state file here (nothing collected yet?)")
+            conn = sqlite3.connect(
+                f"file:{quote(str(Path(self.path).resolve()))}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_GuardedConnection,
+            )
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_GuardedConnection,
+            )
+        assert isinstance(conn, _GuardedConnection)
+        conn.ctagg_path = self.path
+        return conn
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -88,15 +208,18 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on exit, rolled back on error."""
+        """A write transaction (``BEGIN IMMEDIATE``): committed on exit, rolled back on error,
+        also when the COMMIT itself fails (a full disk): never left open by half."""
         with self.lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:

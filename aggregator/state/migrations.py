@@ -302,6 +302,30 @@ def _m40_integrity(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m50_backfill(db: sqlite_utils.Database) -> None:
+    """Resumable backfills (aggregator/state/checkpoints.py): which streams had their day
+    prefixes walked, and per stream which days of the backfill range were listed completely.
+    A day stays pending (``listed_at`` NULL) until one listing of it went through every page."""
+    db.executescript(
+        """
+        CREATE TABLE stream_walks (
+            source_id TEXT PRIMARY KEY,
+            walked_at REAL NOT NULL,
+            days INTEGER NOT NULL
+        );
+        CREATE TABLE backfill_days (
+            source_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            found_at REAL NOT NULL,
+            listed_at REAL,
+            PRIMARY KEY (source_id, day)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 # Append-only: a migration, once released, is never edited. Other rooms add theirs here.
 def _m45_operator(db: sqlite_utils.Database) -> None:
     """Operator views (issue 17): digests counted apart from log objects per source, and the
@@ -345,4 +369,5 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (30, "service: job runs, retention log", _m30_service),
     (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
     (45, "operator: digests per source apart from log objects, stored alert bodies", _m45_operator),
+    (50, "ingest: stream walks and the backfill days still to list", _m50_backfill),
 ]

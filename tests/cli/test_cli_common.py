@@ -10,6 +10,7 @@ import yaml
 from opworld import write_config
 
 from aggregator.cli import main
+from aggregator.state import State
 
 
 def with_splunk(cfg: Path) -> Path:
@@ -50,6 +51,7 @@ def test_read_commands_do_not_need_the_sinks_secrets(
     monkeypatch.delenv("SPLUNK_HEC_TOKEN", raising=False)
     monkeypatch.delenv("CTAGG_ALERT_WEBHOOK", raising=False)
     cfg = with_splunk(write_config(tmp_path, moto))
+    State(yaml.safe_load(cfg.read_text())["state"]["path"]).close()  # read commands need one
 
     got = main(["--log-level", "ERROR", argv[0], str(cfg), *argv[1:]])
 

@@ -15,9 +15,11 @@ from aggregator.cli._errors import (
     EXIT_CODES,
     EXIT_CONFIG,
     EXIT_PARTIAL,
+    EXIT_STATE,
     CliError,
     explain,
 )
+from aggregator.state import State
 from tests.archive.test_archive_digests import write_keypair
 
 
@@ -55,6 +57,7 @@ def test_unreachable_endpoint_is_one_line_and_exit_3(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = unreachable_config(tmp_path)
+    State(str(tmp_path / "state.db")).close()  # verify-archive reads an existing state
 
     code = main(["--log-level", "ERROR", command, str(cfg)])
 
@@ -152,9 +155,9 @@ def test_a_state_path_that_cannot_be_opened_is_named(
     code = main(["--log-level", "ERROR", command, str(cfg), *extra])
 
     err = capsys.readouterr().err.strip()
-    assert code == EXIT_CONFIG
+    assert code == EXIT_STATE
     assert len(err.splitlines()) == 1, err
-    assert f"state {state_path}: cannot open" in err
+    assert f"state {state_path}: " in err  # read commands: "no state file here"
     assert "state.path" in err
     assert "OperationalError" not in err
 
@@ -172,8 +175,8 @@ def test_a_file_that_is_not_a_database_is_named(
     code = main(["status", str(cfg)])
 
     err = capsys.readouterr().err
-    assert code == EXIT_CONFIG
-    assert f"state {state_path}: cannot open: file is not a database" in err
+    assert code == EXIT_STATE
+    assert f"state {state_path}: file is not a database" in err
 
 
 def test_unexpected_errors_say_so_and_point_at_debug() -> None:
@@ -193,7 +196,7 @@ def test_exit_codes_are_distinct_and_documented_in_help(
         main(["--help"])
 
     out = capsys.readouterr().out
-    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5, 130}
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5, 6, 7, 130}
     for code, text in EXIT_CODES.items():
         assert f"{code:<4} {text}" in out
     assert CliError("x").code == EXIT_ACCESS

@@ -1,21 +1,28 @@
-"""``ctagg once | status | quarantine`` against moto: a missing central bucket is said once at
-the start, and the cycle's outcome is summed up for people and machines."""
+"""``ctagg once | status | quarantine`` through ``main`` against moto: a missing central bucket
+is said once at the start, the cycle's outcome is summed up for people and machines, expected
+failures are one line and a shared exit code (3 discovery, 6 unusable state, 7 another
+writer), never a traceback; read-only commands work beside a writer."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from awsfixtures import client
+from fakes.faultproxy import Fault, FaultProxy, any_request
 from opworld import A1, BASE, CENTRAL, REGION, TRAIL_BUCKET, put_logs, write_config
 from rich.console import Console
 
 from aggregator.cli import main
 from aggregator.cli.ingest import print_status
 from aggregator.state import State, StatusRow
+from aggregator.state.lock import WriterLock
 
 
 def test_missing_central_bucket_is_reported_once_before_any_object_is_read(
@@ -185,3 +192,85 @@ def test_once_prints_a_short_summary_on_a_terminal_and_json_on_a_pipe(
     assert "{" not in text
     report = json.loads(piped)
     assert (report["objects"], report["events_archived"]) == (1, 2)
+
+
+def config(tmp_path: Path, state_path: str | None = None, **extra: Any) -> str:
+    doc: dict[str, Any] = {
+        "state": {"path": state_path or str(tmp_path / "state.db")},
+        "archive": {"bucket": "central"},
+        "aws": {"max_attempts": 2},
+        "integrity": {"validate_digests": False, "lookup": {"mode": "off"}},
+    }
+    for k, v in extra.items():
+        doc[k] = {**doc.get(k, {}), **v}
+    path = tmp_path / "ctagg.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_once_says_discovery_failed_in_one_line(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Organizations ListAccounts out of retries: exit 3, one line, no traceback (as discover
+    and doctor handle it)."""
+    client("organizations").create_organization(FeatureSet="ALL")
+    client("s3").create_bucket(Bucket="central")  # checked before discovery
+    fault = Fault("error_before", any_request(), target="ListAccounts")
+    with FaultProxy(moto, [fault]) as proxy:
+        rc = main(["once", config(tmp_path, aws={"endpoint_url": proxy.url})])
+        assert proxy.injected["error_before"] >= 2
+
+    err = capsys.readouterr().err
+    assert rc == 3
+    lines = [ln for ln in err.splitlines() if ln.startswith("ctagg once:")]
+    assert len(lines) == 1
+    assert "discovery failed" in lines[0]
+    assert "InternalError" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_a_second_writer_exits_at_once_naming_the_holder(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While another process holds the state (the daemon), `ctagg once` exits 7 and says who
+    holds it; `ctagg status` reads beside it."""
+    cfg = config(tmp_path)
+    state_path = str(tmp_path / "state.db")
+    State(state_path).close()
+    held = WriterLock(state_path, "ctagg run").acquire()
+    try:
+        rc = main(["once", cfg])
+        err = capsys.readouterr().err
+        status_rc = main(["status", cfg, "--json"])
+    finally:
+        held.release()
+
+    assert rc == 7
+    assert f"pid {os.getpid()}" in err
+    assert "(ctagg run)" in err
+    assert " since 20" in err
+    assert status_rc == 0
+
+
+def test_once_on_an_unusable_state_names_the_path(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state path that cannot be opened (here: a directory): exit 6, the path and the reason
+    in one line."""
+    bad = tmp_path / "state-dir"
+    bad.mkdir()
+    rc = main(["once", config(tmp_path, state_path=str(bad))])
+
+    err = capsys.readouterr().err
+    assert rc == 6
+    assert f"state {bad}" in err
+    assert "Traceback" not in err
+
+
+def test_read_only_commands_do_not_create_a_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ctagg status` on a path where nothing was collected says so and creates nothing."""
+    assert main(["status", config(tmp_path)]) == 6
+    assert "no state file" in capsys.readouterr().err
+    assert not (tmp_path / "state.db").exists()
