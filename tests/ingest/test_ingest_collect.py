@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from archivecheck import assert_exactly_once
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
-from fakes.faultproxy import Fault, FaultProxy, is_get_object
+from fakes.faultproxy import Fault, FaultProxy, any_request, is_get_object, method_is
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, Inventory, Source
@@ -400,3 +400,68 @@ def test_bad_input_end_to_end_is_quarantined_and_good_records_archived_once(
     assert set(reasons) == set(bad)
     wrong = {k: (reasons[k], want) for k, want in bad.items() if want not in reasons[k]}
     assert not wrong, wrong
+
+
+# ------------------------------------------------------- faults as S3 gives them (issue 13)
+
+FAULTS: dict[str, list[Fault]] = {
+    "500 before the store, source GET": [
+        Fault("error_before", is_get_object("/org-trail/"), rate=0.5, times=8)
+    ],
+    "500 before the store, central PUT": [
+        Fault("error_before", method_is("PUT", "/central/"), rate=0.5, times=8)
+    ],
+    "500 after the central PUT was stored": [
+        Fault("error_after", method_is("PUT", "/central/"), rate=0.5, times=8)
+    ],
+    "503 SlowDown": [Fault("slowdown", any_request("/"), rate=0.3, times=8)],
+    "reset mid-body": [Fault("reset", is_get_object("/org-trail/"), rate=0.5, times=20)],
+    "truncated body, true Content-Length": [
+        Fault("truncate", is_get_object("/org-trail/"), rate=0.5, times=20)
+    ],
+    "multi-second delays": [Fault("delay", any_request("/"), times=2, delay_secs=2.0)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_every_s3_fault_converges_to_each_event_archived_once(
+    trail: Source, tmp_path: Path, name: str
+) -> None:
+    """Through the fault proxy in front of moto (``aws.max_attempts`` 2, so faults also outlast
+    botocore's retries and fail objects for a cycle): within a few cycles every planted event is
+    in the central bucket once, nothing lost, nothing duplicated (a PUT that was stored but
+    answered 500 is rewritten to the same key), no good object quarantined."""
+    planted = []
+    for i in range(8):
+        recs = [record(f"f{i}-{j}", A1, time=f"2024-05-01T0{i}:{j:02d}:00Z") for j in range(20)]
+        client("s3").put_object(
+            Bucket="org-trail",
+            Key=log_key(trail.prefix, A1, "us-east-1", f"20240501T0{i}05Z", f"F{i}"),
+            Body=log_object(recs),
+        )
+        planted.extend(recs)
+    # an overlapping account-trail copy of some events: the dedupe path under faults too
+    client("s3").put_object(
+        Bucket="org-trail",
+        Key=log_key(trail.prefix, A1, "us-east-1", "20240501T0905Z", "Dup"),
+        Body=log_object(planted[5:25]),
+    )
+    faults = [Fault(**{**f.__dict__, "seen": 0, "fired": 0}) for f in FAULTS[name]]
+
+    with FaultProxy(trail_endpoint(), faults, seed=13) as proxy:
+        cfg = settings(tmp_path, proxy.url)
+        reports = [cycle(cfg, trail)]
+        while reports[-1].errors and len(reports) < 8:
+            reports.append(cycle(cfg, trail))
+        fired = sum(proxy.injected.values())
+
+    assert fired > 0, "the fault never fired: the test proves nothing"
+    assert reports[-1].errors == 0, [r.errors for r in reports]
+    assert sum(r.quarantined for r in reports) == 0
+    assert sum(r.objects for r in reports) == 9
+    assert_exactly_once(planted)
+    state = State(cfg.state.path, read_only=True)
+    try:
+        assert state.quarantine.rows() == []
+    finally:
+        state.close()
