@@ -199,8 +199,8 @@ BAD_INPUTS: dict[str, tuple[bytes, str]] = {
     "two whole documents in two gzip members": (GOOD + GOOD, "invalid JSON"),
     "non-JSON": (gzip.compress(b"<html>503</html>"), "invalid JSON"),
     "JSON without Records": (gzip.compress(b'{"Events":[]}'), "'Records' list"),
-    "JSON not an object": (gzip.compress(b"[1, 2]"), "'Records' list"),
-    "Records not a list": (gzip.compress(b'{"Records":{"eventID":"x"}}'), "'Records' list"),
+    "JSON not an object": (gzip.compress(b"[1, 2]"), "the document is a list"),
+    "Records not a list": (gzip.compress(b'{"Records":{"eventID":"x"}}'), "'Records' is a dict"),
     "records not objects": (gzip.compress(b'{"Records":[{"eventID":"a"},7]}'), "not an object"),
     "10k-level nesting": (
         gzip.compress(b'{"Records":[{"eventID":"d","x":' + b"[" * 10_000 + b"]" * 10_000 + b"}]}"),
