@@ -34,7 +34,7 @@ from aggregator.ingest.collect import BadObject, decode_log
 LIMITS = {"max_object_bytes": 512 << 20, "max_record_bytes": 1 << 20}
 
 _CHILD = """
-import resource, sys
+import sys
 from isal import isal_zlib
 from aggregator.config import parse_settings
 from aggregator.ingest.collect import BadObject, decode_log
@@ -42,14 +42,16 @@ cfg = parse_settings({"archive": {"bucket": "central"}}).collect
 c = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
 zeros = bytes(1 << 20)
 data = b"".join([c.compress(zeros) for _ in range(int(sys.argv[1]) >> 20)] + [c.flush()])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # VmHWM: ru_maxrss would carry over a parent's peak across fork and exec
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM:")).split()[1])
+base = hwm()
 try:
     decode_log(data, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes)
     reason = "decoded"
 except BadObject as exc:
     reason = str(exc)
 print(len(data), cfg.max_object_bytes, base * 1024,
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, reason, sep="\\t")
+      hwm() * 1024, reason, sep="\\t")
 """
 
 
