@@ -225,8 +225,12 @@ def decode_log(data: bytes, *, max_object_bytes: int, max_record_bytes: int) -> 
     except Exception as exc:
         raise BadObject(f"invalid JSON: {_reason(exc)}") from None
     del raw
-    if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
-        raise BadObject("missing 'Records' list")
+    if not isinstance(doc, dict):
+        raise BadObject(f"missing 'Records' list (the document is a {type(doc).__name__})")
+    if not isinstance(doc.get("Records"), list):
+        if "Records" not in doc:
+            raise BadObject("missing 'Records' list")
+        raise BadObject(f"'Records' is a {type(doc['Records']).__name__}, not a list")
     records = doc["Records"]
     del doc
     out = Decoded(verbatim=clean)
