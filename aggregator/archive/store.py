@@ -26,6 +26,7 @@ from typing import Any
 
 from aggregator.archive.codec import decode_records
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
+from aggregator.aws.errors import error_code, is_not_found
 from aggregator.aws.objects import read_object
 from aggregator.config import ArchiveSettings, Settings
 
@@ -69,11 +70,74 @@ def object_id(source_bucket: str, source_key: str) -> str:
 
 def central_key(prefix: str, parts: KeyParts, source_bucket: str, source_key: str) -> str:
     kind = "CloudTrail-Insight" if parts.insight else "CloudTrail"
-    y, mo, d = parts.ts[0:4], parts.ts[4:6], parts.ts[6:8]
     name = (
         f"{parts.account}_{kind}_{parts.region}_{parts.ts}_{object_id(source_bucket, source_key)}"
     )
-    return f"{prefix}AWSLogs/{parts.account}/{kind}/{parts.region}/{y}/{mo}/{d}/{name}.json.gz"
+    return f"{day_prefix(prefix, parts.account, parts.region, kind, parts.ts[:8])}{name}.json.gz"
+
+
+def day_prefix(prefix: str, account: str, region: str, kind: str, day: str) -> str:
+    """The archive's prefix of one account, region, kind (``CloudTrail`` or
+    ``CloudTrail-Insight``) and day (``YYYYMMDD``), ending in ``/``."""
+    return f"{prefix}AWSLogs/{account}/{kind}/{region}/{day[0:4]}/{day[4:6]}/{day[6:8]}/"
+
+
+@dataclass(frozen=True)
+class CentralParts:
+    """Where a central key sits in the layout."""
+
+    account: str
+    region: str
+    kind: str  # CloudTrail | CloudTrail-Insight
+    day: str  # YYYYMMDD
+    ts: str  # YYYYMMDDTHHMMZ, from the object's name
+
+
+_CENTRAL = re.compile(
+    r"AWSLogs/(?P<account>\d{12})/(?P<kind>CloudTrail(?:-Insight)?)/(?P<region>[a-z0-9-]+)/"
+    r"(?P<y>\d{4})/(?P<mo>\d{2})/(?P<d>\d{2})/"
+    r"(?P=account)_(?P=kind)_(?P=region)_(?P<ts>\d{8}T\d{4}Z)_[A-Z2-7]{16}\.json\.gz"
+)
+
+
+def parse_central_key(prefix: str, key: str) -> CentralParts | None:
+    """The parts of a key this archive writes (:func:`central_key`), or None for a key outside
+    the layout (a stray upload, a renamed copy, a key of another tool)."""
+    if not key.startswith(prefix):
+        return None
+    m = _CENTRAL.fullmatch(key, len(prefix))
+    if not m or m["ts"][:8] != m["y"] + m["mo"] + m["d"]:
+        return None
+    return CentralParts(m["account"], m["region"], m["kind"], m["ts"][:8], m["ts"])
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A central object as written or found: its SHA-256 (hex) and its S3 ETag."""
+
+    sha256: str
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    etag: str | None
+    size: int
+
+
+class PreconditionFailed(Exception):
+    """A conditional write or delete lost: the central object is not what the writer expected
+    (it exists where none was expected, or changed since it was read)."""
+
+    def __init__(self, key: str, expected: str) -> None:
+        super().__init__(f"central object {key}: precondition failed ({expected})")
+        self.key = key
+        self.expected = expected
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    return error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 class Archive:
@@ -106,26 +170,79 @@ class Archive:
         return self._s3
 
     async def put(self, key: str, body: bytes) -> str:
-        """Write one central object; returns its hex SHA-256."""
+        """Write one central object unconditionally; returns its hex SHA-256."""
+        return (await self.write(key, body)).sha256
+
+    async def write(
+        self, key: str, body: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> Stored:
+        """Write one central object: ``if_absent`` only where none exists (If-None-Match),
+        ``if_match`` only over the object with that ETag (If-Match); either raises
+        :class:`PreconditionFailed` when S3 refuses it. The conditions apply only with
+        ``archive.conditional_writes``."""
         sha = hashlib.sha256(body).hexdigest()
         extra: dict[str, Any] = {}
         if self.settings.kms_key_id:
             extra["ServerSideEncryption"] = "aws:kms"
             extra["SSEKMSKeyId"] = self.settings.kms_key_id
+        if self.settings.conditional_writes:
+            if if_absent:
+                extra["IfNoneMatch"] = "*"
+            elif if_match is not None:
+                extra["IfMatch"] = if_match
         s3 = await self.client()
-        await s3.put_object(
-            Bucket=self.settings.bucket,
-            Key=key,
-            Body=body,
-            ContentType="application/json",
-            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
-            **extra,
-        )
-        return sha
+        try:
+            resp = await s3.put_object(
+                Bucket=self.settings.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
+                **extra,
+            )
+        except Exception as exc:
+            if _precondition_failed(exc):
+                wanted = "absent" if if_absent else f"ETag {if_match}"
+                raise PreconditionFailed(key, wanted) from exc
+            raise
+        return Stored(sha, resp.get("ETag"))
 
     async def get(self, key: str) -> bytes:
         data, _ = await read_object(await self.client(), self.settings.bucket, key)
         return data
+
+    async def fetch(self, key: str) -> tuple[bytes, str | None] | None:
+        """A central object's bytes and ETag, or None when there is no such object."""
+        try:
+            data, meta = await read_object(await self.client(), self.settings.bucket, key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return data, meta.get("ETag")
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete one central object (with If-Match under ``archive.conditional_writes``;
+        :class:`PreconditionFailed` when it changed). A missing object is not an error."""
+        extra: dict[str, Any] = {}
+        if self.settings.conditional_writes and if_match is not None:
+            extra["IfMatch"] = if_match
+        s3 = await self.client()
+        try:
+            await s3.delete_object(Bucket=self.settings.bucket, Key=key, **extra)
+        except Exception as exc:
+            if _precondition_failed(exc):
+                raise PreconditionFailed(key, f"ETag {if_match}") from exc
+            if not is_not_found(exc):
+                raise
+
+    async def objects(self, prefix: str) -> AsyncIterator[Listed]:
+        """Every object under ``prefix``, in key order (all pages)."""
+        s3 = await self.client()
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                yield Listed(o["Key"], o.get("ETag"), int(o.get("Size", 0)))
 
     async def read_records(self, key: str) -> list[dict[str, Any]]:
         return decode_records(await self.get(key))

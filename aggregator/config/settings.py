@@ -215,6 +215,20 @@ class DedupeSettings(Strict):
     window_days: int = Field(
         default=7, ge=1, le=3650, description="How long event keys are remembered (event time)."
     )
+    readback_max_objects: int = Field(
+        default=2000,
+        ge=1,
+        description="Central objects read back from the archive per cycle to answer what the "
+        "window cannot (late hours, a lost or restored state). Objects that need more wait "
+        "for the next cycle (counted, never skipped).",
+    )
+    readback_lag_days: int = Field(
+        default=1,
+        ge=0,
+        le=30,
+        description="A copy of an event is looked for in the archive under its own day and "
+        "this many days after it (CloudTrail delivers within minutes; late files a day later).",
+    )
 
 
 class ArchiveSettings(Strict):
@@ -229,6 +243,12 @@ class ArchiveSettings(Strict):
         ),
     )
     compress_level: int = Field(default=1, ge=1, le=9)
+    conditional_writes: bool = Field(
+        default=True,
+        description="Write central objects with If-None-Match (new) and If-Match (rewrite), so "
+        "a second writer or a lost state can never overwrite an object unseen. Off only for a "
+        "store without conditional writes.",
+    )
 
     @field_validator("prefix")
     @classmethod

@@ -361,6 +361,64 @@ def _m45_operator(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m60_truth(db: sqlite_utils.Database) -> None:
+    """The archive is the truth, the window its cache (issue 13):
+
+    * ``central_intents``  a central key about to be written, committed before the PUT and
+                           removed by the object's commit: what a crash in between left behind
+                           (settled from the archive before the next cycle)
+    * ``archive_known``    central objects this state did not write, read back from the archive
+                           (a lost, replaced or restored state; late hours)
+    * ``archive_coverage`` the (account, region, kind, day) prefixes of the archive whose every
+                           object's event keys are in the window
+    * ``state_meta``       this state's identity and generation, matched against the archive's
+                           writer marker
+    * ``ledger.etag``      the S3 ETag of the central object (If-Match on a rewrite)
+    """
+    db.executescript(
+        """
+        CREATE TABLE central_intents (
+            central_key TEXT PRIMARY KEY,
+            source_id TEXT NOT NULL,
+            source_bucket TEXT NOT NULL,
+            source_key TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            started_at REAL NOT NULL
+        );
+        CREATE TABLE archive_known (
+            central_key TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            day TEXT NOT NULL,
+            etag TEXT,
+            sha256 TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            events INTEGER NOT NULL,
+            first_event_time TEXT,
+            last_event_time TEXT,
+            read_at REAL NOT NULL
+        );
+        CREATE INDEX archive_known_day ON archive_known (account_id, region, kind, day);
+        CREATE TABLE archive_coverage (
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            day TEXT NOT NULL,
+            objects INTEGER NOT NULL,
+            read_at REAL NOT NULL,
+            PRIMARY KEY (account_id, region, kind, day)
+        ) WITHOUT ROWID;
+        CREATE TABLE state_meta (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        ALTER TABLE ledger ADD COLUMN etag TEXT;
+        """
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
@@ -370,4 +428,5 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (40, "integrity: lookup cursor, retry queue, digest results, archive digests", _m40_integrity),
     (45, "operator: digests per source apart from log objects, stored alert bodies", _m45_operator),
     (50, "ingest: stream walks and the backfill days still to list", _m50_backfill),
+    (60, "truth: central intents, archive read-back and coverage, state identity", _m60_truth),
 ]
