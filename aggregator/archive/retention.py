@@ -387,7 +387,9 @@ class Retention:
         today = utc_today(now)
         if cfg.prune_dedupe:
             before = int(now - self.settings.dedupe.window_days * 86400)
-            report.pruned["dedupe"] = self.state.window.prune(before, dry_run=dry_run)
+            report.pruned["dedupe"] = self.state.prune_window(
+                before, self.settings.dedupe.readback_lag_days, dry_run=dry_run
+            )
         if cfg.closed_prefix_days:
             backfill = self.settings.collect.backfill_days
             if backfill is None:
@@ -408,6 +410,9 @@ class Retention:
             else:
                 report.pruned["ledger"] = self.state.ledger.prune(
                     now - cfg.ledger_days * 86400, floor, dry_run=dry_run
+                )
+                report.pruned["archive_known"] = self.state.archive_known.prune(
+                    now - cfg.ledger_days * 86400, dry_run=dry_run
                 )
         for name, pruner in self.pruners.items():
             days = cfg.dead_letter_days if name == "dead_letters" else None

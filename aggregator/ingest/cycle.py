@@ -31,6 +31,7 @@ from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, ObjectKind, decode_log, fetch
 from aggregator.ingest.listing import Lister
 from aggregator.ingest.lookup import ClientFor, Sleep, lookup_targets
+from aggregator.ingest.truth import ReadbackDeferred
 from aggregator.ingest.windows import LookupWindows
 from aggregator.ingest.work import Cycle, CycleReport, Gate, Job, session_or_skip
 from aggregator.ingest.writer import CentralWriter
@@ -66,7 +67,7 @@ class Ingestor:
         self.aws = aws
         self.clock = clock
         self.gate = Gate(should_pause)
-        self.writer = CentralWriter(settings, state)
+        self.writer = CentralWriter(settings, state, clock)
         self.lister = Lister(settings, state, self.gate, clock)
         self.windows = LookupWindows(
             settings,
@@ -115,6 +116,7 @@ class Ingestor:
         async with ClientPool(self.aws) as pool:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+            truth = await self.writer.truth.begin(archive)
             workers = [
                 asyncio.create_task(self._worker(queue, pool, archive, cycle))
                 for _ in range(cfg.max_concurrency)
@@ -154,6 +156,21 @@ class Ingestor:
                 for _ in workers:
                     await queue.put(_DONE)
                 await asyncio.gather(*workers)
+                # PUTs that failed for us but may have reached S3: settled now, not next cycle
+                await self.writer.truth.settle(archive)
+                report.readback_days = truth.readback_days
+                report.readback_objects = truth.readback_objects
+                report.readback_deferred = truth.deferred
+                report.intents_settled = truth.settled
+                report.behind_archive = truth.behind_archive
+            if truth.deferred:
+                log.warning(
+                    "ingest.readback_deferred",
+                    objects=truth.deferred,
+                    budget=self.settings.dedupe.readback_max_objects,
+                    reason="objects need more of the archive read back than this cycle's "
+                    "budget (dedupe.readback_max_objects); they are handled in the next cycles",
+                )
             if not self.stop.is_set():
                 self.lister.close_old_prefixes(cycle)
         report.failed_accounts = len({f.account_id for f in inventory.failures} | cycle.failed)
@@ -234,6 +251,8 @@ class Ingestor:
                 data, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
             )
             await self.writer.write(job, decoded, archive, report, started, source=data)
+        except ReadbackDeferred:
+            cycle.errored.add(job.stream_id)  # not handled: its day prefix stays open
         except BadObject as exc:
             report.quarantined += 1
             self.state.quarantine.hold(src, job.key, str(exc))

@@ -32,6 +32,7 @@ from aggregator.ingest.lookup import (
     decode_window,
     window_source_key,
 )
+from aggregator.ingest.truth import ReadbackDeferred
 from aggregator.ingest.work import (
     LOOKUP_BUCKET,
     Cycle,
@@ -161,6 +162,8 @@ class LookupWindows:
                 report.lookup_windows += 1
             self.state.sources.ok(src)
             cycle.listed.add(src.source_id)
+        except ReadbackDeferred:
+            return  # the cursor waits: this window is read again next cycle
         except Exception as exc:
             report.errors += 1
             self.state.sources.error(src, error_message(exc))
@@ -198,6 +201,8 @@ class LookupWindows:
                     src.account_id, src.region, start, end + 300
                 )
                 await self._archive_window(lsrc, window, archive, report, started)
+            except ReadbackDeferred:
+                continue  # the file stays missing: filled in a later cycle
             except Exception as exc:
                 report.errors += 1
                 log.warning(

@@ -45,6 +45,12 @@ class CycleReport:
     lookup_windows: int = 0
     lookup_requests: int = 0
     gaps_filled: int = 0
+    # the archive as the truth (aggregator/ingest/truth.py)
+    readback_days: int = 0  # day prefixes read back
+    readback_objects: int = 0  # central objects read back (GETs)
+    readback_deferred: int = 0  # objects that wait for the next cycle's read-back budget
+    intents_settled: int = 0  # central PUTs without a commit, settled from the archive
+    behind_archive: bool = False  # an empty state beside a non-empty archive
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

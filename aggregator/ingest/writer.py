@@ -1,21 +1,32 @@
-"""The archive step of one source object: dedupe claim → central write → commit.
+"""The archive step of one source object: read-back → dedupe claim → intent → central write
+→ commit.
 
-The check "is this key archived?" (the window) and the in-memory claim of the new keys happen
-with no ``await`` between them, so the same event in an organization-trail object and an
-account-trail object handled at the same time is kept by exactly one. A failed write releases
-its claims; the object is retried and nothing is lost. The commit (event keys, ledger row,
-checkpoint) is one SQLite transaction after the central write: a crash in between repeats the
-object and rewrites the same central key.
+What the window cannot answer is first read back from the archive
+(:mod:`aggregator.ingest.truth`). The check "is this key archived?" (the window) and the
+in-memory claim of the new keys happen with no ``await`` between them, so the same event in an
+organization-trail object and an account-trail object handled at the same time is kept by
+exactly one. A failed write releases its claims; the object is retried and nothing is lost.
+
+The central key is derived from the source object alone. Before the PUT an intent is committed;
+the commit (event keys, ledger row, checkpoint, the end of the intent) is one SQLite
+transaction after it. A new object is written with If-None-Match: an object already there is
+either this writer's own PUT retried (same bytes) or one this state never saw, whose events are
+then kept and the new ones added (If-Match). A source object that brings events its committed
+central object lacks rewrites it with them added (If-Match; the object takes a new ledger id so
+the forwarders send it). A crash between PUT and commit leaves the intent, settled from the
+archive before the next objects (``ArchiveTruth.settle``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from aggregator.archive import store as central
 from aggregator.archive.codec import encode_records
 from aggregator.config import Settings
-from aggregator.ingest.collect import Decoded, ObjectKind
+from aggregator.ingest.collect import Decoded, ObjectKind, decode_log
+from aggregator.ingest.truth import ArchiveTruth, object_record
 from aggregator.ingest.work import CycleReport, Job
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
@@ -24,12 +35,32 @@ log = get_logger("aggregator.ingest")
 
 
 class CentralWriter:
-    def __init__(self, settings: Settings, state: State) -> None:
+    def __init__(
+        self, settings: Settings, state: State, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.state = state
+        self.truth = ArchiveTruth(settings, state, clock)
         # Event keys claimed by objects in flight: two copies of one event in two objects
         # handled at the same time must not both be archived.
         self._claimed: set[bytes] = set()
+
+    def parts(self, job: Job, decoded: Decoded) -> central.KeyParts:
+        """Where the object's central key sits: from its name, or (LookupEvents windows, other
+        names) from the job and its events' earliest time."""
+        src = job.source
+        if job.parts is not None:
+            return job.parts
+        named = central.parse_source_name(job.key)
+        if named is not None:
+            return named
+        times = [t for t in decoded.times if t]
+        return central.KeyParts(
+            src.account_id,
+            src.region,
+            central.ts_from_event_time(min(times, default=None)) or "19700101T0000Z",
+            job.kind == ObjectKind.INSIGHT,
+        )
 
     async def write(
         self,
@@ -41,15 +72,17 @@ class CentralWriter:
         *,
         source: bytes | None = None,
     ) -> None:
-        """Dedupe, write the central object, commit. ``source``: the object's bytes as fetched,
-        archived as they are when every record is new and they are clean gzip. ``report``
-        counts what was archived."""
+        """Read back, dedupe, write the central object, commit. ``source``: the object's bytes
+        as fetched, archived as they are when every record is new and they are clean gzip.
+        ``report`` counts what was archived. Raises ``truth.ReadbackDeferred`` (nothing done)
+        when the object needs a read-back the cycle has no budget left for."""
         src = job.source
+        parts = self.parts(job, decoded)
+        await self.truth.ensure(archive, parts, decoded.times)
         known = self.state.window.known(decoded.keys)
         # Claim synchronously (no await between check and claim) so concurrent objects holding
         # the same event cannot both keep it.
         keep: list[int] = []
-        mine: list[bytes] = []
         seen_here: set[bytes] = set()
         for i, k in enumerate(decoded.keys):
             if k in known or k in self._claimed or k in seen_here:
@@ -57,39 +90,30 @@ class CentralWriter:
             seen_here.add(k)
             keep.append(i)
         self._claimed.update(seen_here)
-        mine.extend(seen_here)
         try:
             ce: CentralObject | None = None
+            new_keys = [decoded.keys[i] for i in keep]
+            rewrite = False
             if keep:
-                times = [decoded.times[i] for i in keep if decoded.times[i]]
-                kp = (
-                    job.parts
-                    or central.parse_source_name(job.key)
-                    or central.KeyParts(
-                        src.account_id,
-                        src.region,
-                        central.ts_from_event_time(min(times) if times else None)
-                        or "19700101T0000Z",
-                        job.kind == ObjectKind.INSIGHT,
-                    )
-                )
-                key = central.central_key(self.settings.archive.prefix, kp, src.bucket, job.key)
-                if source is not None and decoded.verbatim and len(keep) == len(decoded.keys):
-                    body = source
+                key = central.central_key(self.settings.archive.prefix, parts, src.bucket, job.key)
+                prior = self.state.archive_known.lookup(key)
+                self.state.intents.begin(key, src, job.key)
+                if prior is None:
+                    if source is not None and decoded.verbatim and len(keep) == len(decoded.keys):
+                        body = source
+                    else:
+                        body = encode_records(
+                            [decoded.record_bytes(i) for i in keep],
+                            self.settings.archive.compress_level,
+                        )
+                    try:
+                        stored = await archive.write(key, body, if_absent=True)
+                        ce = object_record(key, body, stored.etag, decoded, keep)
+                    except central.PreconditionFailed:
+                        ce, new_keys = await self._onto_existing(archive, key, decoded, keep)
                 else:
-                    body = encode_records(
-                        [decoded.record_bytes(i) for i in keep],
-                        self.settings.archive.compress_level,
-                    )
-                sha = await archive.put(key, body)
-                ce = CentralObject(
-                    key,
-                    len(body),
-                    sha,
-                    len(keep),
-                    min(times, default=None),
-                    max(times, default=None),
-                )
+                    ce, new_keys = await self._onto_existing(archive, key, decoded, keep)
+                    rewrite = prior.in_ledger
             outcome = ObjectOutcome(
                 source=src,
                 key=job.key,
@@ -99,13 +123,14 @@ class CentralWriter:
                 size=job.size,
                 events_in=len(decoded.keys),
                 duplicates=len(decoded.keys) - len(keep),
-                new_keys=[decoded.keys[i] for i in keep],
+                new_keys=new_keys,
                 central=ce,
                 newest_event_time=max(decoded.times, default=None) or None,
+                rewrite=rewrite,
             )
             self.state.commit_object(outcome)
         finally:
-            self._claimed.difference_update(mine)
+            self._claimed.difference_update(seen_here)
         report.objects += 1
         report.events_in += len(decoded.keys)
         report.duplicates += len(decoded.keys) - len(keep)
@@ -121,3 +146,47 @@ class CentralWriter:
             duplicates=len(decoded.keys) - len(keep),
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    async def _onto_existing(
+        self, archive: central.Archive, key: str, decoded: Decoded, keep: list[int]
+    ) -> tuple[CentralObject, list[bytes]]:
+        """The central object ``key`` is already in the archive: a PUT of this writer retried
+        after S3 took it, an object of a state this one never saw, or an earlier version of
+        this source's own. Its events stay and the kept ones it lacks are added (If-Match on
+        what was read). Returns the object as it now is and every key it holds."""
+        got = await archive.fetch(key)
+        if got is None:  # gone since: write it new
+            body = encode_records(
+                [decoded.record_bytes(i) for i in keep], self.settings.archive.compress_level
+            )
+            stored = await archive.write(key, body, if_absent=True)
+            return object_record(key, body, stored.etag, decoded, keep), [
+                decoded.keys[i] for i in keep
+            ]
+        there, etag = got
+        held = decode_log(
+            there,
+            max_object_bytes=self.settings.collect.max_object_bytes,
+            max_record_bytes=self.settings.collect.max_record_bytes,
+        )
+        have = set(held.keys)
+        extra = [i for i in keep if decoded.keys[i] not in have]
+        if not extra:
+            log.info("archive.object_found", key=key, events=len(held.keys))
+            return object_record(key, there, etag, held), list(held.keys)
+        parts = [held.record_bytes(i) for i in range(len(held.keys))]
+        parts.extend(decoded.record_bytes(i) for i in extra)
+        body = encode_records(parts, self.settings.archive.compress_level)
+        stored = await archive.write(key, body, if_match=etag)
+        log.info("archive.object_extended", key=key, events=len(held.keys), added=len(extra))
+        times = [t for t in (*held.times, *(decoded.times[i] for i in extra)) if t]
+        ce = CentralObject(
+            key,
+            len(body),
+            stored.sha256,
+            len(parts),
+            min(times, default=None),
+            max(times, default=None),
+            stored.etag,
+        )
+        return ce, [*held.keys, *(decoded.keys[i] for i in extra)]

@@ -15,6 +15,9 @@ store                  tables                                                   
 ``lookup``, ``retry``  ``lookup_cursor``, ``retry_queue``                         integrity.py
 ``digests``            ``digest_expected``, ``digest_results``                    integrity.py
 ``archive_digests``    ``archive_digests``: the archive's own digest chain        integrity.py
+``intents``            ``central_intents``: central PUTs not committed yet        truth.py
+``archive_known``      ``archive_known``, ``archive_coverage``: the read-back     truth.py
+``meta``               ``state_meta``: the state's identity and generation        truth.py
 =====================  =========================================================  ==============
 
 Forwarding (``aggregator/forward/store.py``) and detection (``aggregator/detect/store.py``)
@@ -36,7 +39,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aggregator.state.checkpoints import Checkpoints
@@ -55,6 +60,7 @@ from aggregator.state.records import (
     StatusRow,
 )
 from aggregator.state.sources import Sources
+from aggregator.state.truth import ArchiveKnown, Intents, StateMeta
 from aggregator.state.window import DedupeWindow
 
 __all__ = [
@@ -100,6 +106,9 @@ class State:
         self.retry = RetryQueue(self.db)
         self.digests = DigestLog(self.db)
         self.archive_digests = ArchiveDigestLog(self.db)
+        self.intents = Intents(self.db)
+        self.archive_known = ArchiveKnown(self.db)
+        self.meta = StateMeta(self.db)
 
     @property
     def path(self) -> str:
@@ -110,17 +119,67 @@ class State:
         return self.db.conn
 
     def commit_object(self, o: ObjectOutcome) -> None:
-        """Record one handled source object in one transaction: its event keys, its ledger row,
-        its checkpoint, the end of any quarantine or retry of it, the source's progress."""
+        """Record one handled source object in one transaction: its event keys, its ledger row
+        (ending its central intent), its checkpoint, the end of any quarantine or retry of it,
+        the source's progress."""
         now = time.time()
         bucket = o.source.bucket
         with self.db.transaction() as c:
             DedupeWindow.insert(c, o.new_keys)
             Ledger.record(c, o, now)
+            if o.central is not None:
+                Intents.release(c, o.central.key)
+                ArchiveKnown.forget(c, o.central.key)
             Checkpoints.record(c, o, now)
             Quarantine.release(c, bucket, o.key)
             RetryQueue.release(c, bucket, o.key)
             Sources.note_object(c, o, now)
+
+    def adopt(self, o: ObjectOutcome) -> None:
+        """Put a central object found in the archive on the ledger (a PUT whose commit never
+        happened, settled from its intent): its ledger row and event keys, the end of its
+        intent. The source object's checkpoint is left as it was (it is handled again and
+        finds its events archived)."""
+        with self.db.transaction() as c:
+            DedupeWindow.insert(c, o.new_keys)
+            Ledger.record(c, o, time.time())
+            if o.central is not None:
+                Intents.release(c, o.central.key)
+                ArchiveKnown.forget(c, o.central.key)
+
+    def read_back(
+        self,
+        ce: CentralObject,
+        keys: Sequence[bytes],
+        *,
+        account: str,
+        region: str,
+        kind: str,
+        day: str,
+    ) -> None:
+        """One central object read back from the archive: its event keys join the window and
+        the object is on record (``archive_known``) unless the ledger has it."""
+        with self.db.transaction() as c:
+            DedupeWindow.insert(c, keys)
+            in_ledger = c.execute("SELECT 1 FROM ledger WHERE central_key = ?", (ce.key,))
+            if in_ledger.fetchone() is None:
+                ArchiveKnown.remember(c, ce, account=account, region=region, kind=kind, day=day)
+
+    def prune_window(self, before_epoch: float, lag_days: int, *, dry_run: bool = False) -> int:
+        """Forget event keys of hours before the one containing ``before_epoch`` (the dedupe
+        window's retention), and with them the read-back of the days whose objects held them:
+        a later copy of such an event is answered from the archive again. ``window_floor``
+        (state_meta) is the oldest hour whose keys the window still holds."""
+        n = self.window.prune(before_epoch, dry_run=dry_run)
+        if not dry_run:
+            at = datetime.fromtimestamp(before_epoch, UTC)
+            floor = at.strftime("%Y-%m-%dT%H")
+            self.archive_known.prune_coverage((at + timedelta(days=lag_days)).strftime("%Y%m%d"))
+            self.meta.set(
+                window_floor=max(floor, self.meta.get("window_floor") or ""),
+                window_pruned_at=time.time(),
+            )
+        return n
 
     def retry_keys(self, source_id: str) -> list[str]:
         """Keys to fetch by name in the next cycle: quarantined objects marked for retry and

@@ -29,12 +29,14 @@ class Ledger:
         ce = o.central
         if ce is None:
             return
+        if o.rewrite:
+            c.execute("DELETE FROM ledger WHERE central_key = ?", (ce.key,))
         c.execute(
             "INSERT INTO ledger (central_key, source_bucket, source_key, account_id, "
             "region, events, bytes, sha256, first_event_time, last_event_time, "
-            "written_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "written_at, etag) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(central_key) DO UPDATE SET events=excluded.events, "
-            "bytes=excluded.bytes, sha256=excluded.sha256, "
+            "bytes=excluded.bytes, sha256=excluded.sha256, etag=excluded.etag, "
             "first_event_time=excluded.first_event_time, "
             "last_event_time=excluded.last_event_time",
             (
@@ -49,6 +51,7 @@ class Ledger:
                 ce.first_event_time,
                 ce.last_event_time,
                 now,
+                ce.etag,
             ),
         )
 

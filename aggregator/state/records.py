@@ -27,6 +27,7 @@ class CentralObject:
     events: int
     first_event_time: str | None
     last_event_time: str | None
+    etag: str | None = None  # S3's, for If-Match on a rewrite
 
 
 @dataclass
@@ -44,6 +45,9 @@ class ObjectOutcome:
     new_keys: Sequence[bytes] = ()
     central: CentralObject | None = None
     newest_event_time: str | None = None
+    # the central object replaces an earlier version of itself: it takes a new ledger id, so
+    # the forwarders send it (again)
+    rewrite: bool = False
 
 
 @dataclass

@@ -56,7 +56,7 @@ async def run(cfg: Settings, inv: Inventory, sessions: StsSessions | None = None
 def central_objects() -> dict[str, bytes]:
     s3 = client("s3")
     out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="central"):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="central", Prefix="AWSLogs/"):
         for obj in page.get("Contents", ()):
             out[obj["Key"]] = s3.get_object(Bucket="central", Key=obj["Key"])["Body"].read()
     return out

@@ -179,7 +179,7 @@ def start_at(cfg: Settings, at: float, *accounts: str) -> None:
 def central_objects() -> dict[str, bytes]:
     s3 = client("s3")
     out = {}
-    for page_ in s3.get_paginator("list_objects_v2").paginate(Bucket="central"):
+    for page_ in s3.get_paginator("list_objects_v2").paginate(Bucket="central", Prefix="AWSLogs/"):
         for obj in page_.get("Contents", ()):
             out[obj["Key"]] = s3.get_object(Bucket="central", Key=obj["Key"])["Body"].read()
     return out

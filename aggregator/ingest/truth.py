@@ -1,0 +1,417 @@
+"""The central archive is the truth; the SQLite window is a cache of it.
+
+The window answers "is this event archived?" for what this state wrote while it was the
+archive's only writer and while the keys are younger than the window's retention. Everything
+else is answered from the archive itself before an event is archived:
+
+* **Read-back.** A central object lives under its account, region, kind and day (the CloudTrail
+  layout), and a copy of an event lives under the event's day or up to
+  ``dedupe.readback_lag_days`` after it. So before an object with events the window cannot
+  vouch for is archived, those day prefixes are read back once: one LIST each, and a GET of
+  every object there this state does not have in its window (objects it wrote itself are not
+  read again while their keys are in the window). Their keys join the window; the prefix is
+  *covered* (``archive_coverage``) until the window forgets its hours. At most
+  ``dedupe.readback_max_objects`` GETs per cycle: an object that needs more waits for the next
+  cycle (counted as deferred), never archived unchecked.
+* **Which days need it.** Days up to the day of ``trusted_since`` (the archive may hold objects
+  of another state from before then: a state that is new beside an existing archive, was
+  restored from an older copy, or replaced another one), and every day of an event older than
+  the window's floor (keys pruned by retention).
+* **The writer marker.** ``_ctagg/writer.json`` in the central bucket names the state that
+  writes the archive and its generation (one per cycle, written with If-Match/If-None-Match
+  before the cycle's first central PUT). A state whose identity or generation differs from the
+  marker is not the archive's latest writer: it says so, forgets its coverage, and trusts its
+  window only for days after now. An empty state beside a non-empty archive is said out loud
+  (``state.empty_beside_archive``) and counted (``ctagg_state_behind_archive``).
+* **Intents.** A central PUT is preceded by a committed intent and followed by the object's
+  commit, which ends it. An intent left behind (a crash, a PUT that reached S3 but failed for
+  the client) is settled from the archive at the start and end of a cycle: an object that is
+  there joins the ledger with only the events archived nowhere else (rewritten with If-Match,
+  or deleted when it contributes nothing); one that is not there is forgotten. So any order of
+  crashes and re-reads ends with the archive a crash-free run gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from aggregator.archive import store as central
+from aggregator.archive.codec import encode_records
+from aggregator.config import Settings
+from aggregator.ingest.collect import BadObject, Decoded, decode_log
+from aggregator.log import get_logger
+from aggregator.state import CentralObject, ObjectOutcome, State
+
+log = get_logger("aggregator.ingest")
+
+MARKER_KEY = "_ctagg/writer.json"
+# A source object's name carries AWS's clock; ours may be behind it by this much.
+_SKEW_SECS = 3600
+
+
+class ReadbackDeferred(Exception):
+    """The cycle's read-back budget is spent: the object waits for the next cycle."""
+
+
+class ArchiveWriterConflict(Exception):
+    """Another state wrote the archive's writer marker during this cycle's start."""
+
+
+@dataclass
+class TruthReport:
+    readback_days: int = 0
+    readback_objects: int = 0
+    deferred: int = 0
+    settled: int = 0  # intents settled (adopted, rewritten, deleted or absent)
+    behind_archive: bool = False  # an empty state beside a non-empty archive
+    not_latest: bool = False  # the marker names another state or generation
+
+
+def kind_of(insight: bool) -> str:
+    return "CloudTrail-Insight" if insight else "CloudTrail"
+
+
+def _day(event_time: str) -> str | None:
+    """YYYYMMDD of an ISO 8601 eventTime, or None."""
+    d = event_time[0:4] + event_time[5:7] + event_time[8:10]
+    return d if len(d) == 8 and d.isdecimal() else None
+
+
+def days_between(first: str, last: str) -> list[str]:
+    """Every YYYYMMDD from ``first`` to ``last`` (at most 400 days)."""
+    a = datetime.strptime(first, "%Y%m%d")
+    b = datetime.strptime(last, "%Y%m%d")
+    n = min((b - a).days, 400)
+    return [(a + timedelta(days=i)).strftime("%Y%m%d") for i in range(n + 1)]
+
+
+def object_record(
+    key: str, body: bytes, etag: str | None, decoded: Decoded, keep: Sequence[int] | None = None
+) -> CentralObject:
+    idx = range(len(decoded.keys)) if keep is None else keep
+    times = [decoded.times[i] for i in idx if decoded.times[i]]
+    return CentralObject(
+        key,
+        len(body),
+        hashlib.sha256(body).hexdigest(),
+        len(idx),
+        min(times, default=None),
+        max(times, default=None),
+        etag,
+    )
+
+
+class ArchiveTruth:
+    """Answers from the archive what the window cannot. One per Ingestor; one cycle at a time."""
+
+    def __init__(
+        self, settings: Settings, state: State, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.clock = clock
+        self.report = TruthReport()
+        self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
+        self._trusted_day = "19700101"
+        self._floor = ""
+
+    @property
+    def _limits(self) -> dict[str, int]:
+        cfg = self.settings.collect
+        return {"max_object_bytes": cfg.max_object_bytes, "max_record_bytes": cfg.max_record_bytes}
+
+    def _decode(self, body: bytes) -> Decoded:
+        return decode_log(body, **self._limits)
+
+    # ------------------------------------------------------------------ cycle start and end
+
+    async def begin(self, archive: central.Archive) -> TruthReport:
+        """Before a cycle's first central PUT: check the writer marker, take the next
+        generation, settle what an earlier cycle left in flight."""
+        self.report = TruthReport()
+        self._locks.clear()
+        await self._claim_marker(archive)
+        meta = self.state.meta
+        trusted = meta.trusted_since() or 0.0
+        self._trusted_day = datetime.fromtimestamp(trusted + _SKEW_SECS, UTC).strftime("%Y%m%d")
+        self._floor = meta.get("window_floor") or ""
+        await self.settle(archive)
+        return self.report
+
+    async def _claim_marker(self, archive: central.Archive) -> None:
+        meta = self.state.meta
+        sid, generation = meta.identity()
+        trusted = meta.trusted_since()
+        key = f"{self.settings.archive.prefix}{MARKER_KEY}"
+        got = await archive.fetch(key)
+        marker: dict[str, Any] | None = None
+        if got is not None:
+            try:
+                doc = orjson.loads(got[0])
+                marker = doc if isinstance(doc, dict) else {}
+            except orjson.JSONDecodeError:
+                marker = {}
+        now = self.clock()
+        fresh = self.state.ledger.max_id() == 0
+        if marker is None:
+            if trusted is None:
+                has_objects = await self._archive_has_objects(archive)
+                trusted = now if has_objects else 0.0
+                if has_objects:
+                    self.report.behind_archive = fresh
+                    log.warning(
+                        "state.empty_beside_archive" if fresh else "archive.no_writer_marker",
+                        state=self.state.path,
+                        bucket=self.settings.archive.bucket,
+                        reason="the archive has objects this state did not write; they are "
+                        "read back before an event of their days is archived",
+                    )
+            else:
+                trusted = now
+                self.state.archive_known.uncover_all()
+                log.warning(
+                    "archive.writer_marker_missing",
+                    state=self.state.path,
+                    bucket=self.settings.archive.bucket,
+                    reason="the writer marker is gone; the archive is read back before events "
+                    "up to now are archived",
+                )
+        elif marker.get("state_id") == sid and marker.get("generation") == generation:
+            trusted = 0.0 if trusted is None else trusted
+        else:
+            self.report.not_latest = True
+            self.report.behind_archive = fresh
+            same = marker.get("state_id") == sid
+            trusted = now
+            self.state.archive_known.uncover_all()
+            log.warning(
+                "state.empty_beside_archive" if fresh else "state.not_latest_writer",
+                state=self.state.path,
+                bucket=self.settings.archive.bucket,
+                state_generation=generation,
+                marker_state=marker.get("state_id"),
+                marker_generation=marker.get("generation"),
+                marker_host=marker.get("host"),
+                reason=(
+                    "this state is an older copy of the archive's writer (restored?)"
+                    if same
+                    else "another state wrote the archive last"
+                )
+                + "; the archive is read back before events up to now are archived",
+            )
+        meta.set(generation=generation + 1, trusted_since=trusted)
+        body = orjson.dumps(
+            {
+                "state_id": sid,
+                "generation": generation + 1,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "state": self.state.path,
+                "written_at": datetime.fromtimestamp(now, UTC).isoformat(),
+            }
+        )
+        try:
+            await archive.write(key, body, if_absent=got is None, if_match=got and got[1])
+        except central.PreconditionFailed as exc:
+            again = await archive.fetch(key)
+            doc = orjson.loads(again[0]) if again else {}
+            if doc.get("state_id") == sid and doc.get("generation") == generation + 1:
+                return  # our own write, retried after S3 had taken it
+            meta.set(generation=generation)
+            raise ArchiveWriterConflict(
+                f"another ctagg state wrote s3://{self.settings.archive.bucket}/{key} just now "
+                f"(host {doc.get('host')}, state {doc.get('state')}): one archive has one "
+                "writer (or one per shard)"
+            ) from exc
+        except BaseException:
+            meta.set(generation=generation)  # the marker still says the old one
+            raise
+
+    async def _archive_has_objects(self, archive: central.Archive) -> bool:
+        s3 = await archive.client()
+        resp = await s3.list_objects_v2(
+            Bucket=self.settings.archive.bucket,
+            Prefix=f"{self.settings.archive.prefix}AWSLogs/",
+            MaxKeys=1,
+        )
+        return bool(resp.get("Contents"))
+
+    # ------------------------------------------------------------------ read-back
+
+    async def ensure(
+        self,
+        archive: central.Archive,
+        parts: central.KeyParts,
+        times: Sequence[str],
+    ) -> None:
+        """Make the window answer for the events of an object about to be archived under
+        ``parts`` (its central key's account, region, kind and time) with these eventTimes:
+        read back every day prefix where a copy of them could be that the window cannot vouch
+        for. Raises :class:`ReadbackDeferred` when the cycle's budget is spent."""
+        own = parts.ts[:8]
+        stamped = [t for t in times if t]
+        first = min(stamped, default="")
+        last = max(stamped, default="")
+        lo = _day(first) or own
+        hi = _day(last) or own
+        old = bool(self._floor) and first[:13] < self._floor
+        if not old and own > self._trusted_day and lo > self._trusted_day:
+            return  # the fast path: everything is this state's own, in the window
+        lag = self.settings.dedupe.readback_lag_days
+        hi_lag = (datetime.strptime(hi, "%Y%m%d") + timedelta(days=lag)).strftime("%Y%m%d")
+        days = set(days_between(min(lo, own), max(hi_lag, own)))
+        need = sorted(d for d in days if old or d <= self._trusted_day)
+        if not need:
+            return
+        kind = kind_of(parts.insight)
+        covered = self.state.archive_known.covered(parts.account, parts.region, kind, need)
+        for day in need:
+            if day not in covered:
+                await self._read_day(archive, parts.account, parts.region, kind, day)
+
+    async def _read_day(
+        self, archive: central.Archive, account: str, region: str, kind: str, day: str
+    ) -> None:
+        lock = self._locks.setdefault((account, region, kind, day), asyncio.Lock())
+        async with lock:
+            if self.state.archive_known.covered(account, region, kind, [day]):
+                return  # another worker read it while this one waited
+            prefix = central.day_prefix(self.settings.archive.prefix, account, region, kind, day)
+            known = self.state.archive_known.in_prefix(prefix, account, region, kind, day)
+            in_flight = self.state.intents.keys()
+            pruned_at = float(self.state.meta.get("window_pruned_at") or 0)
+            objects = 0
+            async for listed in archive.objects(prefix):
+                objects += 1
+                k = known.get(listed.key)
+                if k is not None and (k.etag is None or k.etag == listed.etag):
+                    intact = k.recorded_at > pruned_at or (
+                        not self._floor or (k.first_event_time or "")[:13] >= self._floor
+                    )
+                    if intact:
+                        continue  # its keys are in the window
+                if (
+                    listed.key in in_flight
+                    or central.parse_central_key(self.settings.archive.prefix, listed.key) is None
+                ):
+                    continue  # settled from its intent; outside the layout (reconcile says)
+                budget = self.settings.dedupe.readback_max_objects
+                if self.report.readback_objects >= budget:
+                    self.report.deferred += 1
+                    raise ReadbackDeferred(
+                        f"read-back budget of {budget} central objects this cycle is spent"
+                    )
+                got = await archive.fetch(listed.key)
+                if got is None:
+                    continue  # deleted since the listing
+                body, etag = got
+                self.report.readback_objects += 1
+                try:
+                    decoded = self._decode(body)
+                except BadObject as exc:
+                    log.error(
+                        "archive.readback_unreadable",
+                        key=listed.key,
+                        reason=str(exc),
+                        hint="ctagg reconcile reports it; its events cannot be deduplicated",
+                    )
+                    continue
+                ce = object_record(listed.key, body, etag, decoded)
+                self.state.read_back(
+                    ce, decoded.keys, account=account, region=region, kind=kind, day=day
+                )
+            self.state.archive_known.cover(account, region, kind, day, objects)
+            self.report.readback_days += 1
+            log.info(
+                "archive.read_back",
+                account_id=account,
+                region=region,
+                kind=kind,
+                day=day,
+                objects=objects,
+            )
+
+    # ------------------------------------------------------------------ intents
+
+    async def settle(self, archive: central.Archive) -> None:
+        """Settle every central intent left without a commit (see the module's doc)."""
+        for intent in self.state.intents.pending():
+            key = intent.central_key
+            got = await archive.fetch(key)
+            self.report.settled += 1
+            if got is None:
+                self.state.intents.drop(key)
+                continue
+            body, etag = got
+            try:
+                decoded = self._decode(body)
+            except BadObject as exc:
+                log.error("archive.intent_unreadable", key=key, reason=str(exc))
+                self.state.intents.drop(key)
+                continue
+            prior = self.state.archive_known.lookup(key)
+            if prior is not None and prior.in_ledger:
+                # a rewrite of a committed object: the new version holds the old one's events
+                if prior.sha256 != hashlib.sha256(body).hexdigest():
+                    self._adopt(intent, object_record(key, body, etag, decoded), decoded.keys, True)
+                else:
+                    self.state.intents.drop(key)
+                continue
+            known = self.state.window.known(decoded.keys)
+            keep: list[int] = []
+            seen: set[bytes] = set()
+            for i, k in enumerate(decoded.keys):
+                if k not in known and k not in seen:
+                    seen.add(k)
+                    keep.append(i)
+            try:
+                if len(keep) == len(decoded.keys):
+                    ce = object_record(key, body, etag, decoded)
+                elif not keep:
+                    await archive.delete(key, if_match=etag)
+                    self.state.intents.drop(key)
+                    log.info("archive.orphan_deleted", key=key, source_key=intent.source_key)
+                    continue
+                else:
+                    new_body = encode_records(
+                        [decoded.record_bytes(i) for i in keep],
+                        self.settings.archive.compress_level,
+                    )
+                    stored = await archive.write(key, new_body, if_match=etag)
+                    ce = object_record(key, new_body, stored.etag, decoded, keep)
+                    log.info(
+                        "archive.orphan_rewritten",
+                        key=key,
+                        kept=len(keep),
+                        dropped=len(decoded.keys) - len(keep),
+                    )
+            except central.PreconditionFailed:
+                log.warning("archive.intent_changed", key=key, reason="settled next cycle")
+                continue
+            self._adopt(intent, ce, [decoded.keys[i] for i in keep], False)
+
+    def _adopt(self, intent: Any, ce: CentralObject, keys: Sequence[bytes], rewrite: bool) -> None:
+        self.state.adopt(
+            ObjectOutcome(
+                source=intent.source,
+                key=intent.source_key,
+                day_prefix="",
+                kind="log",
+                etag=None,
+                size=0,
+                new_keys=keys,
+                central=ce,
+                rewrite=rewrite,
+            )
+        )
+        log.info("archive.intent_adopted", key=ce.key, events=ce.events)
