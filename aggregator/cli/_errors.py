@@ -63,6 +63,13 @@ def explain(exc: BaseException) -> CliError:
         return CliError(
             str(exc), "stop it first, or run read commands (status, ...) beside it", EXIT_LOCKED
         )
+    if kind == "ArchiveWriterConflict":
+        return CliError(
+            str(exc),
+            "run one writer per archive: stop the other one, or give each its own "
+            "archive.prefix",
+            EXIT_LOCKED,
+        )
     if kind == "StorageError":
         missing = "no state file" in str(exc)
         return CliError(

@@ -156,13 +156,13 @@ class Ingestor:
                 for _ in workers:
                     await queue.put(_DONE)
                 await asyncio.gather(*workers)
-                # PUTs that failed for us but may have reached S3: settled now, not next cycle
-                await self.writer.truth.settle(archive)
                 report.readback_days = truth.readback_days
                 report.readback_objects = truth.readback_objects
                 report.readback_deferred = truth.deferred
-                report.intents_settled = truth.settled
                 report.behind_archive = truth.behind_archive
+            if not self.stop.is_set():
+                await self._settle(archive)
+            report.intents_settled = truth.settled
             if truth.deferred:
                 log.warning(
                     "ingest.readback_deferred",
@@ -180,6 +180,18 @@ class Ingestor:
             "ingest.cycle_done", **{k: v for k, v in report.as_dict().items() if k != "by_kind"}
         )
         return report
+
+    async def _settle(self, archive: central.Archive) -> None:
+        """PUTs that failed for us but may have reached S3: settled now, not next cycle (a
+        failure here is retried at the next cycle's start, which must settle first)."""
+        try:
+            await self.writer.truth.settle(archive)
+        except Exception as exc:
+            log.warning(
+                "ingest.settle_failed",
+                error_type=error_code(exc),
+                reason=error_message(exc),
+            )
 
     def _record_failures(self, inventory: Inventory) -> set[str]:
         """Record discovery's failures (logged once per account and stage). Only an account

@@ -258,6 +258,8 @@ class ArchiveTruth:
         ``parts`` (its central key's account, region, kind and time) with these eventTimes:
         read back every day prefix where a copy of them could be that the window cannot vouch
         for. Raises :class:`ReadbackDeferred` when the cycle's budget is spent."""
+        # the window's floor moves when retention prunes it (a daemon job beside this cycle)
+        self._floor = self.state.meta.get("window_floor") or ""
         own = parts.ts[:8]
         stamped = [t for t in times if t]
         first = min(stamped, default="")

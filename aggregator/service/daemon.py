@@ -56,7 +56,7 @@ class MeteredState(State):
             self.metrics.object_archived(
                 o.source.account_id,
                 o.source.region,
-                events=o.central.events if o.central else 0,
+                events=o.events_in - o.duplicates,
                 duplicates=o.duplicates,
             )
 
@@ -202,6 +202,7 @@ class Daemon:
         except Exception as exc:  # /readyz says why there is no recent cycle
             self.ingest_recent.failed(describe_error(exc))
             raise
+        self.metrics.cycle_truth(report)
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
             self._cycled_event.set()

@@ -297,6 +297,33 @@ class Metrics:
             registry=r,
         )
 
+        # ---- the archive as the truth (aggregator/ingest/truth.py)
+        self.readback_objects = Counter(
+            "ctagg_readback_objects_total",
+            "Central objects read back from the archive to answer what the window could not.",
+            registry=r,
+        )
+        self.readback_days = Counter(
+            "ctagg_readback_days_total", "Day prefixes of the archive read back.", registry=r
+        )
+        self.readback_deferred = Counter(
+            "ctagg_readback_deferred_total",
+            "Source objects left for a later cycle: the read-back budget "
+            "(dedupe.readback_max_objects) was spent.",
+            registry=r,
+        )
+        self.intents_settled = Counter(
+            "ctagg_intents_settled_total",
+            "Central PUTs found without their commit and settled from the archive.",
+            registry=r,
+        )
+        self.state_behind_archive = Gauge(
+            "ctagg_state_behind_archive",
+            "1 when the last cycle found an empty state beside a non-empty archive (a lost or "
+            "new state file): what the archive holds is read back, never archived twice.",
+            registry=r,
+        )
+
         # ---- forwarding, per connector: read from the running lanes at scrape time
         self.forward = ForwardCollector()
         r.register(self.forward)
@@ -352,6 +379,14 @@ class Metrics:
             self.events.labels(account_id, region).inc(events)
         if duplicates:
             self.duplicates.labels(account_id, region).inc(duplicates)
+
+    def cycle_truth(self, report: Any) -> None:
+        """The read-back and settlement counts of one ingest cycle (its CycleReport)."""
+        self.readback_objects.inc(report.readback_objects)
+        self.readback_days.inc(report.readback_days)
+        self.readback_deferred.inc(report.readback_deferred)
+        self.intents_settled.inc(report.intents_settled)
+        self.state_behind_archive.set(1 if report.behind_archive else 0)
 
     def object_quarantined(self, account_id: str, region: str) -> None:
         self.quarantined.labels(account_id, region).inc()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from archivecheck import central_bodies
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 
 from aggregator.aws.clients import Aws
@@ -54,12 +55,7 @@ async def run(cfg: Settings, inv: Inventory, sessions: StsSessions | None = None
 
 
 def central_objects() -> dict[str, bytes]:
-    s3 = client("s3")
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="central", Prefix="AWSLogs/"):
-        for obj in page.get("Contents", ()):
-            out[obj["Key"]] = s3.get_object(Bucket="central", Key=obj["Key"])["Body"].read()
-    return out
+    return central_bodies()
 
 
 def archived_events() -> list[dict[str, Any]]:

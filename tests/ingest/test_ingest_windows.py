@@ -14,6 +14,7 @@ from typing import Any
 
 import aioboto3
 import pytest
+from archivecheck import central_bodies
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
 from botocore.stub import Stubber
 
@@ -177,12 +178,7 @@ def start_at(cfg: Settings, at: float, *accounts: str) -> None:
 
 
 def central_objects() -> dict[str, bytes]:
-    s3 = client("s3")
-    out = {}
-    for page_ in s3.get_paginator("list_objects_v2").paginate(Bucket="central", Prefix="AWSLogs/"):
-        for obj in page_.get("Contents", ()):
-            out[obj["Key"]] = s3.get_object(Bucket="central", Key=obj["Key"])["Body"].read()
-    return out
+    return central_bodies()
 
 
 def archived_ids() -> list[str]:

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from archivecheck import central_bodies
 from awsfixtures import client, log_key, log_object, record
 
 from aggregator.state import State
@@ -160,12 +161,7 @@ def start(config: Path, moto: str, *args: str) -> subprocess.Popen[str]:
 
 
 def central_objects() -> dict[str, bytes]:
-    s3 = client("s3")
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="central"):
-        for obj in page.get("Contents", ()):
-            out[obj["Key"]] = s3.get_object(Bucket="central", Key=obj["Key"])["Body"].read()
-    return out
+    return central_bodies()
 
 
 def wait_for_progress(state_path: Path, proc: subprocess.Popen[str], n: int) -> int:
