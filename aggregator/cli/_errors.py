@@ -66,8 +66,7 @@ def explain(exc: BaseException) -> CliError:
     if kind == "ArchiveWriterConflict":
         return CliError(
             str(exc),
-            "run one writer per archive: stop the other one, or give each its own "
-            "archive.prefix",
+            "run one writer per archive: stop the other one, or give each its own archive.prefix",
             EXIT_LOCKED,
         )
     if kind == "StorageError":

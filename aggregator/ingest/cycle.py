@@ -156,13 +156,13 @@ class Ingestor:
                 for _ in workers:
                     await queue.put(_DONE)
                 await asyncio.gather(*workers)
-                report.readback_days = truth.readback_days
-                report.readback_objects = truth.readback_objects
-                report.readback_deferred = truth.deferred
-                report.behind_archive = truth.behind_archive
             if not self.stop.is_set():
                 await self._settle(archive)
+            report.readback_days = truth.readback_days
+            report.readback_objects = truth.readback_objects
+            report.readback_deferred = truth.deferred
             report.intents_settled = truth.settled
+            report.behind_archive = truth.behind_archive
             if truth.deferred:
                 log.warning(
                     "ingest.readback_deferred",

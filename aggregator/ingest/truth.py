@@ -125,13 +125,12 @@ class ArchiveTruth:
         self._trusted_day = "19700101"
         self._floor = ""
 
-    @property
-    def _limits(self) -> dict[str, int]:
+    def decode(self, body: bytes) -> Decoded:
+        """A central object, decoded as a source object is (the same keys, the same limits)."""
         cfg = self.settings.collect
-        return {"max_object_bytes": cfg.max_object_bytes, "max_record_bytes": cfg.max_record_bytes}
-
-    def _decode(self, body: bytes) -> Decoded:
-        return decode_log(body, **self._limits)
+        return decode_log(
+            body, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
+        )
 
     # ------------------------------------------------------------------ cycle start and end
 
@@ -319,7 +318,7 @@ class ArchiveTruth:
                 body, etag = got
                 self.report.readback_objects += 1
                 try:
-                    decoded = self._decode(body)
+                    decoded = self.decode(body)
                 except BadObject as exc:
                     log.error(
                         "archive.readback_unreadable",
@@ -356,7 +355,7 @@ class ArchiveTruth:
                 continue
             body, etag = got
             try:
-                decoded = self._decode(body)
+                decoded = self.decode(body)
             except BadObject as exc:
                 log.error("archive.intent_unreadable", key=key, reason=str(exc))
                 self.state.intents.drop(key)

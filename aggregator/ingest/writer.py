@@ -25,13 +25,18 @@ from collections.abc import Callable
 from aggregator.archive import store as central
 from aggregator.archive.codec import encode_records
 from aggregator.config import Settings
-from aggregator.ingest.collect import Decoded, ObjectKind, decode_log
+from aggregator.ingest.collect import BadObject, Decoded, ObjectKind
 from aggregator.ingest.truth import ArchiveTruth, object_record
 from aggregator.ingest.work import CycleReport, Job
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
 
 log = get_logger("aggregator.ingest")
+
+
+class CentralUnreadable(Exception):
+    """A central object this write must extend cannot be decoded (``ctagg reconcile`` reports
+    it); the source object is tried again, never quarantined for it."""
 
 
 class CentralWriter:
@@ -164,11 +169,10 @@ class CentralWriter:
                 decoded.keys[i] for i in keep
             ]
         there, etag = got
-        held = decode_log(
-            there,
-            max_object_bytes=self.settings.collect.max_object_bytes,
-            max_record_bytes=self.settings.collect.max_record_bytes,
-        )
+        try:
+            held = self.truth.decode(there)
+        except BadObject as exc:  # the central object's fault, not the source's: retried
+            raise CentralUnreadable(f"central object {key} cannot be read: {exc}") from exc
         have = set(held.keys)
         extra = [i for i in keep if decoded.keys[i] not in have]
         if not extra:
