@@ -42,7 +42,7 @@ from aggregator.ingest.work import (
 )
 from aggregator.ingest.writer import CentralWriter
 from aggregator.log import get_logger
-from aggregator.state import ObjectOutcome, State
+from aggregator.state import ObjectOutcome, State, StorageError
 
 log = get_logger("aggregator.ingest")
 
@@ -161,6 +161,8 @@ class LookupWindows:
                 report.lookup_windows += 1
             self.state.sources.ok(src)
             cycle.listed.add(src.source_id)
+        except StorageError:
+            raise  # the state itself failed: the cycle stops (cycle.py)
         except Exception as exc:
             report.errors += 1
             self.state.sources.error(src, error_message(exc))
@@ -198,6 +200,8 @@ class LookupWindows:
                     src.account_id, src.region, start, end + 300
                 )
                 await self._archive_window(lsrc, window, archive, report, started)
+            except StorageError:
+                raise
             except Exception as exc:
                 report.errors += 1
                 log.warning(

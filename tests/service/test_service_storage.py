@@ -301,3 +301,89 @@ def test_a_signal_stops_the_daemon_within_the_shutdown_timeout_while_the_state_i
     )  # fmt: skip
     assert once.returncode == 0, once.stderr[-3000:]
     assert_exactly_once(trail.planted)
+
+
+async def test_in_process_sqlite_full_makes_readyz_red_until_a_cycle_commits(
+    moto: str, tmp_path: Path
+) -> None:
+    """The same path where no filesystem can be mounted: SQLite's own limit
+    (`PRAGMA max_page_count` on the daemon's connection) gives the real SQLITE_FULL. Ingest
+    fails with the path and reason, is retried with backoff, `/readyz` is 503 through
+    `state_writable`; with the limit lifted, the next run archives every event exactly once
+    and readiness is green again."""
+    import asyncio
+
+    import aiohttp
+    from awsfixtures import make_source
+
+    from aggregator.aws.inventory import Account, Inventory
+    from aggregator.service.daemon import Daemon as ServiceDaemon
+    from tests.service.test_service_daemon import PipelineApp, settings
+
+    s3 = client("s3")
+    s3.create_bucket(Bucket="central")
+    s3.create_bucket(Bucket="org-trail")
+    src = make_source("org-trail", A1)
+    today = time.strftime("%Y%m%d", time.gmtime())
+    day = f"{today[:4]}-{today[4:6]}-{today[6:]}"
+    planted: list[dict[str, Any]] = []
+
+    def plant(first: int, objects: int, per: int) -> None:
+        for i in range(first, first + objects):
+            recs = [record(f"ev-{i}-{j}", A1, time=f"{day}T00:{i:02d}:00Z") for j in range(per)]
+            key = log_key(src.prefix, A1, "us-east-1", f"{today}T00{i:02d}Z", f"P{i:015d}")
+            s3.put_object(Bucket="org-trail", Key=key, Body=log_object(recs))
+            planted.extend(recs)
+
+    plant(0, 2, 5)
+    inv = Inventory([Account(A1)], {A1: ["us-east-1"]}, [], [src], [])
+    cfg = settings(
+        tmp_path,
+        service={"ingest_interval_secs": 3, "retry_initial_secs": 0.2, "retry_max_secs": 0.8,
+                 "ready_max_cycle_age_secs": 600},
+        detect={"enabled": False},
+        integrity={"validate_digests": False},
+    )  # fmt: skip
+    app = PipelineApp(cfg, inv, discovery_delay=0)
+    daemon = ServiceDaemon(app)
+    run = asyncio.create_task(daemon.run(install_signals=False))
+
+    async def readyz() -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{daemon.server.port}/readyz"
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            return r.status, json.loads(await r.text())
+
+    async def until(pred: Callable[[], Any], what: str, secs: float = 60) -> None:
+        deadline = time.monotonic() + secs
+        while not await pred():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+
+    async def ready() -> bool:
+        return daemon.server.port != 0 and (await readyz())[0] == 200
+
+    try:
+        await until(ready, "the first cycle")
+        conn = app.state.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        assert conn.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0] == pages
+        plant(2, 4, 1500)
+        stats = daemon.scheduler.stats["ingest"]
+
+        async def failed_twice() -> bool:
+            return stats.consecutive_failures >= 2
+
+        await until(failed_twice, "two failed ingest runs")
+        assert str(cfg.state.path) in (stats.last_error or "")
+        assert FULL in (stats.last_error or "")
+        status, body = await readyz()
+        assert status == 503
+        check = body["checks"]["state_writable"]
+        assert check["ok"] is False
+        assert FULL in check["reason"]
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        await until(ready, "a good cycle after the limit was lifted")
+        assert_exactly_once(planted)
+    finally:
+        daemon.scheduler.request_stop("test")
+        assert await asyncio.wait_for(run, timeout=20) == 0
