@@ -62,7 +62,9 @@ class MemoryArchive:
     def __init__(self) -> None:
         self.objects: dict[str, list[dict[str, Any]]] = {}
 
-    async def read_records(self, central_key: str) -> list[dict[str, Any]]:
+    async def read_records(
+        self, central_key: str, sha256: str | None = None
+    ) -> list[dict[str, Any]]:
         return self.objects.pop(central_key)  # read once per run, as a lane does
 
 

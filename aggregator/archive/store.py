@@ -126,6 +126,28 @@ class Listed:
     size: int
 
 
+class ObjectModified(Exception):
+    """A central object's bytes are not the ones the ledger recorded (their SHA-256 differs):
+    it was overwritten or altered after ingest. Its events must not be trusted or sent; reading
+    it again does not help."""
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        super().__init__(f"central object modified: sha256 {actual} != ledger {expected}")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+def verify_sha256(key: str, data: bytes, expected: str | None) -> None:
+    """Raise :class:`ObjectModified` unless ``data`` hashes to ``expected`` (hex; None or
+    empty: nothing to check against)."""
+    if not expected:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.lower():
+        raise ObjectModified(key, expected, actual)
+
+
 class PreconditionFailed(Exception):
     """A conditional write or delete lost: the central object is not what the writer expected
     (it exists where none was expected, or changed since it was read)."""
@@ -244,8 +266,12 @@ class Archive:
             for o in page.get("Contents", []):
                 yield Listed(o["Key"], o.get("ETag"), int(o.get("Size", 0)))
 
-    async def read_records(self, key: str) -> list[dict[str, Any]]:
-        return decode_records(await self.get(key))
+    async def read_records(self, key: str, sha256: str | None = None) -> list[dict[str, Any]]:
+        """The records of one central object; with ``sha256`` (the ledger's) its bytes are
+        checked first, and :class:`ObjectModified` raised when they differ."""
+        data = await self.get(key)
+        verify_sha256(key, data, sha256)
+        return decode_records(data)
 
 
 async def archive_session(settings: Settings, sessions: SessionProvider) -> Any:

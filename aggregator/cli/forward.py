@@ -78,14 +78,23 @@ def run_replay(args: argparse.Namespace) -> int:
             "try again when the sink is back; nothing was lost (the archive keeps the events)",
             EXIT_PARTIAL,
         ) from exc
+    import sys
+
+    for m in report.modified:
+        print(
+            f"ctagg: refused s3://{settings.archive.bucket}/{m.key}: central object modified "
+            f"(sha256 {m.actual} != ledger {m.expected}); none of its events was sent",
+            file=sys.stderr,
+        )
     filtered = f", {report.filtered} filtered out" if report.filtered else ""
     resolved = f", {report.resolved} dead letter(s) resolved" if report.resolved else ""
+    refused = f", {len(report.modified)} modified object(s) refused" if report.modified else ""
     print(
         f"replayed {report.events} events from {report.objects} central objects to "
         f"{args.connector}: {report.delivered} delivered, {report.rejected} dead-lettered"
-        f"{filtered}{resolved}"
+        f"{filtered}{resolved}{refused}"
     )
-    return EXIT_OK if report.rejected == 0 else EXIT_PARTIAL
+    return EXIT_OK if report.rejected == 0 and not report.modified else EXIT_PARTIAL
 
 
 # ---------------------------------------------------------------------------- dead letters
@@ -105,6 +114,8 @@ def add_dead_letter_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pointer(bucket: str, row: dict[str, Any]) -> str:
+    if int(row["record_index"]) < 0:  # a whole central object (refused: it was modified)
+        return f"s3://{bucket}/{row['central_key']}"
     return f"s3://{bucket}/{row['central_key']}#{row['record_index']}"
 
 

@@ -9,6 +9,11 @@ letters with the reason, and only when every event of a batch is acknowledged on
 other does the cursor move, in the same transaction as the dead letters. A crash or restart in
 between sends the batch again (OpenSearch overwrites by ``_id``; nothing is lost anywhere).
 
+Before its events are read, a central object's bytes are checked against the SHA-256 the ledger
+recorded when it was written: a modified object is refused whole (ERROR
+``forward.object_modified``, one dead letter for the object, counted), none of its events is
+sent, and the lane goes on with the next object. A read that fails is retried with backoff.
+
 The lane also says how it is doing (:class:`LaneStatus`): a connector that has not delivered
 for ``forward.warn_after_secs`` while it had something to deliver is *failing* (WARNING with
 the reason, repeated every ``forward.warn_interval_secs``), one stopped by
@@ -29,6 +34,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from aggregator.archive.store import ObjectModified
 from aggregator.config import ForwardSettings
 from aggregator.forward.documents import NormalizeFn, to_out_event
 from aggregator.forward.filters import EventFilter
@@ -55,9 +61,22 @@ FATAL_HINT = (
 
 
 class ArchiveReader(Protocol):
-    """Reads one central object (``{"Records": [...]}``, gzip) as its records."""
+    """Reads one central object (``{"Records": [...]}``, gzip) as its records; with
+    ``sha256`` (the ledger's) it raises :class:`~aggregator.archive.store.ObjectModified`
+    when the object's bytes hash to something else."""
 
-    async def read_records(self, central_key: str) -> list[dict[str, Any]]: ...
+    async def read_records(
+        self, central_key: str, sha256: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+# the dead letter of a whole central object (refused before any of its events was read)
+OBJECT_INDEX = -1
+
+
+def object_event_id(central_key: str) -> str:
+    """The dead-letter id of a whole central object."""
+    return f"object:{central_key}"
 
 
 @dataclass(slots=True)
@@ -100,6 +119,7 @@ class LaneStatus:
     delivered: int = 0
     rejected: int = 0
     filtered: int = 0
+    modified_objects: int = 0  # central objects refused: their bytes are not the ledger's
     failing_since: float | None = None  # wall time of the first failure since a delivery
     warned: bool = False  # the failure lasted past warn_after_secs (and was logged)
     last_delivered_at: float | None = None  # wall time a sink last acknowledged an event
@@ -249,14 +269,18 @@ class Lane:
 
     # -------------------------------------------------------------- reading
 
-    async def records(self, central_key: str) -> list[dict[str, Any]]:
+    async def records(self, central_key: str, sha256: str | None = None) -> list[dict[str, Any]]:
+        """The object's records, read again with backoff until the read works; with ``sha256``
+        :class:`ObjectModified` (not retried: it will not heal) when the bytes differ."""
         if self._cache is not None and self._cache[0] == central_key:
             return self._cache[1]
         attempt = 0
         while True:
             try:
-                records = await self.archive.read_records(central_key)
+                records = await self.archive.read_records(central_key, sha256)
                 break
+            except ObjectModified:
+                raise
             except Exception as exc:
                 attempt += 1
                 self._failed(f"archive read: {type(exc).__name__}: {exc}"[:300])
@@ -270,6 +294,21 @@ class Lane:
                 await self._sleep(self._backoff(attempt))
         self._cache = (central_key, records)
         return records
+
+    def refuse(self, exc: ObjectModified) -> DeadLetter:
+        """A modified central object: said at ERROR, counted, and its dead letter."""
+        self.status.modified_objects += 1
+        log.error(
+            "forward.object_modified",
+            connector=self.name,
+            key=exc.key,
+            expected_sha256=exc.expected,
+            actual_sha256=exc.actual,
+            hint="the object was overwritten after ingest; none of its events is sent. "
+            "Restore it (a versioned bucket keeps the original) and run "
+            "`ctagg dead-letters --retry`",
+        )
+        return DeadLetter(object_event_id(exc.key), exc.key, OBJECT_INDEX, None, str(exc))
 
     def item(self, record: Any, central_key: str, index: int) -> Item | DeadLetter | None:
         """The event for ``record``, its dead letter, or None when the connector's
@@ -339,7 +378,13 @@ class Lane:
                 rid, key = int(row["id"]), str(row["central_key"])
                 if rid != pos.ledger_id:
                     pos = Cursor(rid, 0)
-                records = await self.records(key)
+                try:
+                    records = await self.records(key, row.get("sha256"))
+                except ObjectModified as exc:
+                    dead.append(self.refuse(exc))
+                    pos = Cursor(rid + 1, 0)
+                    self._cache = None
+                    continue
                 n = len(records)
                 for i in range(pos.offset, n):
                     got = self.item(records[i], key, i)

@@ -6,6 +6,9 @@ Both build their forwarder with :func:`~aggregator.forward.forwarder.forwarder_f
 documents are the daemon's: the same redaction, the same schema, and the same enrichment (the
 account snapshot the daemon saved after its last discovery; a discovery of their own when
 there is none). A dead letter whose event a replay or a retry delivered is marked resolved.
+
+Both check each central object's bytes against the ledger's SHA-256 first: a modified object
+is refused (named in the report, none of its events sent) and the rest goes on.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aggregator.archive import store as archive
+from aggregator.archive.store import ObjectModified
 from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account
 from aggregator.config import Settings
 from aggregator.forward.documents import AccountLookup, event_time
 from aggregator.forward.forwarder import Forwarder, forwarder_for
-from aggregator.forward.lanes import GaveUp, Item, Lane
+from aggregator.forward.lanes import OBJECT_INDEX, GaveUp, Item, Lane
 from aggregator.forward.store import DeadLetter, ForwardStore
 from aggregator.log import get_logger
 from aggregator.state import State
@@ -44,6 +48,7 @@ class ReplayReport:
     filtered: int = 0
     resolved: int = 0  # dead letters of this connector now delivered
     still_dead: list[dict[str, Any]] = field(default_factory=list)
+    modified: list[ObjectModified] = field(default_factory=list)  # objects refused
 
 
 def _iso(t: datetime) -> str:
@@ -124,7 +129,15 @@ async def replay(
             progress(0, len(rows))
         for row in rows:
             key = str(row["central_key"])
-            records = await lane.records(key)
+            try:
+                records = await lane.records(key, row.get("sha256"))
+            except ObjectModified as exc:
+                lane.refuse(exc)
+                report.modified.append(exc)
+                report.objects += 1
+                if progress is not None:
+                    progress(report.objects, len(rows))
+                continue
             report.objects += 1
             for i, rec in enumerate(records):
                 if not isinstance(rec, dict) or not lo <= event_time(rec) < hi:
@@ -160,9 +173,26 @@ async def retry_dead_letters(
     sender.has_dead = True
     filtered: list[str] = []
     try:
-        for key, letters in by_key.items():
-            records = await lane.records(key)
+        for key, all_letters in by_key.items():
+            letters = all_letters
+            try:
+                records = await lane.records(key, store.ledger.sha256_of(key))
+            except ObjectModified as exc:  # still modified: every letter of it stays open
+                lane.refuse(exc)
+                report.modified.append(exc)
+                for r in letters:
+                    store.note_retry(name, str(r["event_id"]), str(exc))
+                    report.events += 1
+                    report.rejected += 1
+                continue
             report.objects += 1
+            whole = [r for r in letters if int(r["record_index"]) == OBJECT_INDEX]
+            if whole:  # the object was restored: every event of it, then its letter resolved
+                for j, one in enumerate(records):
+                    await sender.add(lane.item(one, key, j))
+                await sender.flush()
+                report.resolved += store.resolve(name, [str(r["event_id"]) for r in whole])
+                letters = [r for r in letters if int(r["record_index"]) != OBJECT_INDEX]
             for r in letters:
                 i = int(r["record_index"])
                 rec = records[i] if 0 <= i < len(records) else None

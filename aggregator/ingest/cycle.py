@@ -14,6 +14,9 @@ object is the source object, byte for byte. The archive step is
 Failure policy: a bad object is quarantined and the rest goes on; a transient error leaves the
 object unhandled (it is tried again next cycle, and its day prefix is not closed); an account
 whose role cannot be assumed is recorded once and skipped; nothing stops the other sources.
+Only the state itself failing (:class:`~aggregator.state.StorageError`: disk full, read-only)
+stops the cycle: no object is taken after it, and the cycle raises it (nothing is committed by
+half: the failed transaction rolled back).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from aggregator.ingest.windows import LookupWindows
 from aggregator.ingest.work import Cycle, CycleReport, Gate, Job, session_or_skip
 from aggregator.ingest.writer import CentralWriter
 from aggregator.log import get_logger
-from aggregator.state import ObjectOutcome, State
+from aggregator.state import ObjectOutcome, State, StorageError
 
 log = get_logger("aggregator.ingest")
 
@@ -109,6 +112,8 @@ class Ingestor:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.max_concurrency * 4)
 
         async def enqueue(job: Job) -> None:
+            if cycle.broken is not None:  # the state failed: stop listing
+                raise cycle.broken
             await self.gate.wait_unpaused()
             if not self.stop.is_set():
                 await queue.put(job)
@@ -150,6 +155,8 @@ class Ingestor:
                         ),
                     )
                     await queue.join()  # every queued object handled: the gaps are known now
+                    if cycle.broken is not None:
+                        raise cycle.broken
                     await self.windows.fill_gaps(archive, cycle)
             finally:
                 report.lookup_requests = self.windows.collector.requests - requests
@@ -186,6 +193,8 @@ class Ingestor:
         failure here is retried at the next cycle's start, which must settle first)."""
         try:
             await self.writer.truth.settle(archive)
+        except StorageError:
+            raise
         except Exception as exc:
             log.warning(
                 "ingest.settle_failed",
@@ -232,9 +241,13 @@ class Ingestor:
                 # backpressure is checked per object, by the worker about to archive it, so a
                 # full backlog is overshot by at most one object per worker (not the queue)
                 await self.gate.wait_unpaused()
-                if self.stop.is_set():
+                if self.stop.is_set() or cycle.broken is not None:
                     continue
-                await self._handle(job, pool, archive, cycle)
+                try:
+                    await self._handle(job, pool, archive, cycle)
+                except StorageError as exc:  # not the object's fault: the cycle stops
+                    if cycle.broken is None:
+                        cycle.broken = exc
             finally:
                 queue.task_done()
 
@@ -276,6 +289,8 @@ class Ingestor:
                 key=job.key,
                 reason=str(exc),
             )
+        except StorageError:
+            raise
         except Exception as exc:
             if is_not_found(exc) and self.state.retry.contains(src.bucket, job.key):
                 cycle.gaps.append((src, job.key))  # filled from LookupEvents after the queue

@@ -43,7 +43,7 @@ from aggregator.ingest.work import (
 )
 from aggregator.ingest.writer import CentralWriter
 from aggregator.log import get_logger
-from aggregator.state import ObjectOutcome, State
+from aggregator.state import ObjectOutcome, State, StorageError
 
 log = get_logger("aggregator.ingest")
 
@@ -164,6 +164,8 @@ class LookupWindows:
             cycle.listed.add(src.source_id)
         except ReadbackDeferred:
             return  # the cursor waits: this window is read again next cycle
+        except StorageError:
+            raise  # the state itself failed: the cycle stops (cycle.py)
         except Exception as exc:
             report.errors += 1
             self.state.sources.error(src, error_message(exc))
@@ -203,6 +205,8 @@ class LookupWindows:
                 await self._archive_window(lsrc, window, archive, report, started)
             except ReadbackDeferred:
                 continue  # the file stays missing: filled in a later cycle
+            except StorageError:
+                raise
             except Exception as exc:
                 report.errors += 1
                 log.warning(

@@ -84,6 +84,8 @@ class Cycle:
     retrying: set[tuple[str, str]] = field(default_factory=set)
     # files completeness expected that the source bucket no longer has (NoSuchKey)
     gaps: list[tuple[Source, str]] = field(default_factory=list)
+    # the state failed (disk full, read-only): the cycle stops and raises it
+    broken: Exception | None = None
 
 
 class Gate:

@@ -31,7 +31,7 @@ from aggregator.service.jobs import (
 )
 from aggregator.service.metrics import Metrics
 from aggregator.service.scheduler import Scheduler, describe_error, wait_or_stop
-from aggregator.state import ObjectOutcome, SourceRef, State
+from aggregator.state import ObjectOutcome, SourceRef, State, StorageError
 from aggregator.state.db import Database
 from aggregator.state.quarantine import Failures, Quarantine
 
@@ -133,6 +133,10 @@ class Daemon:
         max_age = svc.ready_max_cycle_age_secs or 3 * svc.ingest_interval_secs
         self.ingest_recent = Recency("ingest_recent", max_age, never_reason="no cycle yet")
         self.health.add_ready(self.ingest_recent)
+        # a state that cannot be written (disk full, read-only) fails readiness at once: no
+        # cycle can commit until it is fixed, however recent the last good one was
+        self.state_writable = Condition("state_writable", ok=True, reason="ok")
+        self.health.add_ready(self.state_writable)
         # collection paused by backpressure (a sink's backlog is full): said in /readyz too
         self.ingest_flowing = Condition("ingest_not_paused", ok=True, reason="not paused")
         self.health.add_ready(self.ingest_flowing)
@@ -201,8 +205,12 @@ class Daemon:
             report = await self.app.run_once()
         except Exception as exc:  # /readyz says why there is no recent cycle
             self.ingest_recent.failed(describe_error(exc))
+            if isinstance(exc, StorageError):
+                self.state_writable.set(False, f"ingest cannot commit: {exc}")
             raise
         self.metrics.cycle_truth(report)
+        if not self.state_writable.ok:
+            self.state_writable.set(True, "ok")
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
             self._cycled_event.set()

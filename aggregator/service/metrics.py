@@ -181,6 +181,12 @@ class ForwardCollector(Collector):
                 "unconfirmed tail): possible duplicates at the receiver.",
                 labels=c,
             ),
+            CounterMetricFamily(
+                "ctagg_forward_objects_modified",
+                "Central objects refused because their bytes no longer match the SHA-256 the "
+                "ledger recorded (none of their events sent; a dead letter each).",
+                labels=c,
+            ),
         ]
         return gauges, counters
 
@@ -196,7 +202,7 @@ class ForwardCollector(Collector):
         self, fwd: Any, gauges: list[GaugeMetricFamily], counters: list[CounterMetricFamily]
     ) -> None:
         backlog, up, state, since, holding = gauges
-        delivered, retried, rejected, filtered, resent = counters
+        delivered, retried, rejected, filtered, resent, modified = counters
         now = time.time() if self.now is None else self.now
         paused = set(getattr(fwd, "paused_by", ()))
         for name, lane in list(fwd.lanes.items()):
@@ -214,6 +220,7 @@ class ForwardCollector(Collector):
             rejected.add_metric([name], st.rejected)
             filtered.add_metric([name], st.filtered)
             resent.add_metric([name], int(getattr(lane.connector, "resent_events", 0)))
+            modified.add_metric([name], st.modified_objects)
 
 
 class Metrics:

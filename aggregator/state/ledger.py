@@ -14,8 +14,9 @@ from typing import Any
 from aggregator.state.db import Database
 from aggregator.state.records import ObjectOutcome
 
-# the columns a reader of the ledger in id order needs (forwarding, replay)
-_POSITION = "id, central_key, events, first_event_time, last_event_time"
+# the columns a reader of the ledger in id order needs (forwarding, replay; ``sha256`` to check
+# the object's bytes before sending its events)
+_POSITION = "id, central_key, events, sha256, first_event_time, last_event_time"
 
 
 class Ledger:
@@ -67,6 +68,11 @@ class Ledger:
         """Rows with id >= ``ledger_id``, in id order."""
         q = f"SELECT {_POSITION} FROM ledger WHERE id >= ? ORDER BY id LIMIT ?"
         return self.db.dicts(q, (ledger_id, limit))
+
+    def sha256_of(self, central_key: str) -> str | None:
+        """The SHA-256 (hex) the ledger recorded for ``central_key``, or None."""
+        row = self.db.fetchone("SELECT sha256 FROM ledger WHERE central_key=?", (central_key,))
+        return str(row[0]) if row and row[0] else None
 
     def overlapping(self, since: str, until: str) -> list[dict[str, Any]]:
         """Rows whose event-time range overlaps [since, until) (ISO 8601 UTC), in id order."""

@@ -4,6 +4,7 @@ OpenSearch; and the forward config section."""
 from __future__ import annotations
 
 import asyncio
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,15 @@ def test_replay_command_resends_from_the_central_archive(
     for i in range(0, len(recs), 100):
         part = recs[i : i + 100]
         key = f"AWSLogs/111111111111/CloudTrail/us-east-1/obj{i}.json.gz"
-        s3.put_object(
-            Bucket="central", Key=key, Body=encode_records([orjson.dumps(r) for r in part], 1)
-        )
+        body = encode_records([orjson.dumps(r) for r in part], 1)
+        s3.put_object(Bucket="central", Key=key, Body=body)
         times = sorted(r["eventTime"] for r in part)
         state.commit_object(
             ObjectOutcome(
                 source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
                 key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
-                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+                central=CentralObject(key, 1, sha256(body).hexdigest(), len(part), times[0],
+                                      times[-1]),
             )
         )  # fmt: skip
     state.close()
@@ -159,7 +160,8 @@ async def test_service_forwarder_reads_the_real_archive(
             ObjectOutcome(
                 source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
                 key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
-                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+                central=CentralObject(key, 1, sha256(body).hexdigest(), len(part), times[0],
+                                      times[-1]),
             )
         )  # fmt: skip
     server = Fake()
@@ -202,15 +204,15 @@ def central_archive(state: State, testdata: Path, per: int = 100) -> list[tuple[
     for i in range(0, len(recs), per):
         part = recs[i : i + per]
         key = f"AWSLogs/111111111111/CloudTrail/us-east-1/dl{i}.json.gz"
-        s3.put_object(
-            Bucket="central", Key=key, Body=encode_records([orjson.dumps(r) for r in part], 1)
-        )
+        body = encode_records([orjson.dumps(r) for r in part], 1)
+        s3.put_object(Bucket="central", Key=key, Body=body)
         times = sorted(r["eventTime"] for r in part)
         state.commit_object(
             ObjectOutcome(
                 source=SourceRef("s", "111111111111", "us-east-1", "b", "AWSLogs/"),
                 key=f"src{i}", day_prefix="AWSLogs/d/", kind="log_file", etag=None, size=1,
-                central=CentralObject(key, 1, "0" * 64, len(part), times[0], times[-1]),
+                central=CentralObject(key, 1, sha256(body).hexdigest(), len(part), times[0],
+                                      times[-1]),
             )
         )  # fmt: skip
         out.append((key, part))

@@ -32,7 +32,9 @@ class MemoryArchive:
         self.objects: dict[str, list[dict[str, Any]]] = {}
         self.reads = 0
 
-    async def read_records(self, central_key: str) -> list[dict[str, Any]]:
+    async def read_records(
+        self, central_key: str, sha256: str | None = None
+    ) -> list[dict[str, Any]]:
         self.reads += 1
         return json.loads(json.dumps(self.objects[central_key]))
 

@@ -1,21 +1,31 @@
 """A lane says how it is doing: failing connectors warn after a threshold and then at a bounded
 rate, fatal ones log at ERROR with what to fix, probe again and resume; a fatal connector does
-not hold collection back unless asked to; the state is persisted for `ctagg status`."""
+not hold collection back unless asked to; the state is persisted for `ctagg status`; a central
+object modified after ingest is refused whole, and the lane goes on."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+import yaml
 
 from aggregator import log
+from aggregator.config import Settings
+from aggregator.forward.forwarder import Forwarder
 from aggregator.ingest.dedupe import record_key_text
 from aggregator.state import State
+from tests.archivecheck import central_bodies, decode
 from tests.fakes.opensearch import FakeOpenSearch
 from tests.fakes.splunk_hec import FakeSplunkHec
 from tests.forward.test_forward_forwarder import (
@@ -194,3 +204,194 @@ async def test_hec_poison_costs_no_backoff_and_no_duplicates(
     ids = [e["event"]["eventID"] for e in hec.indexed]
     assert sorted(ids) == sorted(r["eventID"] for r in recs if r["eventID"] not in bad)
     assert fwd.backlog("hec") == 0
+
+
+# ---------------------------------------------------------------- modified central objects
+
+A1 = "111111111111"
+
+
+@dataclass
+class World:
+    """Events collected into moto's central bucket by the real ingest cycle."""
+
+    doc: dict[str, Any]  # the config
+    settings: Settings
+    planted: list[dict[str, Any]]
+
+    def keys(self) -> list[str]:
+        return sorted(central_bodies())
+
+    def tamper(self, key: str) -> tuple[str, str, set[str]]:
+        """Overwrite one central object with other bytes (one event's field changed,
+        re-gzipped); returns (ledger sha256, new sha256, the object's event ids)."""
+        s3 = boto3.client("s3", region_name="us-east-1")
+        body = s3.get_object(Bucket="central", Key=key)["Body"].read()
+        records = decode(body)
+        records[0]["sourceIPAddress"] = "203.0.113.66"
+        new = gzip.compress(json.dumps({"Records": records}).encode(), mtime=0)
+        s3.put_object(Bucket="central", Key=key, Body=new)
+        return (
+            hashlib.sha256(body).hexdigest(),
+            hashlib.sha256(new).hexdigest(),
+            {str(r["eventID"]) for r in records},
+        )
+
+    def restore(self, key: str, body: bytes) -> None:
+        boto3.client("s3", region_name="us-east-1").put_object(Bucket="central", Key=key, Body=body)
+
+
+async def archived_world(tmp_path: Path, hec_url: str, objects: int = 4, per: int = 3) -> World:
+    from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+
+    from aggregator.aws.clients import Aws
+    from aggregator.aws.inventory import Account, Inventory
+    from aggregator.config import parse_settings
+    from aggregator.ingest.cycle import Ingestor
+
+    client("s3").create_bucket(Bucket="central")
+    client("s3").create_bucket(Bucket="org-trail")
+    src = make_source("org-trail", A1)
+    planted: list[dict[str, Any]] = []
+    for o in range(objects):
+        recs = [record(f"ev-{o}-{i}", A1, time=f"2024-05-01T1{o}:0{i}:00Z") for i in range(per)]
+        planted.extend(recs)
+        key = log_key(src.prefix, A1, "us-east-1", f"20240501T1{o}00Z", f"Obj{o:013d}")
+        client("s3").put_object(Bucket="org-trail", Key=key, Body=log_object(recs))
+    doc: dict[str, Any] = {
+        "state": {"path": str(tmp_path / "s.db")},
+        "archive": {"bucket": "central"},
+        "aws": {"max_attempts": 1},
+        "forward": {
+            "batch_max_wait_secs": 0,
+            "backoff_initial_secs": 0.05,
+            "connectors": [{"name": "hec", "type": "splunk_hec", "url": hec_url, "token": TOKEN}],
+        },
+        "integrity": {"validate_digests": False},
+    }
+    cfg = parse_settings(doc)
+    state = State(cfg.state.path)
+    try:
+        inv = Inventory([Account(A1)], {A1: ["us-east-1"]}, [], [src], [])
+        report = await Ingestor(cfg, state, StsSessions(), Aws(cfg.aws)).run(inv)
+        assert report.objects == objects
+    finally:
+        state.close()
+    assert len(central_bodies()) == objects
+    return World(doc, cfg, planted)
+
+
+@asynccontextmanager
+async def forwarder(world: World) -> AsyncIterator[Forwarder]:
+    """The daemon's forwarder over the central archive in moto."""
+    from awsfixtures import StsSessions
+
+    from aggregator.archive import store as archive
+    from aggregator.aws.clients import Aws
+    from aggregator.forward.forwarder import forwarder_for
+
+    cfg = world.settings
+    state = State(cfg.state.path)
+    try:
+        async with archive.opened(cfg, Aws(cfg.aws), StsSessions()) as central:
+            yield forwarder_for(cfg, state, central)
+    finally:
+        state.close()
+
+
+def received(hec: FakeSplunkHec) -> list[str]:
+    return [str(e["event"]["eventID"]) for e in hec.indexed]
+
+
+def modified_metric(fwd: Forwarder) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aggregator.service.metrics import Metrics
+
+    m = Metrics()
+    m.forward.forwarder = fwd
+    for fam in text_string_to_metric_families(m.exposition().decode()):
+        for s in fam.samples:
+            if s.name == "ctagg_forward_objects_modified_total":
+                assert s.labels == {"connector": "hec"}
+                return float(s.value)
+    raise AssertionError("no ctagg_forward_objects_modified_total series")
+
+
+async def test_an_unmodified_archive_forwards_everything(
+    moto: str, tmp_path: Path, logs: io.StringIO
+) -> None:
+    """Every central object's bytes match the ledger's SHA-256: all events arrive once, no
+    refusal, no dead letter, the counter is 0."""
+    hec = FakeSplunkHec({TOKEN})
+    await hec.start()
+    try:
+        world = await archived_world(tmp_path, hec.url)
+        async with forwarder(world) as fwd:
+            await fwd.drain()
+            assert fwd.backlog("hec") == 0
+            assert fwd.store.dead_letters("hec") == []
+            assert modified_metric(fwd) == 0
+    finally:
+        await hec.stop()
+    assert sorted(received(hec)) == sorted(r["eventID"] for r in world.planted)
+    assert lines(logs, "forward.object_modified") == []
+
+
+async def test_a_modified_central_object_is_refused_and_the_lane_moves_on(
+    moto: str, tmp_path: Path, logs: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A central object overwritten after ingest: none of its events reaches the sink, every
+    other event does; an ERROR names connector, key and both SHA-256s; a dead letter for the
+    object with the reason (listed by `ctagg dead-letters`); the counter says 1; the cursor is
+    past the end (the lane is not wedged). `dead-letters --retry` keeps it open while the
+    object stays modified, and delivers its events once the original bytes are back."""
+    from aggregator import cli
+    from aggregator.forward.replay import retry_dead_letters
+
+    hec = FakeSplunkHec({TOKEN})
+    await hec.start()
+    try:
+        world = await archived_world(tmp_path, hec.url)
+        key = world.keys()[1]
+        original = central_bodies()[key]
+        expected, actual, ids = world.tamper(key)
+        assert expected != actual
+        async with forwarder(world) as fwd:
+            fwd.start()
+            try:
+                assert await until(lambda: fwd.backlog("hec") == 0, 20)
+            finally:
+                await fwd.stop()
+            assert modified_metric(fwd) == 1
+            (dl,) = fwd.store.dead_letters("hec")
+        assert dl["central_key"] == key
+        assert dl["reason"] == f"central object modified: sha256 {actual} != ledger {expected}"
+        got = received(hec)
+        assert not set(got) & ids
+        assert sorted(got) == sorted(r["eventID"] for r in world.planted if r["eventID"] not in ids)
+        assert "203.0.113.66" not in json.dumps(hec.indexed)
+        (err,) = lines(logs, "forward.object_modified")
+        assert err["level"] == "error"
+        assert (err["connector"], err["key"]) == ("hec", key)
+        assert (err["expected_sha256"], err["actual_sha256"]) == (expected, actual)
+
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(world.doc))
+        assert await asyncio.to_thread(cli.main, ["dead-letters", str(cfg)]) == 0
+        out = capsys.readouterr().out
+        assert f"s3://central/{key} " in out
+        assert "central object modified: sha256" in out
+
+        async with forwarder(world) as fwd:  # still modified: stays open, nothing sent
+            report = await retry_dead_letters(fwd, "hec")
+            assert (report.resolved, len(report.still_dead)) == (0, 1)
+            assert report.still_dead[0]["attempts"] == 2
+        assert not set(received(hec)) & ids
+        world.restore(key, original)
+        async with forwarder(world) as fwd:  # restored: its events go, the letter resolves
+            report = await retry_dead_letters(fwd, "hec")
+            assert (report.resolved, report.still_dead) == (1, [])
+        assert sorted(received(hec)) == sorted(r["eventID"] for r in world.planted)
+    finally:
+        await hec.stop()

@@ -36,7 +36,9 @@ class MemoryArchive:
     def __init__(self) -> None:
         self.objects: dict[str, list[dict[str, Any]]] = {}
 
-    async def read_records(self, central_key: str) -> list[dict[str, Any]]:
+    async def read_records(
+        self, central_key: str, sha256: str | None = None
+    ) -> list[dict[str, Any]]:
         return self.objects[central_key]
 
 

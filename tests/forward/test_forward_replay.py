@@ -193,3 +193,41 @@ async def test_without_a_snapshot_replay_discovers_once_or_warns(
         assert org() == "o-x"
     assert calls == ["failed", "found"]  # the second answer came from the saved snapshot
     state.close()
+
+
+async def test_replay_refuses_a_modified_object_and_sends_the_rest(
+    moto: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`ctagg replay` over a window whose second central object was overwritten after ingest:
+    that object is named on stderr in one line with both SHA-256s, none of its events is sent,
+    every other event of the window is, and the command exits 4 (partial)."""
+    from tests.forward.test_forward_lanes import archived_world, received
+
+    hec = FakeSplunkHec({TOKEN})
+    await hec.start()
+    try:
+        world = await archived_world(tmp_path, hec.url)
+        key = world.keys()[1]
+        expected, actual, ids = world.tamper(key)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(world.doc))
+        capfd.readouterr()
+        code = await asyncio.to_thread(
+            cli.main,
+            ["replay", str(cfg), "--connector", "hec", "--since", "2024-05-01", "--until",
+             "2024-05-02"],
+        )  # fmt: skip
+        out, err = capfd.readouterr()
+    finally:
+        await hec.stop()
+    assert code == 4
+    got = received(hec)
+    assert not set(got) & ids
+    assert sorted(got) == sorted(r["eventID"] for r in world.planted if r["eventID"] not in ids)
+    named = [line for line in err.splitlines() if key in line and line.startswith("ctagg:")]
+    assert named == [
+        f"ctagg: refused s3://central/{key}: central object modified (sha256 {actual} != "
+        f"ledger {expected}); none of its events was sent"
+    ]
+    assert f"{len(world.planted) - len(ids)} delivered" in out
+    assert "1 modified object(s) refused" in out
