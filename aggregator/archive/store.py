@@ -266,6 +266,21 @@ class Archive:
             for o in page.get("Contents", []):
                 yield Listed(o["Key"], o.get("ETag"), int(o.get("Size", 0)))
 
+    async def children(self, prefix: str) -> tuple[list[str], list[Listed]]:
+        """One level under ``prefix`` (a Delimiter='/' listing, all pages): the common prefixes
+        (sub-"directories", each ending in ``/``) and the objects directly under it, in key
+        order. Walks the layout without listing the whole bucket."""
+        s3 = await self.client()
+        paginator = s3.get_paginator("list_objects_v2")
+        dirs: list[str] = []
+        found: list[Listed] = []
+        pages = paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix, Delimiter="/")
+        async for page in pages:
+            dirs.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+            for o in page.get("Contents", []):
+                found.append(Listed(o["Key"], o.get("ETag"), int(o.get("Size", 0))))
+        return dirs, found
+
     async def read_records(self, key: str, sha256: str | None = None) -> list[dict[str, Any]]:
         """The records of one central object; with ``sha256`` (the ledger's) its bytes are
         checked first, and :class:`ObjectModified` raised when they differ."""

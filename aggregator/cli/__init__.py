@@ -139,6 +139,13 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
         archive.run_verify_archive,
     ),
     (
+        "reconcile",
+        "check the central archive against the state (orphans, missing, modified, "
+        "duplicates); --repair removes redundant copies",
+        integrity.add_reconcile_args,
+        integrity.run_reconcile,
+    ),
+    (
         "retention",
         "expire the central archive and prune state",
         archive.add_retention_args,

@@ -1,7 +1,8 @@
-"""``ctagg audit | completeness | validate-digests``: the trail audit (CIS), expected vs
-ingested log files per hour, and CloudTrail digest validation. The work is in
-``aggregator/integrity/``. Exit codes: 0 all good, 1 findings (something failed / missing /
-invalid), 2 cannot run (config, missing component)."""
+"""``ctagg audit | completeness | validate-digests | reconcile``: the trail audit (CIS),
+expected vs ingested log files per hour, CloudTrail digest validation, and the central
+archive checked against the state (with repair). The work is in ``aggregator/integrity/``.
+Exit codes: 0 all good, 1 findings (something failed / missing / invalid), 2 cannot run
+(config, missing component)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from aggregator.integrity.audit import AuditReport, Finding
     from aggregator.integrity.completeness import CompletenessReport, RefreshReport
+    from aggregator.integrity.reconcile import ReconcileReport
 
 
 def _format_args(p: argparse.ArgumentParser) -> None:
@@ -366,4 +368,137 @@ def render_digests(rep: RefreshReport, bad: list[dict[str, Any]], limit: int = 2
         lines += [f"  {s}" for s in rep.without_digests[:limit]]
     for err in rep.errors:
         lines.append(f"  error: {err}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- reconcile
+
+
+def add_reconcile_args(p: argparse.ArgumentParser) -> None:
+    config_arg(p)
+    p.add_argument(
+        "--since", type=when, help="first UTC day (default: integrity.reconcile.days ago)"
+    )
+    p.add_argument("--until", type=when, help="last UTC day, included (default: today)")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove provably redundant copies (never the last copy of an event) and adopt "
+        "unknown objects with events of their own; takes the state's writer lock",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON summary document")
+
+
+def _reconcile_days(args: argparse.Namespace, days: int) -> tuple[Any, Any]:
+    from aggregator.integrity.reconcile import recent_days
+
+    today = datetime.now(UTC).date()
+    if args.since is None and args.until is None:
+        return recent_days(days, today)
+    until = args.until.date() if args.until is not None else today
+    since = args.since.date() if args.since is not None else recent_days(days, until)[0]
+    if since > until:
+        raise CliError(
+            f"--since {since.isoformat()} is after --until {until.isoformat()}",
+            "give a range of days that ends after it starts",
+            EXIT_CONFIG,
+        )
+    return since, until
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    """The central archive's days against the state: objects outside the ledger, rows whose
+    object is missing or modified, events archived twice, keys outside the layout. Exit 1 when
+    anything was found (also when ``--repair`` repaired it)."""
+    import asyncio
+
+    from aggregator.archive.store import opened
+    from aggregator.aws.clients import Aws
+    from aggregator.cli._progress import progress
+    from aggregator.integrity.reconcile import reconcile
+
+    settings = load_or_exit(args.config, NO_SINKS)
+    since, until = _reconcile_days(args, settings.integrity.reconcile.days)
+    if args.repair:
+        state = open_state(settings, "ctagg reconcile --repair")
+    else:  # read-only: works beside the daemon
+        state = open_state(settings, "ctagg reconcile", read_only=True)
+
+    async def go(report: Any) -> ReconcileReport:
+        async with opened(settings, Aws(settings.aws)) as archive:
+            return await reconcile(
+                archive,
+                state,
+                since=since,
+                until=until,
+                repair=args.repair,
+                compress_level=settings.archive.compress_level,
+                concurrency=settings.integrity.reconcile.concurrency,
+                progress=report,
+            )
+
+    try:
+        with progress("reconcile", unit="objects") as bar:
+            rep = asyncio.run(go(bar.report))
+    finally:
+        state.close()
+    if args.json:
+        print(json.dumps(rep.as_dict(), sort_keys=True))
+    else:
+        print(render_reconcile(rep))
+    return EXIT_PROBLEMS if rep.found else EXIT_OK
+
+
+RECONCILE_LABELS = {
+    "unknown_objects": "objects not in the state (ledger, archive_known, intents)",
+    "missing_objects": "rows whose object is missing",
+    "sha_mismatch": "rows whose object's SHA-256 differs (modified)",
+    "duplicate_events": "events in more than one copy",
+    "outside_layout": "keys outside the CloudTrail layout",
+    "unreadable": "objects that do not decode",
+}
+
+
+def render_reconcile(rep: ReconcileReport, limit: int = 10) -> str:
+    """``reconcile`` for people: what was examined, each kind of finding with examples, and
+    what a repair did."""
+    lines = [
+        f"reconcile {rep.since} .. {rep.until}: {rep.objects} object(s), {rep.events} event(s)"
+        + (f", {rep.in_flight} write(s) in flight (not judged)" if rep.in_flight else "")
+        + f" in {rep.duration_secs:.1f} s"
+    ]
+    if not rep.found:
+        lines.append("OK: nothing found")
+    for kind, label in RECONCILE_LABELS.items():
+        n = rep.counts[kind]
+        if not n:
+            continue
+        lines.append(f"{n:>8}  {label}")
+        for ex in rep.examples[kind][:limit]:
+            if kind == "duplicate_events":
+                lines.append(
+                    f"            {ex['event_key']} x{ex['copies']}: {' '.join(ex['objects'])}"
+                )
+            elif kind == "sha_mismatch":
+                lines.append(f"            {ex['key']} ({ex['table']})")
+            else:
+                lines.append(f"            {ex['key']}")
+        if n > limit:
+            lines.append(
+                f"            ... and {n - limit} more (--json has {len(rep.examples[kind])})"
+            )
+    if rep.repair:
+        r = rep.repaired
+        lines.append(
+            f"repair: {r['rewritten']} rewritten, {r['deleted']} deleted, {r['adopted']} adopted, "
+            f"{r['events_removed']} redundant cop(ies) removed, {r['rows_updated']} row(s) "
+            f"updated, {r['rows_deleted']} row(s) deleted, {len(rep.skipped)} skipped"
+        )
+        lines += [f"  skipped: {m}" for m in rep.skipped[:limit]]
+        lines.append(
+            "missing objects, SHA-256 mismatches, unreadable objects and keys outside the layout "
+            "are reported only"
+        )
+    elif rep.found:
+        lines.append("run again with --repair to remove redundant copies and adopt unknown objects")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from aggregator.config.settings import (
     DetectSettings,
     ForwardSettings,
     LookupSettings,
+    ReconcileSettings,
     ServiceSettings,
     Settings,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "DetectSettings",
     "ForwardSettings",
     "LookupSettings",
+    "ReconcileSettings",
     "ServiceSettings",
     "Settings",
     "interpolate",

@@ -453,6 +453,22 @@ class AuditSettings(Strict):
     require_access_logging: bool = True
 
 
+class ReconcileSettings(Strict):
+    """The daemon's daily ``ctagg reconcile`` (report-only) over the most recent days."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Check the archive's recent days against the state daily (report only; "
+        "counts in /metrics). Interval: service.job_intervals_secs.reconcile (default 1 day).",
+    )
+    days: int = Field(
+        default=2, ge=1, le=366, description="Days checked, ending today (UTC, today included)."
+    )
+    concurrency: int = Field(
+        default=16, ge=1, le=256, description="S3 listings and reads in flight at once."
+    )
+
+
 class IntegritySettings(Strict):
     validate_digests: bool = Field(default=True, description="Check CloudTrail digest files.")
     public_key_dir: str | None = Field(
@@ -478,6 +494,7 @@ class IntegritySettings(Strict):
     lookup: LookupSettings = Field(default_factory=LookupSettings)
     archive_digest: ArchiveDigestSettings = Field(default_factory=ArchiveDigestSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
 
 
 class AnomalySettings(Strict):

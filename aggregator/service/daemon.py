@@ -28,6 +28,7 @@ from aggregator.service.jobs import (
     archive_digest_job,
     detect_floor,
     job_interval,
+    reconcile_job,
 )
 from aggregator.service.metrics import Metrics
 from aggregator.service.scheduler import Scheduler, describe_error, wait_or_stop
@@ -242,6 +243,28 @@ class Daemon:
                 interval_secs=job_interval(svc, "completeness"),
                 start_delay_secs=1.0,
             )
+
+        if integrity.reconcile.enabled:
+            self.scheduler.register(
+                "reconcile",
+                self._reconcile,
+                interval_secs=job_interval(svc, "reconcile"),
+                start_delay_secs=1.0,
+            )
+
+    async def _reconcile(self) -> Any:
+        # after the first cycle: the ledger then says what the archive should hold (a crash
+        # before its commit left intents the cycle settles first)
+        while not self._cycled_event.is_set():
+            if self.scheduler.stopping.is_set():
+                return None
+            await wait_or_stop(self._cycled_event, 1.0)
+        if self.scheduler.stopping.is_set():
+            return None
+        app = self.app
+        return await reconcile_job(
+            self.settings, app.state, app.aws, app.broker, self.metrics, clock=self.clock
+        )
 
     async def _completeness(self) -> Any:
         wait = self.settings.service.ingest_interval_secs

@@ -12,6 +12,7 @@ Jobs and their default intervals (override with ``service.job_intervals_secs.<na
 * ``detect_deliver``  sends queued alerts to every alert sink (15 s)
 * ``archive_digest``  writes the archive's signed hourly digests (1 h)
 * ``completeness``    refreshes expected files from digests, computes, queues missing (1 h)
+* ``reconcile``       checks the archive's recent days against the state, report-only (1 d)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ DEFAULT_INTERVALS: dict[str, float] = {
     "detect_deliver": 15.0,
     "archive_digest": 3600.0,
     "completeness": 3600.0,
+    "reconcile": 86400.0,
 }
 
 
@@ -226,4 +228,35 @@ async def archive_digest_job(
 
     rep = await write_archive_digests(settings, state, aws=aws, sessions=sessions, clock=clock)
     log.info("archive_digest.job_done", count=len(rep.digests), objects=rep.objects)
+    return rep
+
+
+async def reconcile_job(
+    settings: Settings,
+    state: State,
+    aws: Any,
+    sessions: Any,
+    metrics: Metrics,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Any:
+    """``ctagg reconcile`` over the last ``integrity.reconcile.days`` days, report-only (the
+    daemon is the state's writer; nothing is repaired behind the operator's back); its counts
+    go to ``/metrics``."""
+    from datetime import UTC, datetime
+
+    from aggregator.archive.store import opened
+    from aggregator.integrity.reconcile import recent_days, reconcile
+
+    cfg = settings.integrity.reconcile
+    since, until = recent_days(cfg.days, datetime.fromtimestamp(clock(), UTC).date())
+    async with opened(settings, aws, sessions) as archive:
+        rep = await reconcile(archive, state, since=since, until=until, concurrency=cfg.concurrency)
+    metrics.reconcile_done(rep.counts, clock())
+    if rep.found:
+        log.warning(
+            "reconcile.found",
+            count=sum(rep.counts.values()),
+            **{k: v for k, v in rep.counts.items() if v},
+        )
     return rep

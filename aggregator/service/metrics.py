@@ -376,7 +376,26 @@ class Metrics:
             registry=r,
         )
 
+        # ---- reconcile (the daemon's daily check of the archive against the state)
+        self.reconcile_findings = Gauge(
+            "ctagg_reconcile_findings",
+            "Findings of the last reconcile run, by kind (unknown_objects, missing_objects, "
+            "sha_mismatch, duplicate_events, outside_layout, unreadable).",
+            ["kind"],
+            registry=r,
+        )
+        self.reconcile_last_run = Gauge(
+            "ctagg_reconcile_last_run_timestamp_seconds",
+            "Unix time the last reconcile run finished.",
+            registry=r,
+        )
+
     # ------------------------------------------------------------------ recording helpers
+
+    def reconcile_done(self, counts: dict[str, int], now: float) -> None:
+        for kind, n in counts.items():
+            self.reconcile_findings.labels(kind).set(n)
+        self.reconcile_last_run.set(now)
 
     def object_archived(
         self, account_id: str, region: str, *, events: int, duplicates: int = 0

@@ -162,3 +162,26 @@ async def test_check_writable_names_the_bucket_and_the_permission_and_writes_not
     assert info.value.hint.startswith(
         "grant s3:PutObject on arn:aws:s3:::central-archive/* to the base identity"
     )
+
+
+async def test_children_lists_one_level_over_every_page(moto: str) -> None:
+    """Archive.children: the common prefixes and the objects directly under a prefix, in key
+    order, over more than one page (moto pages at 1000), nothing deeper."""
+    import aioboto3
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="central")
+    for i in range(1003):
+        s3.put_object(Bucket="central", Key=f"AWSLogs/d{i:04d}/x", Body=b"")
+    s3.put_object(Bucket="central", Key="AWSLogs/top.txt", Body=b"abc")
+
+    async with aioboto3.Session().client("s3", region_name="us-east-1") as c:
+        archive = Archive(ArchiveSettings(bucket="central"), c)
+        dirs, objs = await archive.children("AWSLogs/")
+        inner = await archive.children("AWSLogs/d0007/")
+
+    assert dirs == [f"AWSLogs/d{i:04d}/" for i in range(1003)]
+    assert [(o.key, o.size) for o in objs] == [("AWSLogs/top.txt", 3)]
+    assert inner[0] == []
+    assert [o.key for o in inner[1]] == ["AWSLogs/d0007/x"]

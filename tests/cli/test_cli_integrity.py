@@ -275,3 +275,71 @@ def test_validate_digests_is_readable_and_a_trail_without_digests_is_said_once(
     assert doc["sources_without_digests"] == [
         "s3://trail-bucket/AWSLogs/111111111111/CloudTrail/us-east-1/"
     ]
+
+
+async def test_reconcile_exit_codes_json_and_repair(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """reconcile: 0 on a clean archive, 1 with findings (--json: counts and examples), 1 after a
+    repair too (it found something), then 0; 2 for a range that ends before it starts; read-only
+    beside the state's writer, while --repair needs the writer lock (7)."""
+    from aggregator.archive.store import KeyParts, central_key
+    from aggregator.state.lock import WriterLock
+
+    cfg_path = config(tmp_path)
+    settings = load_settings(cfg_path)
+    client("s3").create_bucket(Bucket="central")
+    state = State(settings.state.path)
+    await ingest(settings, state, n_objects=2)
+    original = state.ledger.rows()[0]["central_key"]
+    state.close()
+    day = ["--since", "2024-05-01", "--until", "2024-05-01"]
+    capsys.readouterr()
+
+    assert await_main(["reconcile", str(cfg_path), *day, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["found"] is False
+    assert doc["objects"] == 2
+
+    s3 = client("s3")
+    copy = central_key("", KeyParts(A1, "us-east-1", "20240501T1005Z", False), "b", "copy")
+    body = s3.get_object(Bucket="central", Key=original)["Body"].read()
+    s3.put_object(Bucket="central", Key=copy, Body=body)
+    lock = WriterLock(settings.state.path, "ctagg run").acquire()
+    try:
+        assert await_main(["reconcile", str(cfg_path), *day, "--json"]) == 1  # beside a writer
+        doc = json.loads(capsys.readouterr().out)
+        assert await_main(["reconcile", str(cfg_path), *day, "--repair"]) == 7
+        assert "ctagg run" in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert doc["counts"]["unknown_objects"] == 1
+    assert doc["counts"]["duplicate_events"] == 3
+    assert doc["examples"]["unknown_objects"] == [{"key": copy, "bytes": len(body)}]
+    assert doc["repaired"] is None
+
+    assert await_main(["reconcile", str(cfg_path), *day, "--repair", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["repaired"]["deleted"] == 1
+    assert await_main(["reconcile", str(cfg_path), *day]) == 0
+    assert "OK: nothing found" in capsys.readouterr().out
+
+    assert (
+        await_main(["reconcile", str(cfg_path), "--since", "2024-05-02", "--until", "2024-05-01"])
+        == 2
+    )
+    assert "--since 2024-05-02 is after --until 2024-05-01" in capsys.readouterr().err
+
+
+async def test_reconcile_of_an_unreachable_bucket_is_an_access_error(
+    moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A central bucket that does not exist: one line, exit 3."""
+    cfg_path = config(tmp_path)
+    State(load_settings(cfg_path).state.path).close()
+    capsys.readouterr()
+
+    assert await_main(["reconcile", str(cfg_path)]) == 3
+    err = capsys.readouterr().err
+    assert "central" in err
+    assert "Traceback" not in err

@@ -412,3 +412,50 @@ async def test_a_paused_ingest_says_so_in_logs_readyz_and_metrics(
     assert paused[0]["level"] == "warning"
     assert "hec 1/1" in paused[0]["reason"]
     assert any(x["event"] == "ingest.resumed" for x in lines)
+
+
+async def test_daily_reconcile_reports_its_counts_in_metrics(
+    tmp_path: Path, trail: Inventory
+) -> None:
+    """The daemon's reconcile job runs after the first cycle over the recent days, report-only:
+    /metrics shows ctagg_reconcile_findings per kind and the time of the run; the planted
+    orphan is still in the bucket afterwards (nothing repaired behind the operator's back)."""
+    from aggregator.archive.store import KeyParts, central_key
+
+    orphan = central_key("", KeyParts(A1, "us-east-1", f"{TODAY}T0900Z", False), "x", "orphan")
+    when = f"{TODAY[:4]}-{TODAY[4:6]}-{TODAY[6:]}T09:00:00Z"
+    client("s3").put_object(
+        Bucket="central", Key=orphan, Body=log_object([record("orphan", A1, time=when)])
+    )
+    client("s3").put_object(Bucket="central", Key="AWSLogs/stray.txt", Body=b"x")
+    app = PipelineApp(settings(tmp_path), trail, discovery_delay=0)
+    daemon = Daemon(app)
+    t0 = time.time()
+    run = asyncio.create_task(daemon.run(install_signals=False))
+    while daemon.server.port == 0:  # noqa: ASYNC110 (the server sets its port when bound)
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{daemon.server.port}"
+    deadline = time.monotonic() + 30
+    while True:
+        text = (await get(base + "/metrics"))[1]
+        last = series(text, "ctagg_reconcile_last_run_timestamp_seconds").get((), 0)
+        runs = series(text, "ctagg_job_runs_total")
+        if last and (("job_name", "reconcile"), ("outcome", "ok")) in runs:
+            break
+        assert time.monotonic() < deadline, "no reconcile run"
+        await asyncio.sleep(0.1)
+    daemon.scheduler.request_stop("test")
+    assert await asyncio.wait_for(run, timeout=15) == 0
+
+    assert last >= t0
+    found = {dict(k)["kind"]: v for k, v in series(text, "ctagg_reconcile_findings").items()}
+    assert found == {
+        "unknown_objects": 1,
+        "missing_objects": 0,
+        "sha_mismatch": 0,
+        "duplicate_events": 0,
+        "outside_layout": 1,
+        "unreadable": 0,
+    }
+    assert client("s3").head_object(Bucket="central", Key=orphan)
+    assert runs[(("job_name", "reconcile"), ("outcome", "ok"))] == 1
