@@ -22,6 +22,8 @@ from aggregator.config.settings import (
     LookupSettings,
     ServiceSettings,
     Settings,
+    ShardSettings,
+    shard_state_path,
 )
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "LookupSettings",
     "ServiceSettings",
     "Settings",
+    "ShardSettings",
     "interpolate",
     "load_settings",
     "parse_settings",
+    "shard_state_path",
 ]
