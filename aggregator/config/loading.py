@@ -161,12 +161,24 @@ def parse_settings(
     if problems:
         raise ConfigError(problems)
     settings._deferred = dict(sorted((_fmt_path(p), m) for p, m in deferred.items()))
-    if settings.shard.count > 1:  # each shard its own state file (and so its own writer lock)
-        path = shard_state_path(settings.state.path, settings.shard)
-        settings = settings.model_copy(
-            update={"state": settings.state.model_copy(update={"path": path})}
-        )
+    if settings.shard.count > 1:
+        settings = _per_shard(settings)
     return settings
+
+
+def _per_shard(settings: Settings) -> Settings:
+    """What each shard of several has of its own: its state file (and so its writer lock)
+    and its chain of archive digests (their keys count the shard's own ledger ids), under
+    ``<archive_digest.prefix>shard-I-of-N/``."""
+    shard = settings.shard
+    state = settings.state.model_copy(update={"path": shard_state_path(settings.state.path, shard)})
+    digest = settings.integrity.archive_digest
+    base = (
+        digest.prefix if not digest.prefix or digest.prefix.endswith("/") else digest.prefix + "/"
+    )
+    digest = digest.model_copy(update={"prefix": f"{base}{shard.label}/"})
+    integrity = settings.integrity.model_copy(update={"archive_digest": digest})
+    return settings.model_copy(update={"state": state, "integrity": integrity})
 
 
 STATE_PATH_ENV = "CTAGG_STATE_PATH"

@@ -77,6 +77,14 @@ def test_several_shards_each_have_their_own_state_file(tmp_path: Path) -> None:
     )
 
 
+def test_several_shards_each_sign_their_own_archive_digest_chain(tmp_path: Path) -> None:
+    """Digest keys count a state's own ledger ids, so each shard's chain has its own prefix
+    (two shards must never write the same digest key); one shard keeps the prefix."""
+    s = load_settings(write(tmp_path, {"count": 3, "index": 2}), {})
+    assert s.integrity.archive_digest.prefix == "CTAgg-Digest/shard-2-of-3/"
+    assert load_settings(write(tmp_path), {}).integrity.archive_digest.prefix == "CTAgg-Digest/"
+
+
 def test_cli_shard_overrides_the_config_and_is_validated(tmp_path: Path) -> None:
     """``load_settings(shard=(i, n))`` replaces index and count, checked like the file."""
     path = write(tmp_path, {"count": 2, "index": 0})
@@ -93,11 +101,12 @@ def test_cli_bad_shard_argument_is_a_usage_error(tmp_path: Path, spec: str) -> N
     """``ctagg once CONFIG --shard BAD``: exit 2, the argument named, nothing done."""
     proc = subprocess.run(
         [sys.executable, "-m", "aggregator", "once", str(write(tmp_path)), f"--shard={spec}"],
+        check=False,
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "--shard" in proc.stderr and "not a shard" in proc.stderr
+    assert "argument --shard: not a shard" in proc.stderr
     assert not (tmp_path / "state.db").exists()
