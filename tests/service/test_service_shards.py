@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ import pytest
 from archivecheck import assert_exactly_once, central_bodies
 from awsfixtures import client, log_key, log_object, record
 
-from aggregator.aws.slots import owns
+from aggregator.aws.slots import owned_slots, owns
+from aggregator.cli import main
 from aggregator.config import ShardSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +36,7 @@ REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
 PAIRS = [(a, r) for a in ACCOUNTS for r in REGIONS]
 
 
-def write_config(tmp_path: Path, **shard: int) -> Path:
+def write_config(tmp_path: Path, health_port: int = 0) -> Path:
     cfg: dict[str, Any] = {
         "state": {"path": str(tmp_path / "state.db")},
         "aws": {"region": "us-east-1", "max_attempts": 2},
@@ -56,10 +59,12 @@ def write_config(tmp_path: Path, **shard: int) -> Path:
         "integrity": {"lookup": {"mode": "off"}},
         "collect": {"max_concurrency": 2},
         "archive": {"bucket": "central"},
-        "service": {"health_host": "127.0.0.1", "health_port": 0, "ingest_interval_secs": 3600},
+        "service": {
+            "health_host": "127.0.0.1",
+            "health_port": health_port,
+            "ingest_interval_secs": 3600,
+        },
     }
-    if shard:
-        cfg["shard"] = shard
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg))
     return path
@@ -99,6 +104,21 @@ def planted(moto: str) -> dict[str, Any]:
     return {"events": events, "objects": objects}
 
 
+def free_port_pair() -> int:
+    """A port P with P and P + 1 free on 127.0.0.1 (for two shards' health ports)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two adjacent free ports")
+
+
 def env(moto: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k not in ("CTAGG_SHARD_INDEX", "POD_NAME")}
     e.update(AWS_ENDPOINT_URL=moto, PYTHONPATH=str(ROOT), HOSTNAME="test-host")
@@ -131,7 +151,11 @@ def run_shards(config: Path, moto: str, n: int) -> list[tuple[int, str, str]]:
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_shards_together_archive_every_event_exactly_once(
-    tmp_path: Path, moto: str, planted: dict[str, Any], n: int
+    tmp_path: Path,
+    moto: str,
+    planted: dict[str, Any],
+    n: int,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """N concurrent ``ctagg once --shard I/N``: exactly once in the central bucket, each
     source object handled by exactly one shard, one writer marker per shard."""
@@ -160,6 +184,17 @@ def test_shards_together_archive_every_event_exactly_once(
             name = key.rsplit("/", 1)[-1]
             account, _, region = name.split("_")[:3]
             assert owns(shard, account, region), (i, key)
+    for i, h in enumerate(per_shard):  # ctagg status --shard I/N reads that shard's state
+        assert main(["status", str(config), "--json", "--shard", f"{i}/{n}"]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        rows = [doc for doc in lines if "account_id" in doc]
+        assert sum(r["objects"] for r in rows) == len(h)
+        if n > 1:
+            assert lines[0]["shard"]["index"] == i
+            assert lines[0]["shard"]["count"] == n
+            assert lines[0]["shard"]["slots_owned"] == owned_slots(ShardSettings(index=i, count=n))
+        else:
+            assert "shard" not in lines[0]
     markers = set(central_bodies(prefix="_ctagg/"))
     if n == 1:
         assert markers == {"_ctagg/writer.json"}
@@ -202,7 +237,8 @@ def test_run_shards_starts_n_shard_processes_and_forwards_sigterm(
 ) -> None:
     """``ctagg run CONFIG --shards 2``: two daemons (shard 0/2 and 1/2, each its own state)
     archive everything exactly once; SIGTERM to the parent stops both, and it exits 0."""
-    config = write_config(tmp_path)
+    base = free_port_pair()
+    config = write_config(tmp_path, health_port=base)
     proc = ctagg(moto, "run", str(config), "--shards", "2")
     states = [tmp_path / f"state.shard-{i}-of-2.db" for i in range(2)]
     deadline = time.monotonic() + 90
@@ -217,6 +253,10 @@ def test_run_shards_starts_n_shard_processes_and_forwards_sigterm(
             break
         time.sleep(0.3)
     assert done == planted["objects"]
+    for i in range(2):  # shard I serves /metrics on health_port + I
+        with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/metrics", timeout=10) as r:
+            body = r.read().decode()
+        assert f'ctagg_shard_info{{count="2",shard="{i}"}} 1.0' in body
 
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
