@@ -102,15 +102,9 @@ def run_shards(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(count):
-            cmd = [
-                sys.executable,
-                "-m",
-                "aggregator",
-                "run",
-                args.config,
-                "--shard",
-                f"{i}/{count}",
-            ]
+            cmd = [sys.executable, "-m", "aggregator", "--log-level", args.log_level]
+            cmd += ["--log-format", args.log_format] + (["--debug"] if args.debug else [])
+            cmd += ["run", args.config, "--shard", f"{i}/{count}"]
             cmd += ["--health-port", str(base + i if base else 0)]
             for flag, value in (
                 ("--interval-secs", args.interval_secs),
