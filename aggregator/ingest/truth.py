@@ -258,14 +258,14 @@ class ArchiveTruth:
         """Record the slot and shard counts in the central bucket the first time a sharded
         config writes it (If-None-Match: the first shard wins, the others read its record);
         refuse a config whose counts differ from the record (raises
-        :class:`InstallationMismatch`). One shard records nothing, but is refused beside a
-        sharded record too."""
+        :class:`InstallationMismatch`). One shard neither records nor reads it: its requests
+        are exactly those of an unsharded installation."""
         shard = self.settings.shard
+        if shard.count <= 1:
+            return
         key = f"{self.settings.archive.prefix}{INSTALLATION_KEY}"
         got = await archive.fetch(key)
         if got is None:
-            if shard.count <= 1:
-                return
             body = orjson.dumps(
                 {
                     "slots": shard.slots,

@@ -212,14 +212,14 @@ def test_shards_together_archive_every_event_exactly_once(
 def test_a_changed_shard_count_is_refused_before_anything_is_written(
     tmp_path: Path, moto: str, planted: dict[str, Any]
 ) -> None:
-    """Two shards record the installation; a later ``--shard 0/3`` (and ``--shard 0/1``, and
+    """Two shards record the installation; a later ``--shard 0/3`` (and ``--shard 1/4``, and
     a daemon ``run --shard 0/3``) exits 2 naming both counts and what to do, and archives
     nothing more."""
     config = write_config(tmp_path)
     assert all(code == 0 for code, _, _ in run_shards(config, moto, 2))
     before = central_bodies()
 
-    for args in (("once", "--shard", "0/3"), ("once", "--shard", "0/1"), ("run", "--shard", "0/3")):
+    for args in (("once", "--shard", "0/3"), ("once", "--shard", "1/4"), ("run", "--shard", "0/3")):
         proc = ctagg(moto, *args[:1], str(config), *args[1:])
         code = proc.wait(timeout=120)
         _, err = proc.communicate()
