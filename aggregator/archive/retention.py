@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from aggregator.archive.store import archive_session
 from aggregator.aws.clients import Aws, ClientPool, Session, SessionProvider
 from aggregator.aws.errors import error_code, error_message
+from aggregator.aws.slots import owns
 from aggregator.config import Settings
 from aggregator.log import get_logger
 from aggregator.state import State
@@ -98,6 +99,17 @@ class RetentionReport:
     @property
     def ok(self) -> bool:
         return not self.errors and self.listing_complete
+
+
+_CENTRAL_PAIR = re.compile(
+    r"AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail(?:-Insight)?/([a-z0-9-]+)/"
+)
+
+
+def key_pair(key: str) -> tuple[str, str] | None:
+    """(account, region) of a central key in the CloudTrail layout, else None."""
+    m = _CENTRAL_PAIR.search(key)
+    return (m[1], m[2]) if m else None
 
 
 def key_day(key: str) -> str | None:
@@ -201,7 +213,12 @@ class Retention:
         cutoff = report.cutoff_day or ""
         out: list[Expired] = []
 
+        shard = self.settings.shard
+
         def consider(key: str, version: str | None, marker: bool) -> None:
+            pair = key_pair(key) if shard.count > 1 else None
+            if pair is not None and not owns(shard, *pair):
+                return  # another shard's object: its retention (and its forwarders' hold)
             report.listed += 1
             day = key_day(key)
             if day is None:

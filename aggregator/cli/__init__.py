@@ -63,7 +63,7 @@ COMMANDS: list[tuple[str, str, AddArgs, Run]] = [
     (
         "status",
         "per account × region progress, lag and errors (reads state only)",
-        config_and_json,
+        ingest.add_status_args,
         ingest.run_status,
     ),
     (

@@ -41,10 +41,11 @@ def config_and_json(p: argparse.ArgumentParser) -> None:
 # Secrets only where used: the config sections a command reads (the others' unset ${VAR}s are
 # deferred, not errors; aggregator/config/loading.py).
 EVERYTHING = None
-STATE_ONLY = frozenset({"state", "archive"})
+STATE_ONLY = frozenset({"state", "shard", "archive"})
 NO_SINKS = frozenset(
     {
         "state",
+        "shard",
         "aws",
         "credentials",
         "discovery",
@@ -58,14 +59,41 @@ NO_SINKS = frozenset(
 )
 
 
-def load_or_exit(path: str, uses: frozenset[str] | None = EVERYTHING) -> Settings:
+def shard_spec(text: str) -> tuple[int, int]:
+    """``--shard I/N``: shard I of N (0 <= I < N)."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(
+            f"not a shard: {text!r} (use I/N with 0 <= I < N, e.g. 0/3 for the first of three)"
+        )
+    return i, n
+
+
+def shard_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=shard_spec,
+        default=None,
+        metavar="I/N",
+        help="be shard I of N (overrides shard.index and shard.count of the config)",
+    )
+
+
+def load_or_exit(
+    path: str, uses: frozenset[str] | None = EVERYTHING, *, shard: tuple[int, int] | None = None
+) -> Settings:
     """Load a config or print every problem (with its path) and exit 2. ``uses``: the sections
-    the command reads; unset variables elsewhere are deferred (None: every section)."""
+    the command reads; unset variables elsewhere are deferred (None: every section);
+    ``shard``: ``--shard I/N``."""
     from aggregator.config import ConfigError, Settings, load_settings
 
     defer = () if uses is None else tuple(set(Settings.model_fields) - uses)
     try:
-        return load_settings(path, defer=defer)
+        return load_settings(path, defer=defer, shard=shard)
     except ConfigError as exc:
         print(f"config {path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:

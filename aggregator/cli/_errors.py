@@ -69,6 +69,12 @@ def explain(exc: BaseException) -> CliError:
             "run one writer per archive: stop the other one, or give each its own archive.prefix",
             EXIT_LOCKED,
         )
+    if kind == "InstallationMismatch":
+        return CliError(
+            str(exc),
+            "nothing was written; see 'Scaling out (static shards)' in docs/operations.md",
+            EXIT_CONFIG,
+        )
     if kind == "StorageError":
         missing = "no state file" in str(exc)
         return CliError(

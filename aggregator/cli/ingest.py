@@ -15,6 +15,7 @@ from aggregator.cli._common import (
     json_line,
     load_or_exit,
     open_state,
+    shard_arg,
     source_label,
 )
 from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
@@ -23,6 +24,7 @@ from aggregator.cli._table import Column
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from aggregator.config import Settings
     from aggregator.state import StatusRow
 
 
@@ -33,6 +35,7 @@ def add_once_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the cycle report as one JSON line (the default when stdout is not a terminal)",
     )
+    shard_arg(p)
 
 
 def run_once(args: argparse.Namespace) -> int:
@@ -43,7 +46,7 @@ def run_once(args: argparse.Namespace) -> int:
 
     from aggregator.service.app import App
 
-    settings = load_or_exit(args.config, NO_SINKS)
+    settings = load_or_exit(args.config, NO_SINKS, shard=getattr(args, "shard", None))
 
     async def go() -> dict[str, object]:
         app = App(settings, writer="ctagg once")
@@ -90,7 +93,8 @@ def run_status(args: argparse.Namespace) -> int:
 
     from aggregator.cli.forward import forwarding_items, print_forwarding
 
-    settings = load_or_exit(args.config, STATE_ONLY)
+    settings = load_or_exit(args.config, STATE_ONLY, shard=getattr(args, "shard", None))
+    shard = shard_line(settings)
     state = open_state(settings, "ctagg status", read_only=True)
     try:
         rows = state.sources.status()
@@ -100,6 +104,8 @@ def run_status(args: argparse.Namespace) -> int:
         state.close()
     now = time.time()
     if args.json:
+        if shard is not None:
+            print(json_line({"shard": shard}))
         for r in rows:
             lag = lag_secs(r.newest_event_time, now)
             print(
@@ -116,9 +122,36 @@ def run_status(args: argparse.Namespace) -> int:
 
     console = console_for()
 
+    if shard is not None:
+        console.print(
+            f"shard {shard['index']} of {shard['count']} (0 .. {shard['count'] - 1}): "
+            f"{len(shard['slots_owned'])} of {shard['slots']} slots, state {shard['state']}"
+        )
     print_status(console, rows, failures, now)
     print_forwarding(console, forward)
     return EXIT_OK
+
+
+def add_status_args(p: argparse.ArgumentParser) -> None:
+    config_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    shard_arg(p)
+
+
+def shard_line(settings: Settings) -> dict[str, Any] | None:
+    """This config's shard (None with one shard): index, count, slots and the slots owned."""
+    from aggregator.aws.slots import owned_slots
+
+    shard = settings.shard
+    if shard.count <= 1:
+        return None
+    return {
+        "index": shard.ordinal,
+        "count": shard.count,
+        "slots": shard.slots,
+        "slots_owned": owned_slots(shard),
+        "state": settings.state.path,
+    }
 
 
 def lag_secs(newest: str | None, now: float) -> float | None:

@@ -23,6 +23,8 @@ from aggregator.config.settings import (
     ReconcileSettings,
     ServiceSettings,
     Settings,
+    ShardSettings,
+    shard_state_path,
 )
 
 __all__ = [
@@ -39,7 +41,9 @@ __all__ = [
     "ReconcileSettings",
     "ServiceSettings",
     "Settings",
+    "ShardSettings",
     "interpolate",
     "load_settings",
     "parse_settings",
+    "shard_state_path",
 ]

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from aggregator.config.settings import Settings
+from aggregator.config.settings import Settings, shard_state_path
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -134,6 +134,7 @@ def parse_settings(
         deferred=deferred,
     )
     dropped: set[Path] = set()
+    settings: Settings
     while True:
         try:
             settings = Settings.model_validate(doc)
@@ -160,11 +161,50 @@ def parse_settings(
     if problems:
         raise ConfigError(problems)
     settings._deferred = dict(sorted((_fmt_path(p), m) for p, m in deferred.items()))
+    if settings.shard.count > 1:
+        settings = _per_shard(settings)
     return settings
+
+
+def _per_shard(settings: Settings) -> Settings:
+    """What each shard of several has of its own: its state file (and so its writer lock)
+    and its chain of archive digests (their keys count the shard's own ledger ids), under
+    ``<archive_digest.prefix>shard-I-of-N/``."""
+    shard = settings.shard
+    state = settings.state.model_copy(update={"path": shard_state_path(settings.state.path, shard)})
+    digest = settings.integrity.archive_digest
+    base = (
+        digest.prefix if not digest.prefix or digest.prefix.endswith("/") else digest.prefix + "/"
+    )
+    digest = digest.model_copy(update={"prefix": f"{base}{shard.label}/"})
+    integrity = settings.integrity.model_copy(update={"archive_digest": digest})
+    return settings.model_copy(update={"state": state, "integrity": integrity})
 
 
 STATE_PATH_ENV = "CTAGG_STATE_PATH"
 HEALTH_HOST_ENV = "CTAGG_HEALTH_HOST"
+SHARD_INDEX_ENV = "CTAGG_SHARD_INDEX"
+_POD_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def _shard_index(shard: dict[str, Any], env: Mapping[str, str]) -> None:
+    """``shard.index`` left out or null: ``$CTAGG_SHARD_INDEX``, else (more than one shard)
+    the StatefulSet pod ordinal ending ``$POD_NAME`` or ``$HOSTNAME`` (``ctagg-2`` → 2)."""
+    if shard.get("index") is not None:
+        return
+    raw = env.get(SHARD_INDEX_ENV)
+    if raw is not None and raw.strip():
+        text = raw.strip()
+        # not a number: left as text, so the problem is reported at shard.index
+        shard["index"] = int(text) if re.fullmatch(r"-?\d+", text) else text
+        return
+    count = shard.get("count", 1)
+    if isinstance(count, int) and count > 1:
+        for var in ("POD_NAME", "HOSTNAME"):
+            m = _POD_ORDINAL.search(env.get(var) or "")
+            if m:
+                shard["index"] = int(m.group(1))
+                return
 
 
 def _environment_defaults(doc: Any, env: Mapping[str, str], config_path: FilePath) -> Any:
@@ -184,6 +224,11 @@ def _environment_defaults(doc: Any, env: Mapping[str, str], config_path: FilePat
     if isinstance(state, dict) and "path" not in state:
         default = config_path.resolve().parent / "state" / "ctagg.db"
         state["path"] = env.get(STATE_PATH_ENV) or str(default)
+    shard = doc.get("shard")
+    if shard is None and (env.get(SHARD_INDEX_ENV) or "").strip():
+        shard = doc["shard"] = {}
+    if isinstance(shard, dict):
+        _shard_index(shard, env)
     host = env.get(HEALTH_HOST_ENV)
     if host:
         if doc.get("service") is None:
@@ -194,10 +239,16 @@ def _environment_defaults(doc: Any, env: Mapping[str, str], config_path: FilePat
 
 
 def load_settings(
-    path: str | FilePath, env: Mapping[str, str] | None = None, *, defer: Iterable[str] = ()
+    path: str | FilePath,
+    env: Mapping[str, str] | None = None,
+    *,
+    defer: Iterable[str] = (),
+    shard: tuple[int, int] | None = None,
 ) -> Settings:
     """Read and validate a YAML config file (``defer``: see :func:`parse_settings`; defaults
-    that depend on the environment: :func:`_environment_defaults`)."""
+    that depend on the environment: :func:`_environment_defaults`; ``shard``: an
+    ``(index, count)`` given on the command line, validated as ``shard.index`` and
+    ``shard.count``)."""
     p = FilePath(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -212,5 +263,11 @@ def load_settings(
             [f"{p}: invalid YAML at {where}: {getattr(exc, 'problem', exc)}"]
         ) from None
     environ = os.environ if env is None else env
-    doc = _environment_defaults(doc if doc is not None else {}, environ, p)
+    doc = doc if doc is not None else {}
+    if shard is not None and isinstance(doc, dict):
+        section = doc.get("shard")
+        section = dict(section) if isinstance(section, dict) else {}
+        section.update(index=shard[0], count=shard[1])
+        doc["shard"] = section
+    doc = _environment_defaults(doc, environ, p)
     return parse_settings(doc, environ, defer=defer)

@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,68 @@ class StateSettings(Strict):
         "(the image sets /var/lib/ctagg/state.db), else state/ctagg.db beside the config file. "
         "A relative path given here is relative to the working directory.",
     )
+
+
+class ShardSettings(Strict):
+    """Static sharding (docs/operations.md, "Scaling out"): each (account, region) pair hashes
+    to one of ``slots`` slots, each slot belongs to one of ``count`` shards; a shard handles
+    only its slots, with its own state file and writer marker."""
+
+    slots: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="(account, region) slots; fixed for an installation (recorded in the "
+        "central bucket with the shard count).",
+    )
+    count: int = Field(default=1, ge=1, description="How many shards share the archive.")
+    index: int | None = Field(
+        default=None,
+        ge=0,
+        description="This process's shard, 0 .. count-1. Default: $CTAGG_SHARD_INDEX, else "
+        "(count > 1) the ordinal of a StatefulSet pod from $POD_NAME or $HOSTNAME "
+        "(name-<n>), else 0. `ctagg once|run --shard I/N` overrides index and count.",
+    )
+
+    @property
+    def ordinal(self) -> int:
+        """The resolved index (0 when unset)."""
+        return self.index or 0
+
+    @property
+    def label(self) -> str:
+        """``shard-I-of-N``: names this shard's state file and writer marker."""
+        return f"shard-{self.ordinal}-of-{self.count}"
+
+    # fields validate in order (slots, count, index), so each check sees the one before it
+    # and its error names its own path (shard.count, shard.index)
+    @field_validator("count")
+    @classmethod
+    def _count_within_slots(cls, v: int, info: ValidationInfo) -> int:
+        slots = info.data.get("slots")
+        if slots is not None and v > slots:
+            raise ValueError(f"count {v} exceeds slots {slots} (each shard owns whole slots)")
+        return v
+
+    @field_validator("index")
+    @classmethod
+    def _index_below_count(cls, v: int | None, info: ValidationInfo) -> int | None:
+        count = info.data.get("count")
+        if v is not None and count is not None and v >= count:
+            raise ValueError(f"index {v} is not below count {count} (shards are 0 .. {count - 1})")
+        return v
+
+
+def shard_state_path(path: str, shard: ShardSettings) -> str:
+    """A shard's own state file beside ``path``: ``state.db`` → ``state.shard-1-of-3.db``
+    (one shard: ``path`` itself)."""
+    if shard.count <= 1:
+        return path
+    head, sep, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    return f"{head}{sep}{stem}.{shard.label}" + (f".{ext}" if ext else "")
 
 
 class AwsSettings(Strict):
@@ -556,6 +619,7 @@ class Settings(Strict):
     """The whole config file."""
 
     state: StateSettings = Field(default_factory=StateSettings)
+    shard: ShardSettings = Field(default_factory=ShardSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)

@@ -30,6 +30,7 @@ from aggregator.archive import store as central
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
 from aggregator.aws.errors import error_code, error_message, is_not_found
 from aggregator.aws.inventory import Inventory, Source
+from aggregator.aws.slots import owns
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, ObjectKind, decode_log, fetch
 from aggregator.ingest.listing import Lister
@@ -100,6 +101,15 @@ class Ingestor:
 
     # ------------------------------------------------------------------ cycle
 
+    async def check_installation(self) -> None:
+        """Raise ``InstallationMismatch`` when the config's shard and slot counts are not the
+        ones recorded in the central bucket (recording them when none are): what every cycle
+        checks first, for a daemon to refuse to start."""
+        async with ClientPool(self.aws) as pool:
+            writer_session = await central.archive_session(self.settings, self.sessions)
+            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+            await self.writer.truth.check_installation(archive)
+
     async def run(self, inventory: Inventory) -> CycleReport:
         started = time.perf_counter()
         report = CycleReport(
@@ -152,6 +162,7 @@ class Ingestor:
                         *(
                             lookup_one(a, r)
                             for a, r in lookup_targets(inventory, self.settings.integrity.lookup)
+                            if owns(self.settings.shard, a, r)  # explicit targets too
                         ),
                     )
                     await queue.join()  # every queued object handled: the gaps are known now

@@ -55,6 +55,22 @@ from aggregator.state import CentralObject, ObjectOutcome, State
 log = get_logger("aggregator.ingest")
 
 MARKER_KEY = "_ctagg/writer.json"
+# the slot and shard counts of a sharded installation, written once (If-None-Match)
+INSTALLATION_KEY = "_ctagg/installation.json"
+
+
+def marker_key(settings: Settings) -> str:
+    """This writer's marker under ``archive.prefix``: ``_ctagg/writer.json`` for one shard,
+    ``_ctagg/writer.shard-I-of-N.json`` for shard I of N (one writer per shard)."""
+    shard = settings.shard
+    name = MARKER_KEY if shard.count <= 1 else f"_ctagg/writer.{shard.label}.json"
+    return f"{settings.archive.prefix}{name}"
+
+
+class InstallationMismatch(Exception):
+    """The config's slot or shard count is not the one recorded in the central bucket."""
+
+
 # A source object's name carries AWS's clock; ours may be behind it by this much.
 _SKEW_SECS = 3600
 
@@ -151,7 +167,8 @@ class ArchiveTruth:
         meta = self.state.meta
         sid, generation = meta.identity()
         trusted = meta.trusted_since()
-        key = f"{self.settings.archive.prefix}{MARKER_KEY}"
+        await self.check_installation(archive)
+        key = marker_key(self.settings)
         got = await archive.fetch(key)
         marker: dict[str, Any] | None = None
         if got is not None:
@@ -235,6 +252,51 @@ class ArchiveTruth:
         except BaseException:
             meta.set(generation=generation)  # the marker still says the old one
             raise
+
+    async def check_installation(self, archive: central.Archive) -> None:
+        """Record the slot and shard counts in the central bucket the first time a sharded
+        config writes it (If-None-Match: the first shard wins, the others read its record);
+        refuse a config whose counts differ from the record (raises
+        :class:`InstallationMismatch`). One shard neither records nor reads it: its requests
+        are exactly those of an unsharded installation."""
+        shard = self.settings.shard
+        if shard.count <= 1:
+            return
+        key = f"{self.settings.archive.prefix}{INSTALLATION_KEY}"
+        got = await archive.fetch(key)
+        if got is None:
+            body = orjson.dumps(
+                {
+                    "slots": shard.slots,
+                    "shards": shard.count,
+                    "written_by": shard.label,
+                    "host": socket.gethostname(),
+                    "written_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
+                }
+            )
+            try:
+                await archive.write(key, body, if_absent=True)
+                return
+            except central.PreconditionFailed:  # another shard recorded it first
+                got = await archive.fetch(key)
+                if got is None:
+                    raise
+        try:
+            doc = orjson.loads(got[0])
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise InstallationMismatch(
+                f"s3://{self.settings.archive.bucket}/{key} is not a ctagg installation record"
+            )
+        slots, count = doc.get("slots"), doc.get("shards")
+        if slots != shard.slots or count != shard.count:
+            raise InstallationMismatch(
+                f"the config says {shard.count} shard(s) of {shard.slots} slots, but "
+                f"s3://{self.settings.archive.bucket}/{key} records {count} shard(s) of "
+                f"{slots} slots: resizing is not supported yet; scale to the old count "
+                f"(shard.count: {count}, shard.slots: {slots})"
+            )
 
     async def _archive_has_objects(self, archive: central.Archive) -> bool:
         s3 = await archive.client()

@@ -16,6 +16,7 @@ from aggregator.aws.clients import Aws, ClientPool, SessionProvider
 from aggregator.aws.credentials import CredentialBroker
 from aggregator.aws.discovery import discover
 from aggregator.aws.inventory import Inventory, Source
+from aggregator.aws.slots import for_shard
 from aggregator.config import Settings
 from aggregator.integrity import completeness as comp
 from aggregator.integrity.public_keys import PublicKeyStore, cloudtrail_key_lister
@@ -26,8 +27,9 @@ log = get_logger("aggregator.daemon")
 
 
 async def discover_inventory(settings: Settings, aws: Aws, sessions: Any) -> Inventory:
+    """Discovery's inventory, as much of it as this shard handles (all of it with one)."""
     inv: Inventory = await discover(settings, sessions, aws)
-    return inv
+    return for_shard(inv, settings.shard)
 
 
 def days_between(since: datetime, until: datetime) -> list[str]:

@@ -14,6 +14,7 @@ from aggregator.aws.clients import Aws, ClientPool
 from aggregator.aws.credentials import CredentialBroker
 from aggregator.aws.discovery import discover
 from aggregator.aws.inventory import Account, Inventory
+from aggregator.aws.slots import for_shard
 from aggregator.config import Settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.ingest.work import CycleReport
@@ -51,7 +52,8 @@ class App:
 
     async def refresh_discovery(self) -> Inventory:
         started = time.perf_counter()
-        inventory = await discover(self.settings, self.broker, self.aws)
+        found = await discover(self.settings, self.broker, self.aws)
+        inventory = for_shard(found, self.settings.shard)  # one shard: the inventory itself
         self.inventory = inventory
         self._accounts = {a.id: a for a in inventory.accounts}
         self.discovered_at = self.clock()
@@ -61,6 +63,11 @@ class App:
             trails=len(inventory.trails),
             sources=len(inventory.sources),
             failures=len(inventory.failures),
+            **(
+                {"shard": self.settings.shard.label, "sources_all": len(found.sources)}
+                if self.settings.shard.count > 1
+                else {}
+            ),
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         for warning in inventory.warnings:  # coverage lost to the config: said every discovery

@@ -122,6 +122,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         if isinstance(app.state, MeteredState):
             app.state.metrics = self.metrics
+        self.metrics.set_shard(self.settings.shard.ordinal, self.settings.shard.count)
         self.metrics.refresh_from_state(app.state)  # freshness gauges read it at each scrape
         self.health = Health()
         self.health.add_ready(
@@ -435,4 +436,10 @@ async def serve(settings: Settings) -> int:
     from aggregator.service.app import App
 
     app = App(settings, state=MeteredState(settings.state.path, writer="ctagg run"))
+    if settings.shard.count > 1:  # a changed shard or slot count refuses to start
+        try:
+            await app.ingestor.check_installation()
+        except BaseException:
+            await app.close()
+            raise
     return await Daemon(app).run()

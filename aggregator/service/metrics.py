@@ -226,6 +226,10 @@ class ForwardCollector(Collector):
 class Metrics:
     """All metric objects. ``Metrics()`` makes its own :class:`CollectorRegistry`."""
 
+    def set_shard(self, index: int, count: int) -> None:
+        """Which shard this process is (1 on ``ctagg_shard_info{shard, count}``)."""
+        self.shard_info.labels(str(index), str(count)).set(1)
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # No *_created series: they double every counter's output for no use in alerting.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -237,6 +241,12 @@ class Metrics:
             "ctagg_build_info", "Version of the running ctagg.", ["version"], registry=r
         )
         self.build_info.labels(__version__).set(1)
+        self.shard_info = Gauge(
+            "ctagg_shard_info",
+            "This process's shard of a sharded installation (shard index, shard count).",
+            ["shard", "count"],
+            registry=r,
+        )
 
         # ---- freshness, per account x region: computed from the state at scrape time
         self.freshness = FreshnessCollector()

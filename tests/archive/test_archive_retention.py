@@ -14,8 +14,9 @@ from awsfixtures import StsSessions, client
 
 from aggregator.archive.retention import RULE_ID, Retention, key_day
 from aggregator.aws.clients import Aws
+from aggregator.aws.slots import owns
 from aggregator.cli.archive import render_retention
-from aggregator.config import Settings, parse_settings
+from aggregator.config import Settings, ShardSettings, parse_settings
 from aggregator.ingest.dedupe import event_hour
 from aggregator.service.metrics import Metrics
 from aggregator.state import CentralObject, ObjectOutcome, SourceRef, State
@@ -464,3 +465,37 @@ async def test_cli_path_keeps_what_detection_has_not_scanned_once_it_started(
     state.close()
     report = await run_once(cfg, dry_run=True)
     assert set(report.deleted) == everything
+
+
+async def test_a_shard_expires_only_the_central_objects_of_its_own_pairs(
+    tmp_path: Path, moto: str
+) -> None:
+    """With shards, each shard's retention deletes only the expired objects of the
+    (account, region) pairs it owns (another shard's forwarders may still need the others);
+    together the shards delete every expired object."""
+    client("s3").create_bucket(Bucket=BUCKET)
+    accounts = [f"{n:012d}" for n in range(100000000001, 100000000009)]
+    expired = [ckey("2024-04-01", n).replace(A1, a) for n, a in enumerate(accounts)]
+    for k in expired:
+        client("s3").put_object(Bucket=BUCKET, Key=k, Body=b"{}")
+    shards = [ShardSettings(index=i, count=2) for i in range(2)]
+    mine = {k for k in expired if owns(shards[0], k.split("/")[1], "us-east-1")}
+    assert mine  # both shards own some of the pairs
+    assert mine != set(expired)
+    base = settings(tmp_path)
+
+    cfg0 = base.model_copy(update={"shard": shards[0]})
+    report, state = await run(cfg0)
+    state.close()
+
+    assert sorted(report.deleted) == sorted(mine)
+    assert keys_in_bucket() == set(expired) - mine
+    cfg1 = base.model_copy(
+        update={
+            "shard": shards[1],
+            "state": base.state.model_copy(update={"path": str(tmp_path / "s1.db")}),
+        }
+    )
+    report, state = await run(cfg1)
+    state.close()
+    assert keys_in_bucket() == set()
