@@ -87,7 +87,7 @@ def put_acct(recs: list[dict[str, Any]], ts: str, rand: str) -> str:
 
 
 def lose_state(cfg: Settings) -> None:
-    lose_state(cfg)
+    Path(cfg.state.path).unlink()
 
 
 def restore_state(cfg: Settings, backup: Path) -> None:
