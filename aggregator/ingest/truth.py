@@ -112,15 +112,28 @@ def days_between(first: str, last: str) -> list[str]:
 
 
 def object_record(
-    key: str, body: bytes, etag: str | None, decoded: Decoded, keep: Sequence[int] | None = None
+    key: str,
+    body: bytes,
+    etag: str | None,
+    decoded: Decoded,
+    keep: Sequence[int] | None = None,
+    *,
+    sha256: str | None = None,
 ) -> CentralObject:
-    idx = range(len(decoded.keys)) if keep is None else keep
-    times = [decoded.times[i] for i in idx if decoded.times[i]]
+    """The ledger's record of central object ``key`` holding ``body``: the records ``keep``
+    (ascending, distinct indexes of ``decoded``; None: all of them). ``sha256``: the body's
+    hex SHA-256 when the caller has it already (``Stored.sha256`` of the write)."""
+    if keep is None or len(keep) == len(decoded.keys):  # every record: no indexing
+        times = [t for t in decoded.times if t]
+        events = len(decoded.keys)
+    else:
+        times = [decoded.times[i] for i in keep if decoded.times[i]]
+        events = len(keep)
     return CentralObject(
         key,
         len(body),
-        hashlib.sha256(body).hexdigest(),
-        len(idx),
+        sha256 or hashlib.sha256(body).hexdigest(),
+        events,
         min(times, default=None),
         max(times, default=None),
         etag,
@@ -451,7 +464,9 @@ class ArchiveTruth:
                         self.settings.archive.compress_level,
                     )
                     stored = await archive.write(key, new_body, if_match=etag)
-                    ce = object_record(key, new_body, stored.etag, decoded, keep)
+                    ce = object_record(
+                        key, new_body, stored.etag, decoded, keep, sha256=stored.sha256
+                    )
                     log.info(
                         "archive.orphan_rewritten",
                         key=key,

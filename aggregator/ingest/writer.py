@@ -113,7 +113,9 @@ class CentralWriter:
                         )
                     try:
                         stored = await archive.write(key, body, if_absent=True)
-                        ce = object_record(key, body, stored.etag, decoded, keep)
+                        ce = object_record(
+                            key, body, stored.etag, decoded, keep, sha256=stored.sha256
+                        )
                     except central.PreconditionFailed:
                         ce, new_keys = await self._onto_existing(archive, key, decoded, keep)
                 else:
@@ -165,9 +167,8 @@ class CentralWriter:
                 [decoded.record_bytes(i) for i in keep], self.settings.archive.compress_level
             )
             stored = await archive.write(key, body, if_absent=True)
-            return object_record(key, body, stored.etag, decoded, keep), [
-                decoded.keys[i] for i in keep
-            ]
+            ce = object_record(key, body, stored.etag, decoded, keep, sha256=stored.sha256)
+            return ce, [decoded.keys[i] for i in keep]
         there, etag = got
         try:
             held = self.truth.decode(there)
