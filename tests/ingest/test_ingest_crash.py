@@ -224,12 +224,13 @@ ORDERS = [
     Order("late-keys", put_both_objects, BOTH, put_late_object),
 ]
 
-# Archive.write #1 of every cycle is the writer marker; #2 is the first object's PUT.
+# Archive.write #1 of every cycle is the writer marker; #2 and #3 are the first two objects'
+# PUTs. The cycle that dies always has at least two objects to handle.
 STEPS = {
-    "after-source-get": Step(cycle_module, "fetch", nth=1, after=True),
-    "after-put-before-commit": Step(central.Archive, "write", nth=3, after=True),
-    "before-commit": Step(State, "commit_object", nth=1, after=False),
-    "after-commit": Step(State, "commit_object", nth=2, after=True),
+    "after-source-get": Step(cycle_module, "fetch", nth=1, after=True),  # first object
+    "after-put-before-commit": Step(central.Archive, "write", nth=3, after=True),  # second
+    "before-commit": Step(State, "commit_object", nth=1, after=False),  # first, PUT done
+    "after-commit": Step(State, "commit_object", nth=2, after=True),  # second, committed
 }
 STATES = ["kept", "deleted", "restored"]
 
