@@ -132,6 +132,7 @@ class Ingestor:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
             truth = await self.writer.truth.begin(archive)
+            self.writer.settled()
             workers = [
                 asyncio.create_task(self._worker(queue, pool, archive, cycle))
                 for _ in range(cfg.max_concurrency)

@@ -5,7 +5,9 @@ What the window cannot answer is first read back from the archive
 (:mod:`aggregator.ingest.truth`). The check "is this key archived?" (the window) and the
 in-memory claim of the new keys happen with no ``await`` between them, so the same event in an
 organization-trail object and an account-trail object handled at the same time is kept by
-exactly one. A failed write releases its claims; the object is retried and nothing is lost.
+exactly one. A failed write releases its claims; the object is retried and nothing is lost. A
+failure after the intent (the PUT may have reached S3) holds them until the intent is settled,
+so no other object archives a second copy in the meantime.
 
 The central key is derived from the source object alone. Before the PUT an intent is committed;
 the commit (event keys, ledger row, checkpoint, the end of the intent) is one SQLite
@@ -49,6 +51,15 @@ class CentralWriter:
         # Event keys claimed by objects in flight: two copies of one event in two objects
         # handled at the same time must not both be archived.
         self._claimed: set[bytes] = set()
+        # Event keys of objects whose central PUT may have reached S3 without their commit (the
+        # write or the commit failed after the intent): held until the intent is settled at the
+        # next cycle's start, so no other object archives a second copy meanwhile (a crash or a
+        # lost state before the settlement would leave it in the archive).
+        self._in_doubt: set[bytes] = set()
+
+    def settled(self) -> None:
+        """The intents are settled (a cycle's start): the keys held in doubt are free."""
+        self._in_doubt.clear()
 
     def parts(self, job: Job, decoded: Decoded) -> central.KeyParts:
         """Where the object's central key sits: from its name, or (LookupEvents windows, other
@@ -90,11 +101,12 @@ class CentralWriter:
         keep: list[int] = []
         seen_here: set[bytes] = set()
         for i, k in enumerate(decoded.keys):
-            if k in known or k in self._claimed or k in seen_here:
+            if k in known or k in self._claimed or k in self._in_doubt or k in seen_here:
                 continue
             seen_here.add(k)
             keep.append(i)
         self._claimed.update(seen_here)
+        intent = False
         try:
             ce: CentralObject | None = None
             new_keys = [decoded.keys[i] for i in keep]
@@ -103,6 +115,7 @@ class CentralWriter:
                 key = central.central_key(self.settings.archive.prefix, parts, src.bucket, job.key)
                 prior = self.state.archive_known.lookup(key)
                 self.state.intents.begin(key, src, job.key)
+                intent = True
                 if prior is None:
                     if source is not None and decoded.verbatim and len(keep) == len(decoded.keys):
                         body = source
@@ -136,6 +149,10 @@ class CentralWriter:
                 rewrite=rewrite,
             )
             self.state.commit_object(outcome)
+        except BaseException:
+            if intent:  # the PUT may be in the archive: its events wait for the settlement
+                self._in_doubt.update(seen_here)
+            raise
         finally:
             self._claimed.difference_update(seen_here)
         report.objects += 1

@@ -170,16 +170,19 @@ class State:
         window's retention), and with them the read-back of the days whose objects held them:
         a later copy of such an event is answered from the archive again. ``window_floor``
         (state_meta) is the oldest hour whose keys the window still holds."""
-        n = self.window.prune(before_epoch, dry_run=dry_run)
-        if not dry_run:
-            at = datetime.fromtimestamp(before_epoch, UTC)
-            floor = at.strftime("%Y-%m-%dT%H")
-            self.archive_known.prune_coverage((at + timedelta(days=lag_days)).strftime("%Y%m%d"))
-            self.meta.set(
-                window_floor=max(floor, self.meta.get("window_floor") or ""),
-                window_pruned_at=time.time(),
-            )
-        return n
+        if dry_run:
+            return self.window.prune(before_epoch, dry_run=True)
+        # The floor and the coverage first, the keys last: a crash in between must never leave
+        # a window that forgot keys while still vouching for their hours (they would be
+        # archived again, unchecked).
+        at = datetime.fromtimestamp(before_epoch, UTC)
+        floor = at.strftime("%Y-%m-%dT%H")
+        self.meta.set(
+            window_floor=max(floor, self.meta.get("window_floor") or ""),
+            window_pruned_at=time.time(),
+        )
+        self.archive_known.prune_coverage((at + timedelta(days=lag_days)).strftime("%Y%m%d"))
+        return self.window.prune(before_epoch)
 
     def retry_keys(self, source_id: str) -> list[str]:
         """Keys to fetch by name in the next cycle: quarantined objects marked for retry and

@@ -87,7 +87,8 @@ def put_acct(recs: list[dict[str, Any]], ts: str, rand: str) -> str:
 
 
 def lose_state(cfg: Settings) -> None:
-    Path(cfg.state.path).unlink()
+    for suffix in ("", "-wal", "-shm"):
+        Path(cfg.state.path + suffix).unlink(missing_ok=True)
 
 
 def restore_state(cfg: Settings, backup: Path) -> None:
