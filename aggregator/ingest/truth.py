@@ -362,6 +362,12 @@ class ArchiveTruth:
         async with lock:
             if self.state.archive_known.covered(account, region, kind, [day]):
                 return  # another worker read it while this one waited
+            budget = self.settings.dedupe.readback_max_objects
+            if self.report.readback_objects >= budget:  # spent: not even a LIST
+                self.report.deferred += 1
+                raise ReadbackDeferred(
+                    f"read-back budget of {budget} central objects this cycle is spent"
+                )
             prefix = central.day_prefix(self.settings.archive.prefix, account, region, kind, day)
             known = self.state.archive_known.in_prefix(prefix, account, region, kind, day)
             in_flight = self.state.intents.keys()
@@ -381,7 +387,6 @@ class ArchiveTruth:
                     or central.parse_central_key(self.settings.archive.prefix, listed.key) is None
                 ):
                     continue  # settled from its intent; outside the layout (reconcile says)
-                budget = self.settings.dedupe.readback_max_objects
                 if self.report.readback_objects >= budget:
                     self.report.deferred += 1
                     raise ReadbackDeferred(
