@@ -257,7 +257,12 @@ class Ingestor:
                     continue
                 try:
                     await self._handle(job, pool, archive, cycle)
-                except StorageError as exc:  # not the object's fault: the cycle stops
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    # The state failed (StorageError), or something no object should raise:
+                    # the cycle stops and raises it, instead of a dead worker leaving the
+                    # listers waiting on a full queue forever.
                     if cycle.broken is None:
                         cycle.broken = exc
             finally:

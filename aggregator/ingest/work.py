@@ -85,7 +85,7 @@ class Cycle:
     # files completeness expected that the source bucket no longer has (NoSuchKey)
     gaps: list[tuple[Source, str]] = field(default_factory=list)
     # the state failed (disk full, read-only): the cycle stops and raises it
-    broken: Exception | None = None
+    broken: BaseException | None = None
 
 
 class Gate:

@@ -16,6 +16,7 @@ Every test is judged only by listing and decoding the central bucket
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -754,7 +755,7 @@ def test_state_machine_crashes_losses_and_restores(moto: str, tmp_path: Path) ->
     run_state_machine_as_test(
         ArchiveMachine,
         settings=hsettings(
-            max_examples=10,
+            max_examples=int(os.environ.get("CTAGG_MACHINE_EXAMPLES", "10")),
             stateful_step_count=12,
             deadline=None,
             database=None,
