@@ -7,12 +7,12 @@ else is answered from the archive itself before an event is archived:
 * **Read-back.** A central object lives under its account, region, kind and day (the CloudTrail
   layout), and a copy of an event lives under the event's day or up to
   ``dedupe.readback_lag_days`` after it. So before an object with events the window cannot
-  vouch for is archived, those day prefixes are read back once: one LIST each, and a GET of
-  every object there this state does not have in its window (objects it wrote itself are not
-  read again while their keys are in the window). Their keys join the window; the prefix is
-  *covered* (``archive_coverage``) until the window forgets its hours. At most
-  ``dedupe.readback_max_objects`` GETs per cycle: an object that needs more waits for the next
-  cycle (counted as deferred), never archived unchecked.
+  vouch for is archived, those day prefixes are read back once: one LIST each, and a GET
+  (eight at a time) of every object there this state does not have in its window (objects it
+  wrote itself are not read again while their keys are in the window). Their keys join the
+  window; the prefix is *covered* (``archive_coverage``) until the window forgets its hours.
+  At most ``dedupe.readback_max_objects`` GETs per cycle: what a day needs beyond that waits
+  for the next cycle (counted as deferred; what was read is kept), never archived unchecked.
 * **Which days need it.** Days up to the day of ``trusted_since`` (the archive may hold objects
   of another state from before then: a state that is new beside an existing archive, was
   restored from an older copy, or replaced another one), and every day of an event older than
@@ -71,6 +71,8 @@ class InstallationMismatch(Exception):
     """The config's slot or shard count is not the one recorded in the central bucket."""
 
 
+# Central objects read back at once (each decoded as it arrives: at most this many bodies held).
+_READBACK_GETS = 8
 # A source object's name carries AWS's clock; ours may be behind it by this much.
 _SKEW_SECS = 3600
 
@@ -373,6 +375,7 @@ class ArchiveTruth:
             in_flight = self.state.intents.keys()
             pruned_at = float(self.state.meta.get("window_pruned_at") or 0)
             objects = 0
+            todo: list[str] = []
             async for listed in archive.objects(prefix):
                 objects += 1
                 k = known.get(listed.key)
@@ -387,29 +390,42 @@ class ArchiveTruth:
                     or central.parse_central_key(self.settings.archive.prefix, listed.key) is None
                 ):
                     continue  # settled from its intent; outside the layout (reconcile says)
-                if self.report.readback_objects >= budget:
-                    self.report.deferred += 1
-                    raise ReadbackDeferred(
-                        f"read-back budget of {budget} central objects this cycle is spent"
-                    )
-                got = await archive.fetch(listed.key)
+                todo.append(listed.key)
+            # what the budget allows is read (and kept: the next cycle skips it), the rest waits
+            room = max(0, budget - self.report.readback_objects)
+            take, left = todo[:room], todo[room:]
+            self.report.readback_objects += len(take)
+            gets = asyncio.Semaphore(_READBACK_GETS)
+
+            async def one(key: str) -> None:
+                async with gets:
+                    got = await archive.fetch(key)
                 if got is None:
-                    continue  # deleted since the listing
+                    return  # deleted since the listing
                 body, etag = got
-                self.report.readback_objects += 1
                 try:
                     decoded = self.decode(body)
                 except BadObject as exc:
                     log.error(
                         "archive.readback_unreadable",
-                        key=listed.key,
+                        key=key,
                         reason=str(exc),
                         hint="ctagg reconcile reports it; its events cannot be deduplicated",
                     )
-                    continue
-                ce = object_record(listed.key, body, etag, decoded)
+                    return
+                ce = object_record(key, body, etag, decoded)
                 self.state.read_back(
                     ce, decoded.keys, account=account, region=region, kind=kind, day=day
+                )
+
+            done = await asyncio.gather(*(one(k) for k in take), return_exceptions=True)
+            failed = next((r for r in done if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+            if left:
+                self.report.deferred += 1
+                raise ReadbackDeferred(
+                    f"read-back budget of {budget} central objects this cycle is spent"
                 )
             self.state.archive_known.cover(account, region, kind, day, objects)
             self.report.readback_days += 1
