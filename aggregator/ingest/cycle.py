@@ -131,8 +131,7 @@ class Ingestor:
         async with ClientPool(self.aws) as pool:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
-            truth = await self.writer.truth.begin(archive)
-            self.writer.settled()
+            truth = await self.writer.begin(archive)
             workers = [
                 asyncio.create_task(self._worker(queue, pool, archive, cycle))
                 for _ in range(cfg.max_concurrency)

@@ -154,7 +154,6 @@ class ArchiveTruth:
         self.report = TruthReport()
         self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
         self._trusted_day = "19700101"
-        self._floor = ""
 
     def decode(self, body: bytes) -> Decoded:
         """A central object, decoded as a source object is (the same keys, the same limits)."""
@@ -174,7 +173,6 @@ class ArchiveTruth:
         meta = self.state.meta
         trusted = meta.trusted_since() or 0.0
         self._trusted_day = datetime.fromtimestamp(trusted + _SKEW_SECS, UTC).strftime("%Y%m%d")
-        self._floor = meta.get("window_floor") or ""
         await self.settle(archive)
         return self.report
 
@@ -335,14 +333,14 @@ class ArchiveTruth:
         read back every day prefix where a copy of them could be that the window cannot vouch
         for. Raises :class:`ReadbackDeferred` when the cycle's budget is spent."""
         # the window's floor moves when retention prunes it (a daemon job beside this cycle)
-        self._floor = self.state.meta.get("window_floor") or ""
+        floor = self.state.window_floor
         own = parts.ts[:8]
         stamped = [t for t in times if t]
         first = min(stamped, default="")
         last = max(stamped, default="")
         lo = _day(first) or own
         hi = _day(last) or own
-        old = bool(self._floor) and first[:13] < self._floor
+        old = bool(floor) and first[:13] < floor
         if not old and own > self._trusted_day and lo > self._trusted_day:
             return  # the fast path: everything is this state's own, in the window
         lag = self.settings.dedupe.readback_lag_days
@@ -374,6 +372,7 @@ class ArchiveTruth:
             known = self.state.archive_known.in_prefix(prefix, account, region, kind, day)
             in_flight = self.state.intents.keys()
             pruned_at = float(self.state.meta.get("window_pruned_at") or 0)
+            floor = self.state.window_floor
             objects = 0
             todo: list[str] = []
             async for listed in archive.objects(prefix):
@@ -381,7 +380,7 @@ class ArchiveTruth:
                 k = known.get(listed.key)
                 if k is not None and (k.etag is None or k.etag == listed.etag):
                     intact = k.recorded_at > pruned_at or (
-                        not self._floor or (k.first_event_time or "")[:13] >= self._floor
+                        not floor or (k.first_event_time or "")[:13] >= floor
                     )
                     if intact:
                         continue  # its keys are in the window

@@ -28,7 +28,7 @@ from aggregator.archive import store as central
 from aggregator.archive.codec import encode_records
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, Decoded, ObjectKind
-from aggregator.ingest.truth import ArchiveTruth, object_record
+from aggregator.ingest.truth import ArchiveTruth, TruthReport, object_record
 from aggregator.ingest.work import CycleReport, Job
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
@@ -57,9 +57,12 @@ class CentralWriter:
         # lost state before the settlement would leave it in the archive).
         self._in_doubt: set[bytes] = set()
 
-    def settled(self) -> None:
-        """The intents are settled (a cycle's start): the keys held in doubt are free."""
+    async def begin(self, archive: central.Archive) -> TruthReport:
+        """A cycle's start (:meth:`ArchiveTruth.begin`): the writer marker claimed, the intents
+        settled, so the keys held in doubt are free again."""
+        report = await self.truth.begin(archive)
         self._in_doubt.clear()
+        return report
 
     def parts(self, job: Job, decoded: Decoded) -> central.KeyParts:
         """Where the object's central key sits: from its name, or (LookupEvents windows, other

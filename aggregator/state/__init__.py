@@ -109,6 +109,7 @@ class State:
         self.intents = Intents(self.db)
         self.archive_known = ArchiveKnown(self.db)
         self.meta = StateMeta(self.db)
+        self._window_floor: str | None = None
 
     @property
     def path(self) -> str:
@@ -165,22 +166,30 @@ class State:
             if in_ledger.fetchone() is None:
                 ArchiveKnown.remember(c, ce, account=account, region=region, kind=kind, day=day)
 
+    @property
+    def window_floor(self) -> str:
+        """The oldest hour (YYYY-MM-DDTHH) whose event keys the window still holds ("" while
+        nothing was pruned). Read by ingest for every object, so read from the state once and
+        then kept: only :meth:`prune_window` moves it (one writer per state)."""
+        if self._window_floor is None:
+            self._window_floor = self.meta.get("window_floor") or ""
+        return self._window_floor
+
     def prune_window(self, before_epoch: float, lag_days: int, *, dry_run: bool = False) -> int:
         """Forget event keys of hours before the one containing ``before_epoch`` (the dedupe
         window's retention), and with them the read-back of the days whose objects held them:
         a later copy of such an event is answered from the archive again. ``window_floor``
-        (state_meta) is the oldest hour whose keys the window still holds."""
+        (state_meta, and :attr:`window_floor`) is the oldest hour whose keys the window still
+        holds."""
         if dry_run:
             return self.window.prune(before_epoch, dry_run=True)
         # The floor and the coverage first, the keys last: a crash in between must never leave
         # a window that forgot keys while still vouching for their hours (they would be
         # archived again, unchecked).
         at = datetime.fromtimestamp(before_epoch, UTC)
-        floor = at.strftime("%Y-%m-%dT%H")
-        self.meta.set(
-            window_floor=max(floor, self.meta.get("window_floor") or ""),
-            window_pruned_at=time.time(),
-        )
+        floor = max(at.strftime("%Y-%m-%dT%H"), self.meta.get("window_floor") or "")
+        self.meta.set(window_floor=floor, window_pruned_at=time.time())
+        self._window_floor = floor
         self.archive_known.prune_coverage((at + timedelta(days=lag_days)).strftime("%Y%m%d"))
         return self.window.prune(before_epoch)
 
