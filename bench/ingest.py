@@ -89,6 +89,19 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
+def use_moto(url: str) -> None:
+    """This process on the first core (moto has the other one) and its AWS clients on moto."""
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[0]})
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+
+
 def build_objects(n: int, per: int, *, scatter_times: bool = False) -> list[tuple[str, bytes]]:
     """n log files of one account and region; file i is stamped minute i of the day and, as
     CloudTrail writes them, holds events of the five minutes before it. ``scatter_times``
@@ -240,15 +253,7 @@ def main() -> int:
 
     proc, url = start_moto()
     try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        os.environ.update(
-            AWS_ENDPOINT_URL=url,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_EC2_METADATA_DISABLED="true",
-        )
+        use_moto(url)
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         s3.create_bucket(Bucket=CENTRAL)

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from aggregator.config import parse_settings
 from aggregator.ingest.dedupe import key_and_bytes
 from aggregator.integrity.reconcile import reconcile
 from aggregator.state import State
-from bench.ingest import start_moto
+from bench.ingest import start_moto, use_moto
 
 CENTRAL = "bench-central"
 ACCOUNTS = [f"1000000000{i:02d}" for i in range(5)]
@@ -159,15 +158,7 @@ def main() -> int:
     proc, url = start_moto()
     tmp = tempfile.mkdtemp(prefix="ctagg-bench-reconcile-")
     try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        os.environ.update(
-            AWS_ENDPOINT_URL=url,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_EC2_METADATA_DISABLED="true",
-        )
+        use_moto(url)
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=CENTRAL)
         cfg = parse_settings(

@@ -37,7 +37,6 @@ import asyncio
 import gzip
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -57,7 +56,10 @@ from aiobotocore.client import AioBaseClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest import start_moto  # bench/ingest.py: moto in its own process, on the other core
+from ingest import (  # bench/ingest.py: moto in its own process, on the other core
+    start_moto,
+    use_moto,
+)
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, Inventory, Source
@@ -476,15 +478,7 @@ def main() -> int:
 
     proc, url = start_moto()
     try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        os.environ.update(
-            AWS_ENDPOINT_URL=url,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_EC2_METADATA_DISABLED="true",
-        )
+        use_moto(url)
         tune_gc()  # the GC thresholds the service runs with (App() sets them)
         result: dict[str, Any] = {}
         if args.only in (None, "late"):
