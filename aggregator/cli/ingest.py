@@ -51,7 +51,10 @@ def run_once(args: argparse.Namespace) -> int:
     async def go() -> dict[str, object]:
         app = App(settings, writer="ctagg once")
         try:
-            return (await app.run_once()).as_dict()
+            report = await app.run_once()
+            if not report.stopped:  # what a resize starts the new shards from
+                await app.ingestor.publish_snapshot(force=True)
+            return report.as_dict()
         finally:
             await app.close()
 

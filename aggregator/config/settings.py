@@ -63,6 +63,23 @@ class ShardSettings(Strict):
         "(count > 1) the ordinal of a StatefulSet pod from $POD_NAME or $HOSTNAME "
         "(name-<n>), else 0. `ctagg once|run --shard I/N` overrides index and count.",
     )
+    snapshots: bool | None = Field(
+        default=None,
+        description="Upload a snapshot of this shard's state to the central bucket "
+        "(_ctagg/snapshots/shard-I-of-N.db.gz) at shutdown, after `ctagg once` and every "
+        "snapshot_interval_secs between cycles: what a resize (a changed count) starts the new "
+        "shards from. Default: on with count > 1; set true on a single installation before "
+        "its first scale-out.",
+    )
+    snapshot_interval_secs: float = Field(
+        default=300,
+        gt=0,
+        description="Seconds between the daemon's snapshots (taken after an ingest cycle).",
+    )
+
+    @property
+    def snapshots_on(self) -> bool:
+        return self.count > 1 if self.snapshots is None else self.snapshots
 
     @property
     def ordinal(self) -> int:

@@ -102,13 +102,26 @@ class Ingestor:
     # ------------------------------------------------------------------ cycle
 
     async def check_installation(self) -> None:
-        """Raise ``InstallationMismatch`` when the config's shard and slot counts are not the
-        ones recorded in the central bucket (recording them when none are): what every cycle
-        checks first, for a daemon to refuse to start."""
+        """Raise ``InstallationMismatch`` when the config's shard and slot counts do not fit the
+        ones recorded in the central bucket (recording them when none are, resizing when this
+        is the process's first check): what every cycle checks first, for a daemon to refuse
+        to start, or to take over its pairs before it serves."""
         async with ClientPool(self.aws) as pool:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
             await self.writer.truth.check_installation(archive)
+
+    async def publish_snapshot(self, *, force: bool = False) -> str | None:
+        """Upload this state's snapshot (between cycles) when ``shard.snapshots`` is on and
+        its interval passed (``force``: whenever it is on: at shutdown, after ``ctagg once``).
+        The key written, or None."""
+        resizer = self.writer.truth.resizer
+        if not (self.settings.shard.snapshots_on and (force or resizer.snapshot_due())):
+            return None
+        async with ClientPool(self.aws) as pool:
+            writer_session = await central.archive_session(self.settings, self.sessions)
+            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+            return await resizer.publish(archive)
 
     async def run(self, inventory: Inventory) -> CycleReport:
         started = time.perf_counter()

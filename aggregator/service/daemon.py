@@ -216,7 +216,16 @@ class Daemon:
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
             self._cycled_event.set()
+            await self._snapshot()  # between cycles: what a resize starts the new shards from
         return report
+
+    async def _snapshot(self, *, force: bool = False) -> None:
+        """This shard's state snapshot when it is due (``force``: at shutdown). A failed
+        upload is logged and tried again later; it never fails the cycle."""
+        try:
+            await self.app.ingestor.publish_snapshot(force=force)
+        except Exception as exc:
+            log.error("snapshot.failed", error=describe_error(exc))
 
     def _register_integrity(self) -> None:
         integrity, svc = self.settings.integrity, self.settings.service
@@ -417,6 +426,11 @@ class Daemon:
                 await asyncio.wait_for(self._detect_stack.aclose(), timeout=left)
             except Exception as err:
                 log.error("daemon.detect_stop_failed", error_type=type(err).__name__)
+            if self.settings.shard.snapshots_on:  # after the last cycle and delivery
+                try:
+                    await asyncio.wait_for(self._snapshot(force=True), timeout=left)
+                except TimeoutError:
+                    log.error("snapshot.failed", error="shutdown timeout")
             await self.app.close()
             log.info("daemon.stopped")
 

@@ -202,6 +202,7 @@ def test_shards_together_archive_every_event_exactly_once(
         assert markers == {
             "_ctagg/installation.json",
             *(f"_ctagg/writer.shard-{i}-of-{n}.json" for i in range(n)),
+            *(f"_ctagg/snapshots/shard-{i}-of-{n}.db.gz" for i in range(n)),
         }
         record_ = json.loads(
             central_bodies(prefix="_ctagg/installation.json")["_ctagg/installation.json"]
