@@ -211,6 +211,7 @@ class Daemon:
                 self.state_writable.set(False, f"ingest cannot commit: {exc}")
             raise
         self.metrics.cycle_truth(report)
+        self.metrics.cycle_hints(report)
         if not self.state_writable.ok:
             self.state_writable.set(True, "ok")
         if not getattr(report, "stopped", False):
