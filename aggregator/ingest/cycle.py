@@ -28,7 +28,7 @@ from typing import Any
 
 from aggregator.archive import store as central
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
-from aggregator.aws.errors import error_code, error_message, is_not_found
+from aggregator.aws.errors import error_code, error_message, is_not_found, is_transient
 from aggregator.aws.inventory import Inventory, Source
 from aggregator.aws.slots import owns
 from aggregator.config import Settings
@@ -158,7 +158,20 @@ class Ingestor:
         async with ClientPool(self.aws) as pool:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
-            truth = await self.writer.begin(archive)
+            try:
+                truth = await self.writer.begin(archive)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # the marker, the layout record or last cycle's intents met a fault that
+                # outlasted the retries: nothing was written, and the next cycle starts over
+                report.errors += 1
+                log.warning(
+                    "ingest.cycle_start_failed",
+                    error_type=error_code(exc),
+                    reason=error_message(exc),
+                )
+                return self._done(report, started)
             workers = [
                 asyncio.create_task(self._worker(queue, pool, archive, cycle))
                 for _ in range(cfg.max_concurrency)
@@ -231,6 +244,9 @@ class Ingestor:
                 if hints is not None and relist:
                     hints.relisted()
         report.failed_accounts = len({f.account_id for f in inventory.failures} | cycle.failed)
+        return self._done(report, started)
+
+    def _done(self, report: CycleReport, started: float) -> CycleReport:
         report.stopped = self.stop.is_set()
         report.duration_secs = round(time.perf_counter() - started, 3)
         log.info(
