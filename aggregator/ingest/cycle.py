@@ -36,6 +36,7 @@ from aggregator.ingest.collect import BadObject, ObjectKind, decode_log, fetch
 from aggregator.ingest.hints import HintIntake
 from aggregator.ingest.listing import Lister
 from aggregator.ingest.lookup import ClientFor, Sleep, lookup_targets
+from aggregator.ingest.resize import Published
 from aggregator.ingest.truth import ReadbackDeferred
 from aggregator.ingest.windows import LookupWindows
 from aggregator.ingest.work import Cycle, CycleReport, Gate, Job, session_or_skip
@@ -116,10 +117,10 @@ class Ingestor:
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
             await self.writer.truth.check_installation(archive)
 
-    async def publish_snapshot(self, *, force: bool = False) -> str | None:
+    async def publish_snapshot(self, *, force: bool = False) -> Published | None:
         """Upload this state's snapshot (between cycles) when ``shard.snapshots`` is on and
         its interval passed (``force``: whenever it is on: at shutdown, after ``ctagg once``).
-        The key written, or None."""
+        What was uploaded, or None when none was due."""
         resizer = self.writer.truth.resizer
         if not (self.settings.shard.snapshots_on and (force or resizer.snapshot_due())):
             return None

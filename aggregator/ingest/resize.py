@@ -69,6 +69,18 @@ class InstallationMismatch(Exception):
     """The config's slot or shard count does not fit the one recorded in the central bucket."""
 
 
+class SnapshotConflict(Exception):
+    """Another process uploads this shard's snapshots (another state of the same shard)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """A snapshot uploaded: its key and its compressed size."""
+
+    key: str
+    bytes: int
+
+
 def label(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
@@ -394,14 +406,33 @@ class Resizer:
             self.clock() - self._last_snapshot >= cfg.snapshot_interval_secs
         )
 
-    async def publish(self, archive: central.Archive) -> str | None:
+    async def publish(self, archive: central.Archive) -> Published:
         """Upload a snapshot of this state (between cycles only: a snapshot taken while a
-        cycle writes would name that cycle's generation without its later objects). The key,
-        or None when another process owns this shard's snapshot (logged)."""
+        cycle writes would name that cycle's generation without its later objects). Raises
+        :class:`SnapshotConflict` unless this state holds the shard's writer marker (a
+        process of a retired layout, or one whose state another took over, uploads nothing)."""
         shard = self.settings.shard
-        key = snapshot_key_of(self.settings.archive.prefix, shard.ordinal, shard.count)
+        prefix = self.settings.archive.prefix
+        key = snapshot_key_of(prefix, shard.ordinal, shard.count)
         meta = self.state.meta
         sid, generation = meta.identity()
+        marker_key = marker_key_of(prefix, shard.ordinal, shard.count)
+        got = await archive.fetch(marker_key)
+        try:
+            marker = orjson.loads(got[0]) if got is not None else None
+        except orjson.JSONDecodeError:
+            marker = None
+        if not (
+            isinstance(marker, dict)
+            and not retired(marker)
+            and marker.get("state_id") == sid
+            and marker.get("generation") == generation
+        ):
+            raise SnapshotConflict(
+                f"this state ({sid}, generation {generation}) is not the writer that "
+                f"s3://{self.settings.archive.bucket}/{marker_key} names: it uploads no "
+                "snapshot"
+            )
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(
             prefix=".ctagg-snapshot-", dir=_state_dir(self.state.path)
@@ -423,23 +454,10 @@ class Resizer:
                     key, packed, sha, metadata=metadata, if_absent=last is None, if_match=last
                 )
             except central.PreconditionFailed:
+                # the marker is ours, so the snapshot there is older: our last upload whose
+                # answer was lost, an older copy of this state's, or the state this one took
+                # over from; replace it
                 head = await archive.head(key)
-                theirs = head[1] if head else {}
-                if head is not None and not (
-                    theirs.get("state-id") == sid
-                    and int(theirs.get("generation") or 0) <= generation
-                ):
-                    log.error(
-                        "snapshot.conflict",
-                        key=key,
-                        their_state=theirs.get("state-id"),
-                        their_host=theirs.get("host"),
-                        reason="another process uploads this shard's snapshots; this one "
-                        "does not overwrite them",
-                    )
-                    return None
-                # ours (an older copy of this state wrote it, or our last upload's answer
-                # was lost): replace it
                 stored = await archive.write_file(
                     key,
                     packed,
@@ -457,7 +475,7 @@ class Resizer:
             bytes=size,
             secs=round(time.perf_counter() - started, 3),
         )
-        return key
+        return Published(key, size)
 
 
 def _state_dir(path: str) -> str | None:

@@ -224,9 +224,13 @@ class Daemon:
         """This shard's state snapshot when it is due (``force``: at shutdown). A failed
         upload is logged and tried again later; it never fails the cycle."""
         try:
-            await self.app.ingestor.publish_snapshot(force=force)
+            published = await self.app.ingestor.publish_snapshot(force=force)
         except Exception as exc:
             log.error("snapshot.failed", error=describe_error(exc))
+            self.metrics.snapshot(None, time.time())
+            return
+        if published is not None:
+            self.metrics.snapshot(published.bytes, time.time())
 
     def _register_integrity(self) -> None:
         integrity, svc = self.settings.integrity, self.settings.service

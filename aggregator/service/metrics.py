@@ -367,6 +367,23 @@ class Metrics:
             registry=r,
         )
 
+        self.snapshots = Counter(
+            "ctagg_snapshots_total",
+            "State snapshots for a resize (shard.snapshots), by outcome (published, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.snapshot_last_success = Gauge(
+            "ctagg_snapshot_last_success_timestamp_seconds",
+            "When this shard's last state snapshot was uploaded (Unix time).",
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            "ctagg_snapshot_bytes",
+            "The compressed size of this shard's last state snapshot.",
+            registry=r,
+        )
+
         # ---- forwarding, per connector: read from the running lanes at scrape time
         self.forward = ForwardCollector()
         r.register(self.forward)
@@ -461,6 +478,15 @@ class Metrics:
             self.hints.labels(outcome).inc(getattr(report, f"hints_{outcome}"))
         if report.relisted:
             self.relists.inc()
+
+    def snapshot(self, size: int | None, now: float) -> None:
+        """A snapshot uploaded (``size`` its bytes), or one that failed (``size`` None)."""
+        if size is None:
+            self.snapshots.labels("failed").inc()
+            return
+        self.snapshots.labels("published").inc()
+        self.snapshot_last_success.set(now)
+        self.snapshot_bytes.set(size)
 
     def object_quarantined(self, account_id: str, region: str) -> None:
         self.quarantined.labels(account_id, region).inc()

@@ -28,7 +28,7 @@ from aggregator.aws.slots import for_shard, owns
 from aggregator.config import Settings, parse_settings
 from aggregator.forward.forwarder import forwarder_for
 from aggregator.ingest.cycle import Ingestor
-from aggregator.ingest.resize import InstallationMismatch
+from aggregator.ingest.resize import InstallationMismatch, SnapshotConflict
 from aggregator.ingest.work import CycleReport
 from aggregator.state import State
 from tests.fakes.splunk_hec import FakeSplunkHec
@@ -418,3 +418,34 @@ def test_ownership_of_the_test_pairs_is_spread() -> None:
     for n in (2, 3):
         for i in range(n):
             assert any(owns(ShardSettings(index=i, count=n), a, r) for a, r in PAIRS)
+
+
+def test_only_the_marker_holder_uploads_the_snapshot(buckets: None, tmp_path: Path) -> None:
+    """A state that took the shard over (a lost volume: a new state file for the same shard)
+    replaces the old state's snapshot; the old state, no longer the marker's writer, uploads
+    nothing (it would hand a resize a copy the shard has moved past)."""
+    Planter().plant()
+    old = settings(tmp_path, 0, 2)
+    shard_cycle(old)
+    new = parse_settings(
+        {**old.model_dump(mode="json"), "state": {"path": str(tmp_path / "new" / "state.db")}}
+    )
+    (tmp_path / "new").mkdir()
+    shard_cycle(new)  # takes the marker over (reading the archive back), then uploads
+
+    key = "_ctagg/snapshots/shard-0-of-2.db.gz"
+    s3 = client("s3")
+    by = s3.head_object(Bucket="central", Key=key)["Metadata"]["state-id"]
+
+    async def old_uploads() -> None:
+        state = State(old.state.path, writer="test")
+        try:
+            ing = Ingestor(old, state, StsSessions(), Aws(old.aws), clock=lambda: NOW)
+            with pytest.raises(SnapshotConflict, match="is not the writer"):
+                await ing.publish_snapshot(force=True)
+            assert by != state.meta.identity()[0]
+        finally:
+            state.close()
+
+    asyncio.run(old_uploads())
+    assert s3.head_object(Bucket="central", Key=key)["Metadata"]["state-id"] == by
