@@ -387,6 +387,8 @@ class Resizer:
             values.update(window_floor=floor, window_pruned_at=pruned_at)
         meta.set(**values)
         self.state.reload_floor()
+        # the process that resized may have died before it retired them all
+        await self._retire(archive, old_count, shard.count)
         log.info(
             "resize.imported",
             shard=shard.label,

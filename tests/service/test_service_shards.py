@@ -3,7 +3,8 @@ I/N`` for every I, run concurrently over an organization trail and account trail
 overlap, archives every planted event exactly once; each source object is handled by exactly
 one shard (the shard state files' ``objects`` tables are disjoint and cover every object);
 each shard has its own writer marker; the slot and shard counts are recorded once, and a
-changed shard count is refused before anything is written. ``ctagg run --shards N`` starts N
+changed slot count is refused before anything is written (a changed shard count resizes:
+tests/service/test_service_resize.py). ``ctagg run --shards N`` starts N
 shard processes and passes SIGTERM on to them."""
 
 from __future__ import annotations
