@@ -129,6 +129,39 @@ def retired(marker: dict[str, Any] | None) -> bool:
     return bool(marker and marker.get("retired"))
 
 
+def names(marker: dict[str, Any] | None, state_id: str | None, generation: int) -> bool:
+    """Whether a writer marker (retired or not) names this state at this generation."""
+    return (
+        isinstance(marker, dict)
+        and state_id is not None
+        and marker.get("state_id") == state_id
+        and marker.get("generation") == generation
+    )
+
+
+def holds(marker: dict[str, Any] | None, state_id: str, generation: int) -> bool:
+    """Whether this state at this generation is the writer a live marker names."""
+    return not retired(marker) and names(marker, state_id, generation)
+
+
+Fetched = tuple[bytes, str | None]
+
+
+async def read_marker(
+    archive: central.Archive, key: str
+) -> tuple[Fetched | None, dict[str, Any] | None]:
+    """A writer marker: (what S3 returned, its document; ``{}`` when unreadable), or
+    ``(None, None)`` when there is none."""
+    got = await archive.fetch(key)
+    if got is None:
+        return None, None
+    try:
+        doc = orjson.loads(got[0])
+    except orjson.JSONDecodeError:
+        return got, {}
+    return got, doc if isinstance(doc, dict) else {}
+
+
 class Resizer:
     """Checks the layout at every cycle start, resizes at a process's first one, publishes
     this shard's snapshots. One per Ingestor."""
@@ -342,20 +375,15 @@ class Resizer:
                     )
                     continue
                 info = snapshots.read_meta(path)
-                marker = await archive.fetch(marker_key_of(prefix, j, old_count))
-                doc = orjson.loads(marker[0]) if marker is not None else {}
-                is_current = (
-                    isinstance(doc, dict)
-                    and doc.get("state_id") == info.state_id
-                    and doc.get("generation") == info.generation
-                )
+                _, doc = await read_marker(archive, marker_key_of(prefix, j, old_count))
+                is_current = names(doc, info.state_id, info.generation)
                 if not is_current:
                     current = False
                     log.error(
                         "resize.snapshot_stale",
                         shard=label(j, old_count),
                         snapshot_generation=info.generation,
-                        marker_generation=doc.get("generation") if isinstance(doc, dict) else None,
+                        marker_generation=(doc or {}).get("generation"),
                         taken_at=got.get("taken-at"),
                         reason="the old shard ran cycles after this snapshot (it crashed or was "
                         "not stopped cleanly): this state reads the archive back before it "
@@ -419,17 +447,8 @@ class Resizer:
         meta = self.state.meta
         sid, generation = meta.identity()
         marker_key = marker_key_of(prefix, shard.ordinal, shard.count)
-        got = await archive.fetch(marker_key)
-        try:
-            marker = orjson.loads(got[0]) if got is not None else None
-        except orjson.JSONDecodeError:
-            marker = None
-        if not (
-            isinstance(marker, dict)
-            and not retired(marker)
-            and marker.get("state_id") == sid
-            and marker.get("generation") == generation
-        ):
+        _, marker = await read_marker(archive, marker_key)
+        if not holds(marker, sid, generation):
             raise SnapshotConflict(
                 f"this state ({sid}, generation {generation}) is not the writer that "
                 f"s3://{self.settings.archive.bucket}/{marker_key} names: it uploads no "

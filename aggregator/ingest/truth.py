@@ -49,7 +49,14 @@ from aggregator.archive import store as central
 from aggregator.archive.codec import encode_records
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, Decoded, decode_log
-from aggregator.ingest.resize import Resizer, marker_key_of, retired
+from aggregator.ingest.resize import (
+    Fetched,
+    Resizer,
+    holds,
+    marker_key_of,
+    read_marker,
+    retired,
+)
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
 
@@ -171,16 +178,9 @@ class ArchiveTruth:
 
     async def _marker(
         self, archive: central.Archive
-    ) -> tuple[tuple[bytes, str | None] | None, dict[str, Any] | None]:
+    ) -> tuple[Fetched | None, dict[str, Any] | None]:
         """This writer's marker: (what S3 returned, its document; ``{}`` when unreadable)."""
-        got = await archive.fetch(marker_key(self.settings))
-        if got is None:
-            return None, None
-        try:
-            doc = orjson.loads(got[0])
-        except orjson.JSONDecodeError:
-            return got, {}
-        return got, doc if isinstance(doc, dict) else {}
+        return await read_marker(archive, marker_key(self.settings))
 
     async def check_installation(self, archive: central.Archive, marker: Any = False) -> None:
         """The shard layout recorded in the central bucket fits this config and this state
@@ -189,13 +189,7 @@ class ArchiveTruth:
         if marker is False:
             marker = (await self._marker(archive))[1]
         sid, generation = self.state.meta.identity()
-        ours = (
-            marker is not None
-            and not retired(marker)
-            and marker.get("state_id") == sid
-            and marker.get("generation") == generation
-        )
-        await self.resizer.check(archive, marker_is_ours=ours)
+        await self.resizer.check(archive, marker_is_ours=holds(marker, sid, generation))
 
     async def _claim_marker(self, archive: central.Archive) -> None:
         meta = self.state.meta
@@ -237,11 +231,7 @@ class ArchiveTruth:
                     reason="the writer marker is gone; the archive is read back before events "
                     "up to now are archived",
                 )
-        elif (
-            not retired(marker)
-            and marker.get("state_id") == sid
-            and marker.get("generation") == generation
-        ):
+        elif holds(marker, sid, generation):
             trusted = 0.0 if trusted is None else trusted
         else:
             self.report.not_latest = True
