@@ -203,6 +203,47 @@ class Archive:
         :class:`PreconditionFailed` when S3 refuses it. The conditions apply only with
         ``archive.conditional_writes``."""
         sha = hashlib.sha256(body).hexdigest()
+        return await self._put(
+            key, body, sha, content_type="application/json", if_absent=if_absent, if_match=if_match
+        )
+
+    async def write_file(
+        self,
+        key: str,
+        path: str,
+        sha256: str,
+        *,
+        metadata: dict[str, str],
+        if_absent: bool = False,
+        if_match: str | None = None,
+    ) -> Stored:
+        """:meth:`write` of a file's bytes (``sha256``: their hex SHA-256), streamed from disk,
+        with S3 user ``metadata`` (a state snapshot: aggregator/ingest/resize.py)."""
+        body = await asyncio.to_thread(open, path, "rb")
+        try:
+            return await self._put(
+                key,
+                body,
+                sha256,
+                content_type="application/octet-stream",
+                metadata=metadata,
+                if_absent=if_absent,
+                if_match=if_match,
+            )
+        finally:
+            body.close()
+
+    async def _put(
+        self,
+        key: str,
+        body: Any,
+        sha: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        if_absent: bool,
+        if_match: str | None,
+    ) -> Stored:
         extra: dict[str, Any] = {}
         if self.settings.kms_key_id:
             extra["ServerSideEncryption"] = "aws:kms"
@@ -212,13 +253,15 @@ class Archive:
                 extra["IfNoneMatch"] = "*"
             elif if_match is not None:
                 extra["IfMatch"] = if_match
+        if metadata:
+            extra["Metadata"] = metadata
         s3 = await self.client()
         try:
             resp = await s3.put_object(
                 Bucket=self.settings.bucket,
                 Key=key,
                 Body=body,
-                ContentType="application/json",
+                ContentType=content_type,
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
                 **extra,
             )
@@ -228,6 +271,37 @@ class Archive:
                 raise PreconditionFailed(key, wanted) from exc
             raise
         return Stored(sha, resp.get("ETag"))
+
+    async def head(self, key: str) -> tuple[str | None, dict[str, str]] | None:
+        """A central object's ETag and S3 user metadata, or None when there is none."""
+        s3 = await self.client()
+        try:
+            resp = await s3.head_object(Bucket=self.settings.bucket, Key=key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return resp.get("ETag"), dict(resp.get("Metadata") or {})
+
+    async def download(
+        self, key: str, write: Callable[[bytes], object]
+    ) -> tuple[str | None, dict[str, str]] | None:
+        """Stream a central object's bytes to ``write`` (a chunk at a time, never whole in
+        memory); its ETag and S3 user metadata, or None when there is no such object."""
+        s3 = await self.client()
+        try:
+            resp = await s3.get_object(Bucket=self.settings.bucket, Key=key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        stream = resp["Body"]
+        try:
+            while chunk := await stream.read(1 << 20):
+                write(chunk)
+        finally:
+            stream.close()
+        return resp.get("ETag"), dict(resp.get("Metadata") or {})
 
     async def get(self, key: str) -> bytes:
         data, _ = await read_object(await self.client(), self.settings.bucket, key)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from botocore.exceptions import BotoCoreError, ClientError
+import aiohttp
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 ACCESS_DENIED_CODES = frozenset(
     {
@@ -74,6 +76,17 @@ def is_not_found(exc: BaseException) -> bool:
 
 def is_aws_error(exc: BaseException) -> bool:
     return isinstance(exc, ClientError | BotoCoreError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault that a later try may not meet: throttling, a 5xx answer, or the network
+    (a refused or reset connection, a timeout), after botocore's own retries."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return is_throttling(exc) or int(status) >= 500
+    return isinstance(
+        exc, BotoConnectionError | HTTPClientError | OSError | TimeoutError | aiohttp.ClientError
+    )
 
 
 # ------------------------------------------------------------------ for people

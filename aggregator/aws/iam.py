@@ -115,6 +115,8 @@ def requests_for(
         resource = "*"
         if (service, operation) in {("sts", "AssumeRole"), ("sts", "AssumeRoleWithWebIdentity")}:
             resource = str(p.get("RoleArn", "*"))
+        if service == "sqs" and p.get("QueueUrl"):
+            resource = _sqs_arn(str(p["QueueUrl"]), region)
         return [Request(f"{prefix}:{operation}", resource)]
 
     bucket = str(p.get("Bucket", "*"))
@@ -152,6 +154,14 @@ def requests_for(
     if operation == "PutObject" and p.get("ObjectLockLegalHoldStatus"):
         out.append(Request("s3:PutObjectLegalHold", _s3_key_arn(bucket, key)))
     return out
+
+
+def _sqs_arn(url: str, region: str) -> str:
+    """``https://sqs.<region>.amazonaws.com/<account>/<name>`` → the queue's ARN."""
+    m = re.match(r"^https?://(?:sqs[.-]([a-z0-9-]+)\.[^/]+|[^/]+)/(\d{12})/([^/?]+)", url)
+    if m is None:
+        return "*"
+    return f"arn:aws:sqs:{m[1] or region or 'us-east-1'}:{m[2]}:{m[3]}"
 
 
 def _kms_arn(key_id: str) -> str:

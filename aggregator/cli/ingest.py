@@ -44,14 +44,30 @@ def run_once(args: argparse.Namespace) -> int:
     import asyncio
     import sys
 
+    from aggregator.log import get_logger
     from aggregator.service.app import App
+    from aggregator.service.scheduler import describe_error
+
+    log = get_logger("aggregator.cli")
 
     settings = load_or_exit(args.config, NO_SINKS, shard=getattr(args, "shard", None))
 
     async def go() -> dict[str, object]:
         app = App(settings, writer="ctagg once")
         try:
-            return (await app.run_once()).as_dict()
+            report = await app.run_once()
+            done = report.as_dict()
+            if not report.stopped:  # what a resize starts the new shards from
+                try:
+                    published = await app.ingestor.publish_snapshot(force=True)
+                except Exception as exc:  # the cycle's work stands; the exit code says it
+                    log.error("snapshot.failed", error=describe_error(exc))
+                    done["errors"] = int(done["errors"]) + 1
+                    done["snapshot"] = "failed"
+                else:
+                    if published is not None:
+                        done["snapshot"] = published.key
+            return done
         finally:
             await app.close()
 

@@ -63,6 +63,23 @@ class ShardSettings(Strict):
         "(count > 1) the ordinal of a StatefulSet pod from $POD_NAME or $HOSTNAME "
         "(name-<n>), else 0. `ctagg once|run --shard I/N` overrides index and count.",
     )
+    snapshots: bool | None = Field(
+        default=None,
+        description="Upload a snapshot of this shard's state to the central bucket "
+        "(_ctagg/snapshots/shard-I-of-N.db.gz) at shutdown, after `ctagg once` and every "
+        "snapshot_interval_secs between cycles: what a resize (a changed count) starts the new "
+        "shards from. Default: on with count > 1; set true on a single installation before "
+        "its first scale-out.",
+    )
+    snapshot_interval_secs: float = Field(
+        default=300,
+        gt=0,
+        description="Seconds between the daemon's snapshots (taken after an ingest cycle).",
+    )
+
+    @property
+    def snapshots_on(self) -> bool:
+        return self.count > 1 if self.snapshots is None else self.snapshots
 
     @property
     def ordinal(self) -> int:
@@ -251,6 +268,80 @@ class DiscoverySettings(Strict):
     max_concurrency: int = Field(default=8, ge=1, le=256)
 
 
+class NotificationSettings(Strict):
+    """Hint mode (docs/operations.md, "Hint mode"): S3 event notifications (directly, through
+    SNS, or EventBridge) in an SQS queue say which objects are new. A message is a hint, never
+    the truth: the hinted key goes through the per-key checkpoints like a listed one, and the
+    full listing still runs every ``relist_interval_secs``."""
+
+    queue_url: str = Field(
+        description="The SQS queue S3 or EventBridge feeds. `{index}` (or `{shard}`) is "
+        "replaced by this shard's index: one queue per shard (SNS fan-out to every shard's "
+        "queue); without it every shard reads the same queue."
+    )
+    shard_queue_url: str | None = Field(
+        default=None,
+        description="With shard.count > 1: a queue per shard (`{index}`) for hints forwarded "
+        "by the other shards; each shard reads its own besides queue_url and sends a hint of "
+        "a pair it does not own to its owner's. Unset: such hints are deleted (logged, "
+        "counted; right when queue_url has `{index}`: the owner got its own copy).",
+    )
+    relist_interval_secs: float = Field(
+        default=3600,
+        ge=0,
+        description="The full listing of every source runs this often (0: every cycle); the "
+        "cycles in between handle hints (and buckets not in `buckets`) only.",
+    )
+    buckets: list[str] = Field(
+        default_factory=list,
+        description="The trail buckets whose notifications feed the queue; sources in other "
+        "buckets are listed every cycle. Empty: every bucket.",
+    )
+    region: str | None = Field(
+        default=None,
+        description="The queue's region. Default: from the URL (sqs.<region>.amazonaws.com), "
+        "else aws.region.",
+    )
+    reader_account_id: Annotated[str, Field(pattern=ACCOUNT_ID)] | None = Field(
+        default=None,
+        description="Whose role reads the queue (credentials.role_name in that account); "
+        "default: the base identity.",
+    )
+    wait_time_secs: int = Field(
+        default=1, ge=0, le=20, description="ReceiveMessage long poll (WaitTimeSeconds)."
+    )
+    batch_size: int = Field(
+        default=10, ge=1, le=10, description="Messages per ReceiveMessage (MaxNumberOfMessages)."
+    )
+    max_messages_per_cycle: int = Field(
+        default=10000, ge=1, description="A cycle stops receiving after this many messages."
+    )
+    visibility_timeout_secs: int | None = Field(
+        default=None,
+        ge=1,
+        le=43200,
+        description="VisibilityTimeout asked on ReceiveMessage; default: the queue's own "
+        "(GetQueueAttributes). A message in work is extended at half of it.",
+    )
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_is_http(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be the queue's http(s):// URL")
+        return v
+
+    @field_validator("shard_queue_url")
+    @classmethod
+    def _shard_queue_has_index(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.startswith(("https://", "http://")):
+                raise ValueError("must be an http(s):// URL")
+            if "{index}" not in v and "{shard}" not in v:
+                raise ValueError("must contain {index}: one queue per shard")
+        return v
+
+
 class CollectSettings(Strict):
     max_concurrency: int = Field(
         default=16, ge=1, le=512, description="Source objects read at once, across all sources."
@@ -271,6 +362,10 @@ class CollectSettings(Strict):
     )
     max_record_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="A record larger than this quarantines."
+    )
+    notifications: NotificationSettings | None = Field(
+        default=None,
+        description="Hint mode: an SQS queue of S3 event notifications; unset: listing only.",
     )
 
 

@@ -26,11 +26,13 @@ from aggregator.detect.service import DetectionService
 from aggregator.detect.sinks import AlertDeliveryError
 from aggregator.log import get_logger
 from aggregator.state import State
+from aggregator.state.snapshot import FOLLOW_CURSOR
 from connectors.base import Connector, Delivered, OutEvent
 
 log = get_logger("aggregator.detect")
 
-CURSOR = "ledger_cursor"
+# its position in detect_meta (a resize translates it: aggregator/state/snapshot.py)
+CURSOR = FOLLOW_CURSOR
 
 
 def detection_floor(state: State, *, started_only: bool = False) -> int | None:

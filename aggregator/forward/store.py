@@ -100,6 +100,17 @@ class ForwardStore:
             )
             return Cursor(start, 0)
 
+    def delivered_between(self, connector: str, first_id: int, last_id: int) -> dict[int, int]:
+        """Ledger rows from ``first_id`` to ``last_id`` that a resize imported as already
+        delivered to ``connector`` beyond its cursor: id → records delivered (the first ones,
+        or all of the row). Empty but for an imported state (aggregator/state/snapshot.py)."""
+        rows = self.state.db.fetchall(
+            "SELECT ledger_id, records FROM forward_delivered WHERE connector=? "
+            "AND ledger_id BETWEEN ? AND ?",
+            (connector, first_id, last_id),
+        )
+        return {int(i): int(n) for i, n in rows}
+
     def commit(
         self,
         connector: str,
@@ -151,6 +162,10 @@ class ForwardStore:
                         now,
                         connector,
                     ),
+                )
+                c.execute(  # imported rows the cursor has passed (none but after a resize)
+                    "DELETE FROM forward_delivered WHERE connector=? AND ledger_id < ?",
+                    (connector, cursor.ledger_id),
                 )
 
     def set_state(self, connector: str, state: str, reason: str | None, since: float) -> None:

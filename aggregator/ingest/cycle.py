@@ -28,13 +28,15 @@ from typing import Any
 
 from aggregator.archive import store as central
 from aggregator.aws.clients import Aws, ClientPool, SessionProvider
-from aggregator.aws.errors import error_code, error_message, is_not_found
+from aggregator.aws.errors import error_code, error_message, is_not_found, is_transient
 from aggregator.aws.inventory import Inventory, Source
 from aggregator.aws.slots import owns
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, ObjectKind, decode_log, fetch
+from aggregator.ingest.hints import HintIntake
 from aggregator.ingest.listing import Lister
 from aggregator.ingest.lookup import ClientFor, Sleep, lookup_targets
+from aggregator.ingest.resize import Published
 from aggregator.ingest.truth import ReadbackDeferred
 from aggregator.ingest.windows import LookupWindows
 from aggregator.ingest.work import Cycle, CycleReport, Gate, Job, session_or_skip
@@ -73,6 +75,10 @@ class Ingestor:
         self.gate = Gate(should_pause)
         self.writer = CentralWriter(settings, state, clock)
         self.lister = Lister(settings, state, self.gate, clock)
+        # hint mode (collect.notifications): None is listing alone, exactly as before
+        self.hints: HintIntake | None = None
+        if settings.collect.notifications is not None:
+            self.hints = HintIntake(settings, state, clock)
         self.windows = LookupWindows(
             settings,
             state,
@@ -102,13 +108,26 @@ class Ingestor:
     # ------------------------------------------------------------------ cycle
 
     async def check_installation(self) -> None:
-        """Raise ``InstallationMismatch`` when the config's shard and slot counts are not the
-        ones recorded in the central bucket (recording them when none are): what every cycle
-        checks first, for a daemon to refuse to start."""
+        """Raise ``InstallationMismatch`` when the config's shard and slot counts do not fit the
+        ones recorded in the central bucket (recording them when none are, resizing when this
+        is the process's first check): what every cycle checks first, for a daemon to refuse
+        to start, or to take over its pairs before it serves."""
         async with ClientPool(self.aws) as pool:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
             await self.writer.truth.check_installation(archive)
+
+    async def publish_snapshot(self, *, force: bool = False) -> Published | None:
+        """Upload this state's snapshot (between cycles) when ``shard.snapshots`` is on and
+        its interval passed (``force``: whenever it is on: at shutdown, after ``ctagg once``).
+        What was uploaded, or None when none was due."""
+        resizer = self.writer.truth.resizer
+        if not (self.settings.shard.snapshots_on and (force or resizer.snapshot_due())):
+            return None
+        async with ClientPool(self.aws) as pool:
+            writer_session = await central.archive_session(self.settings, self.sessions)
+            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+            return await resizer.publish(archive)
 
     async def run(self, inventory: Inventory) -> CycleReport:
         started = time.perf_counter()
@@ -119,19 +138,41 @@ class Ingestor:
         )
         cycle = Cycle(report, self._record_failures(inventory))
         cfg = self.settings.collect
+        hints = self.hints
+        relist = hints is None or hints.relist_due()
+        if hints is not None:
+            report.relisted = relist
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.max_concurrency * 4)
 
         async def enqueue(job: Job) -> None:
+            await submit(job)
+
+        async def submit(job: Job) -> bool:
             if cycle.broken is not None:  # the state failed: stop listing
                 raise cycle.broken
             await self.gate.wait_unpaused()
-            if not self.stop.is_set():
-                await queue.put(job)
+            if self.stop.is_set():
+                return False
+            await queue.put(job)
+            return True
 
         async with ClientPool(self.aws) as pool:
             writer_session = await central.archive_session(self.settings, self.sessions)
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
-            truth = await self.writer.begin(archive)
+            try:
+                truth = await self.writer.begin(archive)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # the marker, the layout record or last cycle's intents met a fault that
+                # outlasted the retries: nothing was written, and the next cycle starts over
+                report.errors += 1
+                log.warning(
+                    "ingest.cycle_start_failed",
+                    error_type=error_code(exc),
+                    reason=error_message(exc),
+                )
+                return self._done(report, started)
             workers = [
                 asyncio.create_task(self._worker(queue, pool, archive, cycle))
                 for _ in range(cfg.max_concurrency)
@@ -148,7 +189,8 @@ class Ingestor:
                     )
                     if session is not None:
                         s3 = await pool.get(session, "s3")
-                        await self.lister.list_source(src, s3, cycle, enqueue)
+                        whole = relist or hints is None or hints.must_list(src)
+                        await self.lister.list_source(src, s3, cycle, enqueue, streams=whole)
 
             async def lookup_one(account_id: str, region: str) -> None:
                 async with readers:
@@ -168,6 +210,15 @@ class Ingestor:
                     await queue.join()  # every queued object handled: the gaps are known now
                     if cycle.broken is not None:
                         raise cycle.broken
+                    if hints is not None and not self.stop.is_set():
+                        # after the listing: what it queued is committed, so the hints of it
+                        # are known handled and deleted without a second fetch
+                        await hints.drain(
+                            pool, self.sessions, inventory, cycle, submit, stop=self.stop
+                        )
+                        await queue.join()
+                        if cycle.broken is not None:
+                            raise cycle.broken
                     await self.windows.fill_gaps(archive, cycle)
             finally:
                 report.lookup_requests = self.windows.collector.requests - requests
@@ -191,7 +242,12 @@ class Ingestor:
                 )
             if not self.stop.is_set():
                 self.lister.close_old_prefixes(cycle)
+                if hints is not None and relist:
+                    hints.relisted()
         report.failed_accounts = len({f.account_id for f in inventory.failures} | cycle.failed)
+        return self._done(report, started)
+
+    def _done(self, report: CycleReport, started: float) -> CycleReport:
         report.stopped = self.stop.is_set()
         report.duration_secs = round(time.perf_counter() - started, 3)
         log.info(
@@ -244,6 +300,7 @@ class Ingestor:
     ) -> None:
         while True:
             job = await queue.get()
+            outcome = "abandoned"
             try:
                 if job is _DONE:
                     return
@@ -255,7 +312,7 @@ class Ingestor:
                 if self.stop.is_set() or cycle.broken is not None:
                     continue
                 try:
-                    await self._handle(job, pool, archive, cycle)
+                    outcome = await self._handle(job, pool, archive, cycle)
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:
@@ -265,11 +322,16 @@ class Ingestor:
                     if cycle.broken is None:
                         cycle.broken = exc
             finally:
+                if job is not _DONE and job.done is not None:
+                    job.done(outcome)  # a hint's message is deleted or left by it
                 queue.task_done()
 
     async def _handle(
         self, job: Job, pool: ClientPool, archive: central.Archive, cycle: Cycle
-    ) -> None:
+    ) -> str:
+        """Handle one object; its outcome: "done", "recorded" (digest, other), "quarantined",
+        "gap" (filled from LookupEvents), "missing" (a hinted key not in the bucket),
+        "deferred" (read-back budget) or "failed" (transient: tried again)."""
         src, report = job.source, cycle.report
         report.by_kind[job.kind] = report.by_kind.get(job.kind, 0) + 1
         if job.kind in (ObjectKind.DIGEST, ObjectKind.OTHER):
@@ -277,7 +339,7 @@ class Ingestor:
             self.state.commit_object(
                 ObjectOutcome(src, job.key, job.day_prefix, job.kind, job.etag, job.size)
             )
-            return
+            return "recorded"
         cfg = self.settings.collect
         started = time.perf_counter()
         try:
@@ -286,14 +348,17 @@ class Ingestor:
             session = await self.sessions.session_for(src.reader_account_id)
             s3 = await pool.get(session, "s3")
             data = await fetch(s3, src.bucket, job.key)
+            await self.fetched(job, data)
             # Inline, not in a thread: the work holds the GIL (orjson), so a thread only adds
             # switches (measured: 10% more CPU per event); one object blocks the loop ~15 ms.
             decoded = decode_log(
                 data, max_object_bytes=cfg.max_object_bytes, max_record_bytes=cfg.max_record_bytes
             )
             await self.writer.write(job, decoded, archive, report, started, source=data)
+            return "done"
         except ReadbackDeferred:
             cycle.errored.add(job.stream_id)  # not handled: its day prefix stays open
+            return "deferred"
         except BadObject as exc:
             report.quarantined += 1
             self.state.quarantine.hold(src, job.key, str(exc))
@@ -305,6 +370,7 @@ class Ingestor:
                 key=job.key,
                 reason=str(exc),
             )
+            return "quarantined"
         except StorageError:
             raise
         except Exception as exc:
@@ -317,7 +383,17 @@ class Ingestor:
                     bucket=src.bucket,
                     key=job.key,
                 )
-                return
+                return "gap"
+            if is_not_found(exc) and job.done is not None:
+                # a hint, never the truth: the object is not (or no longer) in the bucket
+                log.warning(
+                    "hint.object_missing",
+                    account_id=src.account_id,
+                    region=src.region,
+                    bucket=src.bucket,
+                    key=job.key,
+                )
+                return "missing"
             report.errors += 1
             cycle.errored.add(job.stream_id)
             self.state.sources.error(src, f"{job.key}: {error_message(exc)}")
@@ -330,3 +406,8 @@ class Ingestor:
                 error_type=error_code(exc),
                 reason=error_message(exc),
             )
+            return "failed"
+
+    async def fetched(self, job: Job, data: bytes) -> None:
+        """Called with each object's bytes before they are decoded; nothing by default (tests
+        slow an object down or fail it here)."""

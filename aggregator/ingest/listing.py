@@ -80,9 +80,12 @@ class Lister:
         self.gate = gate
         self.clock = clock
 
-    async def list_source(self, src: Source, s3: Any, cycle: Cycle, enqueue: Enqueue) -> None:
+    async def list_source(
+        self, src: Source, s3: Any, cycle: Cycle, enqueue: Enqueue, *, streams: bool = True
+    ) -> None:
         """Queue the keys to fetch by name (retries), then every new key of each stream. A
-        stream whose listing fails is recorded and the source's other streams go on."""
+        stream whose listing fails is recorded and the source's other streams go on.
+        ``streams=False`` (a hints-only cycle): the retries alone, no LIST."""
         failed: list[str] = []
         try:
             for key in self.state.retry_keys(src.source_id):
@@ -94,6 +97,11 @@ class Lister:
             raise
         except Exception as exc:
             failed.append(self._failed(src, src.prefix, exc))
+        if not streams:
+            if failed:
+                cycle.report.errors += len(failed)
+                self.state.sources.error(src, "; ".join(failed))
+            return
         for stream in stream_prefixes(src.prefix):
             if self.gate.stop.is_set():
                 return

@@ -49,26 +49,25 @@ from aggregator.archive import store as central
 from aggregator.archive.codec import encode_records
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, Decoded, decode_log
+from aggregator.ingest.resize import (
+    Fetched,
+    Resizer,
+    holds,
+    marker_key_of,
+    read_marker,
+    retired,
+)
 from aggregator.log import get_logger
 from aggregator.state import CentralObject, ObjectOutcome, State
 
 log = get_logger("aggregator.ingest")
-
-MARKER_KEY = "_ctagg/writer.json"
-# the slot and shard counts of a sharded installation, written once (If-None-Match)
-INSTALLATION_KEY = "_ctagg/installation.json"
 
 
 def marker_key(settings: Settings) -> str:
     """This writer's marker under ``archive.prefix``: ``_ctagg/writer.json`` for one shard,
     ``_ctagg/writer.shard-I-of-N.json`` for shard I of N (one writer per shard)."""
     shard = settings.shard
-    name = MARKER_KEY if shard.count <= 1 else f"_ctagg/writer.{shard.label}.json"
-    return f"{settings.archive.prefix}{name}"
-
-
-class InstallationMismatch(Exception):
-    """The config's slot or shard count is not the one recorded in the central bucket."""
+    return marker_key_of(settings.archive.prefix, shard.ordinal, shard.count)
 
 
 # Central objects read back at once (each decoded as it arrives: at most this many bodies held).
@@ -154,6 +153,7 @@ class ArchiveTruth:
         self.report = TruthReport()
         self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
         self._trusted_day = "19700101"
+        self.resizer = Resizer(settings, state, clock)
 
     def decode(self, body: bytes) -> Decoded:
         """A central object, decoded as a source object is (the same keys, the same limits)."""
@@ -176,25 +176,41 @@ class ArchiveTruth:
         await self.settle(archive)
         return self.report
 
+    async def _marker(
+        self, archive: central.Archive
+    ) -> tuple[Fetched | None, dict[str, Any] | None]:
+        """This writer's marker: (what S3 returned, its document; ``{}`` when unreadable)."""
+        return await read_marker(archive, marker_key(self.settings))
+
+    async def check_installation(self, archive: central.Archive, marker: Any = False) -> None:
+        """The shard layout recorded in the central bucket fits this config and this state
+        belongs to it (:class:`~aggregator.ingest.resize.Resizer`: recorded, resized or taken
+        over at a process's first check; raises :class:`InstallationMismatch`)."""
+        if marker is False:
+            marker = (await self._marker(archive))[1]
+        sid, generation = self.state.meta.identity()
+        await self.resizer.check(archive, marker_is_ours=holds(marker, sid, generation))
+
     async def _claim_marker(self, archive: central.Archive) -> None:
         meta = self.state.meta
-        sid, generation = meta.identity()
+        got, marker = await self._marker(archive)
+        await self.check_installation(archive, marker)
+        sid, generation = meta.identity()  # after a take-over: the new state's
         trusted = meta.trusted_since()
-        await self.check_installation(archive)
         key = marker_key(self.settings)
-        got = await archive.fetch(key)
-        marker: dict[str, Any] | None = None
-        if got is not None:
-            try:
-                doc = orjson.loads(got[0])
-                marker = doc if isinstance(doc, dict) else {}
-            except orjson.JSONDecodeError:
-                marker = {}
+        # a state that took over a resized layout's pairs and has not written yet trusts what
+        # its import allowed, beside the old (retired) marker of its name or none
+        taken_over = generation == 0 and meta.get("imported_at") is not None
+        if taken_over and (marker is None or retired(marker)):
+            marker = {"state_id": sid, "generation": generation}
         now = self.clock()
         fresh = self.state.ledger.max_id() == 0
         if marker is None:
             if trusted is None:
-                has_objects = await self._archive_has_objects(archive)
+                # the other shards' objects are not this one's (its pairs had no other owner)
+                has_objects = not self.resizer.first_owners() and await self._archive_has_objects(
+                    archive
+                )
                 trusted = now if has_objects else 0.0
                 if has_objects:
                     self.report.behind_archive = fresh
@@ -215,7 +231,7 @@ class ArchiveTruth:
                     reason="the writer marker is gone; the archive is read back before events "
                     "up to now are archived",
                 )
-        elif marker.get("state_id") == sid and marker.get("generation") == generation:
+        elif holds(marker, sid, generation):
             trusted = 0.0 if trusted is None else trusted
         else:
             self.report.not_latest = True
@@ -265,51 +281,6 @@ class ArchiveTruth:
         except BaseException:
             meta.set(generation=generation)  # the marker still says the old one
             raise
-
-    async def check_installation(self, archive: central.Archive) -> None:
-        """Record the slot and shard counts in the central bucket the first time a sharded
-        config writes it (If-None-Match: the first shard wins, the others read its record);
-        refuse a config whose counts differ from the record (raises
-        :class:`InstallationMismatch`). One shard neither records nor reads it: its requests
-        are exactly those of an unsharded installation."""
-        shard = self.settings.shard
-        if shard.count <= 1:
-            return
-        key = f"{self.settings.archive.prefix}{INSTALLATION_KEY}"
-        got = await archive.fetch(key)
-        if got is None:
-            body = orjson.dumps(
-                {
-                    "slots": shard.slots,
-                    "shards": shard.count,
-                    "written_by": shard.label,
-                    "host": socket.gethostname(),
-                    "written_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
-                }
-            )
-            try:
-                await archive.write(key, body, if_absent=True)
-                return
-            except central.PreconditionFailed:  # another shard recorded it first
-                got = await archive.fetch(key)
-                if got is None:
-                    raise
-        try:
-            doc = orjson.loads(got[0])
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise InstallationMismatch(
-                f"s3://{self.settings.archive.bucket}/{key} is not a ctagg installation record"
-            )
-        slots, count = doc.get("slots"), doc.get("shards")
-        if slots != shard.slots or count != shard.count:
-            raise InstallationMismatch(
-                f"the config says {shard.count} shard(s) of {shard.slots} slots, but "
-                f"s3://{self.settings.archive.bucket}/{key} records {count} shard(s) of "
-                f"{slots} slots: resizing is not supported yet; scale to the old count "
-                f"(shard.count: {count}, shard.slots: {slots})"
-            )
 
     async def _archive_has_objects(self, archive: central.Archive) -> bool:
         s3 = await archive.client()

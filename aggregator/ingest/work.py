@@ -51,6 +51,19 @@ class CycleReport:
     readback_deferred: int = 0  # objects that wait for the next cycle's read-back budget
     intents_settled: int = 0  # central PUTs without a commit, settled from the archive
     behind_archive: bool = False  # an empty state beside a non-empty archive
+    # hint mode (aggregator/ingest/hints.py); all 0 / None without collect.notifications
+    relisted: bool | None = None  # this cycle ran the full listing (None: hint mode is off)
+    hint_messages: int = 0  # SQS messages received
+    hint_messages_deleted: int = 0
+    hint_messages_left: int = 0  # not deleted: delivered again (and in the end to the DLQ)
+    hint_extensions: int = 0  # visibility timeouts extended (ChangeMessageVisibility)
+    hints: int = 0  # object keys the messages named
+    hints_queued: int = 0  # keys handed to the workers
+    hints_handled_before: int = 0  # keys the checkpoints already had
+    hints_ignored: int = 0  # test events, other event types, non-CloudTrail keys, unknown sources
+    hints_unparseable: int = 0  # messages that are no notification at all
+    hints_forwarded: int = 0  # keys of another shard's pairs sent to its queue
+    hints_foreign_dropped: int = 0  # keys of another shard's pairs deleted here
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,6 +83,8 @@ class Job:
     etag: str | None
     # Central key parts when the key is not a CloudTrail object name (LookupEvents windows).
     parts: central.KeyParts | None = None
+    # A hinted job (aggregator/ingest/hints.py): told its outcome ("done", "failed", ...).
+    done: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 @dataclass

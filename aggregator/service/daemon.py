@@ -211,12 +211,26 @@ class Daemon:
                 self.state_writable.set(False, f"ingest cannot commit: {exc}")
             raise
         self.metrics.cycle_truth(report)
+        self.metrics.cycle_hints(report)
         if not self.state_writable.ok:
             self.state_writable.set(True, "ok")
         if not getattr(report, "stopped", False):
             self.ingest_recent.mark(time.time())
             self._cycled_event.set()
+            await self._snapshot()  # between cycles: what a resize starts the new shards from
         return report
+
+    async def _snapshot(self, *, force: bool = False) -> None:
+        """This shard's state snapshot when it is due (``force``: at shutdown). A failed
+        upload is logged and tried again later; it never fails the cycle."""
+        try:
+            published = await self.app.ingestor.publish_snapshot(force=force)
+        except Exception as exc:
+            log.error("snapshot.failed", error=describe_error(exc))
+            self.metrics.snapshot(None, time.time())
+            return
+        if published is not None:
+            self.metrics.snapshot(published.bytes, time.time())
 
     def _register_integrity(self) -> None:
         integrity, svc = self.settings.integrity, self.settings.service
@@ -417,6 +431,11 @@ class Daemon:
                 await asyncio.wait_for(self._detect_stack.aclose(), timeout=left)
             except Exception as err:
                 log.error("daemon.detect_stop_failed", error_type=type(err).__name__)
+            if self.settings.shard.snapshots_on:  # after the last cycle and delivery
+                try:
+                    await asyncio.wait_for(self._snapshot(force=True), timeout=left)
+                except TimeoutError:
+                    log.error("snapshot.failed", error="shutdown timeout")
             await self.app.close()
             log.info("daemon.stopped")
 

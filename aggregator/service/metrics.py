@@ -341,6 +341,49 @@ class Metrics:
             registry=r,
         )
 
+        # ---- hint mode (collect.notifications, aggregator/ingest/hints.py)
+        self.hint_messages = Counter(
+            "ctagg_hint_messages_total",
+            "SQS hint messages received, by what became of them (deleted; left: delivered "
+            "again, in the end to the queue's dead-letter queue).",
+            ["outcome"],
+            registry=r,
+        )
+        self.hints_unparseable = Counter(
+            "ctagg_hints_unparseable_total",
+            "Hint messages that are no S3, SNS or EventBridge notification (deleted).",
+            registry=r,
+        )
+        self.hints = Counter(
+            "ctagg_hints_total",
+            "Object keys named by hint messages, by outcome (queued, handled_before, ignored, "
+            "forwarded, foreign_dropped).",
+            ["outcome"],
+            registry=r,
+        )
+        self.relists = Counter(
+            "ctagg_relists_total",
+            "Full listings of every source run in hint mode (every relist_interval_secs).",
+            registry=r,
+        )
+
+        self.snapshots = Counter(
+            "ctagg_snapshots_total",
+            "State snapshots for a resize (shard.snapshots), by outcome (published, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.snapshot_last_success = Gauge(
+            "ctagg_snapshot_last_success_timestamp_seconds",
+            "When this shard's last state snapshot was uploaded (Unix time).",
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            "ctagg_snapshot_bytes",
+            "The compressed size of this shard's last state snapshot.",
+            registry=r,
+        )
+
         # ---- forwarding, per connector: read from the running lanes at scrape time
         self.forward = ForwardCollector()
         r.register(self.forward)
@@ -423,6 +466,27 @@ class Metrics:
         self.readback_deferred.inc(report.readback_deferred)
         self.intents_settled.inc(report.intents_settled)
         self.state_behind_archive.set(1 if report.behind_archive else 0)
+
+    def cycle_hints(self, report: Any) -> None:
+        """The hint counts of one ingest cycle (nothing when hint mode is off)."""
+        if getattr(report, "relisted", None) is None:
+            return
+        self.hint_messages.labels("deleted").inc(report.hint_messages_deleted)
+        self.hint_messages.labels("left").inc(report.hint_messages_left)
+        self.hints_unparseable.inc(report.hints_unparseable)
+        for outcome in ("queued", "handled_before", "ignored", "forwarded", "foreign_dropped"):
+            self.hints.labels(outcome).inc(getattr(report, f"hints_{outcome}"))
+        if report.relisted:
+            self.relists.inc()
+
+    def snapshot(self, size: int | None, now: float) -> None:
+        """A snapshot uploaded (``size`` its bytes), or one that failed (``size`` None)."""
+        if size is None:
+            self.snapshots.labels("failed").inc()
+            return
+        self.snapshots.labels("published").inc()
+        self.snapshot_last_success.set(now)
+        self.snapshot_bytes.set(size)
 
     def object_quarantined(self, account_id: str, region: str) -> None:
         self.quarantined.labels(account_id, region).inc()

@@ -175,6 +175,10 @@ class State:
             self._window_floor = self.meta.get("window_floor") or ""
         return self._window_floor
 
+    def reload_floor(self) -> None:
+        """Read :attr:`window_floor` from the state again (an import set it)."""
+        self._window_floor = None
+
     def prune_window(self, before_epoch: float, lag_days: int, *, dry_run: bool = False) -> int:
         """Forget event keys of hours before the one containing ``before_epoch`` (the dedupe
         window's retention), and with them the read-back of the days whose objects held them:

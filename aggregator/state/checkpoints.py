@@ -54,6 +54,25 @@ class Checkpoints:
             }
             return False, keys
 
+    def is_handled(self, bucket: str, prefix: str, key: str) -> bool:
+        """Was this one key handled (or is it held in quarantine)? What :meth:`prefix_state`
+        answers for a whole day prefix, for one key (a hint) without reading the day's keys."""
+        with self.db.lock:
+            conn = self.db.conn
+            q = "SELECT 1 FROM objects WHERE bucket=? AND key=?"
+            if conn.execute(q, (bucket, key)).fetchone():
+                return True
+            q = "SELECT 1 FROM quarantine WHERE bucket=? AND key=?"
+            if conn.execute(q, (bucket, key)).fetchone():
+                return True
+            row = conn.execute(
+                "SELECT closed, keys_z FROM prefixes WHERE bucket=? AND prefix=?", (bucket, prefix)
+            ).fetchone()
+        if not (row and row[0] and row[1]):
+            return False
+        name = key[len(prefix) :] if key.startswith(prefix) else key
+        return name in zlib.decompress(row[1]).decode().split("\n")
+
     def handled_keys(self, bucket: str, prefix: str) -> set[str]:
         """Every key handled under a day prefix, open or closed (closed ones keep a compressed
         list of names, ~15 bytes a key, so completeness checks still work after compaction)."""

@@ -419,6 +419,22 @@ def _m60_truth(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m70_resize(db: sqlite_utils.Database) -> None:
+    """Resizing a sharded installation (issue 14, aggregator/state/snapshot.py): imported ledger
+    rows past a connector's cursor that the old shard had already delivered (all ``records``
+    of the row, or its first ones), which the connector's lane skips."""
+    db.executescript(
+        """
+        CREATE TABLE forward_delivered (
+            connector TEXT NOT NULL,
+            ledger_id INTEGER NOT NULL,
+            records INTEGER NOT NULL,
+            PRIMARY KEY (connector, ledger_id)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "core positions: objects, prefixes, quarantine, ledger, dedupe, sources", _m1_core),
     (10, "detect: alert dedupe, hourly counts for rate anomalies", _m10_detect),
@@ -429,4 +445,5 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (45, "operator: digests per source apart from log objects, stored alert bodies", _m45_operator),
     (50, "ingest: stream walks and the backfill days still to list", _m50_backfill),
     (60, "truth: central intents, archive read-back and coverage, state identity", _m60_truth),
+    (70, "resize: imported ledger rows already delivered past a cursor", _m70_resize),
 ]

@@ -42,6 +42,7 @@ SUBST = {
     "TRAIL_BUCKET": TRAIL,
     "ALERT_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:111111111111:ctagg-alerts",
     "DIGEST_KMS_KEY_ARN": "arn:aws:kms:us-east-1:111111111111:key/digest-signing",
+    "HINT_QUEUE_PREFIX": "ctagg-hints",
 }
 
 
@@ -182,6 +183,27 @@ def test_hub_and_member_policies_grant_what_each_identity_does() -> None:
     assert is_allowed(m, Request("ec2:DescribeRegions", "*"))
     assert not is_allowed(m, Request("s3:PutObject", f"arn:aws:s3:::{TRAIL}/x"))
     assert not is_allowed(m, Request("organizations:ListAccounts", "*"))
+
+
+def test_hub_policy_grants_the_hint_queue_calls_and_only_on_its_queues() -> None:
+    """Hint mode (collect.notifications): every SQS call ingest/hints.py makes, on the queues
+    named with the policy's prefix (the intake queue and the per-shard ones), nothing else."""
+    h = [hub()]
+    mine = "https://sqs.eu-west-1.amazonaws.com/111111111111/ctagg-hints-1"
+    for op in (
+        "ReceiveMessage",
+        "DeleteMessage",
+        "ChangeMessageVisibility",
+        "GetQueueAttributes",
+        "SendMessage",
+    ):
+        (req,) = requests_for("sqs", op, {"QueueUrl": mine})
+        assert req.resource == "arn:aws:sqs:eu-west-1:111111111111:ctagg-hints-1"
+        assert is_allowed(h, req), req
+        (other,) = requests_for("sqs", op, {"QueueUrl": mine.replace("ctagg-hints-1", "payroll")})
+        assert not is_allowed(h, other), other
+    (purge,) = requests_for("sqs", "PurgeQueue", {"QueueUrl": mine})
+    assert not is_allowed(h, purge)
 
 
 def _cfn_template() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -501,8 +502,10 @@ async def test_backpressure_holds_its_limit_within_one_object_per_worker(
     ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), should_pause=fwd.backpressure)
     inv = Inventory([Account(a1)], {a1: ["us-east-1"]}, [], [src], [])
     cycle = asyncio.create_task(ing.run(inv))
-    seen = -1
-    while seen != state.ledger.max_id():  # until collection stopped growing the backlog
+    seen, deadline = -1, time.monotonic() + 60
+    # until collection wrote and then stopped growing the backlog (a loaded machine may take
+    # a while to start the cycle)
+    while (seen != state.ledger.max_id() or seen == 0) and time.monotonic() < deadline:
         seen = state.ledger.max_id()
         await asyncio.sleep(0.6)
     assert 5 <= fwd.backlog("os") <= 5 + 4 - 1

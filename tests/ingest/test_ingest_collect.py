@@ -417,6 +417,11 @@ FAULTS: dict[str, list[Fault]] = {
         Fault("error_after", method_is("PUT", "/central/"), rate=0.5, times=8)
     ],
     "503 SlowDown": [Fault("slowdown", any_request("/"), rate=0.3, times=8)],
+    # the writer marker's PUT outlasts the retries: the cycle fails before anything is
+    # written and the next one starts over
+    "503 SlowDown on the writer marker": [
+        Fault("slowdown", method_is("PUT", "/central/_ctagg/writer"), rate=1.0, times=3)
+    ],
     "reset mid-body": [Fault("reset", is_get_object("/org-trail/"), rate=0.5, times=20)],
     "truncated body, true Content-Length": [
         Fault("truncate", is_get_object("/org-trail/"), rate=0.5, times=20)

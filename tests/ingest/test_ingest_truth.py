@@ -21,7 +21,7 @@ from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, Inventory, Source
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
-from aggregator.ingest.truth import MARKER_KEY
+from aggregator.ingest.resize import MARKER_KEY
 from aggregator.state import State
 
 A1 = "111111111111"

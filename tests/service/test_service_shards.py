@@ -3,7 +3,8 @@ I/N`` for every I, run concurrently over an organization trail and account trail
 overlap, archives every planted event exactly once; each source object is handled by exactly
 one shard (the shard state files' ``objects`` tables are disjoint and cover every object);
 each shard has its own writer marker; the slot and shard counts are recorded once, and a
-changed shard count is refused before anything is written. ``ctagg run --shards N`` starts N
+changed slot count is refused before anything is written (a changed shard count resizes:
+tests/service/test_service_resize.py). ``ctagg run --shards N`` starts N
 shard processes and passes SIGTERM on to them."""
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def test_shards_together_archive_every_event_exactly_once(
         assert markers == {
             "_ctagg/installation.json",
             *(f"_ctagg/writer.shard-{i}-of-{n}.json" for i in range(n)),
+            *(f"_ctagg/snapshots/shard-{i}-of-{n}.db.gz" for i in range(n)),
         }
         record_ = json.loads(
             central_bodies(prefix="_ctagg/installation.json")["_ctagg/installation.json"]
@@ -209,27 +211,26 @@ def test_shards_together_archive_every_event_exactly_once(
         assert (record_["slots"], record_["shards"]) == (256, n)
 
 
-def test_a_changed_shard_count_is_refused_before_anything_is_written(
+def test_a_changed_slot_count_is_refused_before_anything_is_written(
     tmp_path: Path, moto: str, planted: dict[str, Any]
 ) -> None:
-    """Two shards record the installation; a later ``--shard 0/3`` (and ``--shard 1/4``, and
-    a daemon ``run --shard 0/3``) exits 2 naming both counts and what to do, and archives
-    nothing more."""
+    """Two shards record the installation; a later ``--shard 0/2`` with another slot count
+    exits 2 naming both counts, and archives nothing more (a changed shard count resizes:
+    tests/ingest/test_ingest_resize.py)."""
     config = write_config(tmp_path)
     assert all(code == 0 for code, _, _ in run_shards(config, moto, 2))
     before = central_bodies()
+    doc = json.loads(config.read_text())
+    doc["shard"] = {"slots": 128}
+    other = tmp_path / "other.yaml"
+    other.write_text(json.dumps(doc))
 
-    for args in (("once", "--shard", "0/3"), ("once", "--shard", "1/4"), ("run", "--shard", "0/3")):
-        proc = ctagg(moto, *args[:1], str(config), *args[1:])
-        code = proc.wait(timeout=120)
-        _, err = proc.communicate()
-        assert code == 2, (args, err[-2000:])
-        assert "records 2 shard(s) of 256 slots" in err, err[-2000:]
-        assert "resizing is not supported yet; scale to the old count" in err
-
+    proc = ctagg(moto, "once", str(other), "--shard", "0/2")
+    code = proc.wait(timeout=120)
+    _, err = proc.communicate()
+    assert code == 2, err[-2000:]
+    assert "the slot count of an installation never changes" in err, err[-2000:]
     assert central_bodies() == before
-    refused = tmp_path / "state.shard-0-of-3.db"
-    assert not refused.exists() or not handled(refused)
 
 
 def test_run_shards_starts_n_shard_processes_and_forwards_sigterm(

@@ -1,0 +1,451 @@
+"""Resizing a sharded installation (aggregator/ingest/resize.py), shard by shard in this
+process against moto over HTTP: every phase plants new objects for every (account, region)
+pair, including account-trail copies of events archived in the phase before (a copy that
+crosses the resize), and each shard of the phase's count runs one cycle and publishes its
+snapshot. Judged by listing and decoding the central bucket: every planted event once.
+
+Also: a new shard that took over from current snapshots neither fetches an old source object
+again nor reads the archive back; a stale or missing snapshot falls back to the read-back (and
+says so); a process whose count was changed under it stops; the slot count never changes; a
+kill while the snapshot uploads leaves a snapshot the next upload replaces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from archivecheck import assert_exactly_once, central_bodies
+from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+from crashkit import Step, run_child
+
+from aggregator.archive import store as central
+from aggregator.aws.clients import Aws
+from aggregator.aws.inventory import Account, Inventory, Source
+from aggregator.aws.slots import for_shard, owns
+from aggregator.config import Settings, parse_settings
+from aggregator.forward.forwarder import forwarder_for
+from aggregator.ingest.cycle import Ingestor
+from aggregator.ingest.resize import InstallationMismatch, SnapshotConflict
+from aggregator.ingest.work import CycleReport
+from aggregator.state import State
+from tests.fakes.splunk_hec import FakeSplunkHec
+
+ACCOUNTS = ["111111111111", "333333333333", "444444444444", "555555555555"]
+REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
+PAIRS = [(a, r) for a in ACCOUNTS for r in REGIONS]
+ORG = "o-abcdefghij"
+DAY = "2024-05-01"
+NOW = 1714564800.0 + 12 * 3600  # 2024-05-01T12:00Z
+
+Rec = dict[str, Any]
+
+
+def org_source(account: str, region: str) -> Source:
+    return make_source("org-trail", account, region, org_id=ORG)
+
+
+def acct_source(account: str, region: str) -> Source:
+    return make_source("acct-trails", account, region)
+
+
+SOURCES = [s for a, r in PAIRS for s in (org_source(a, r), acct_source(a, r))]
+
+
+HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
+
+
+def settings(
+    tmp_path: Path, index: int, count: int, hec_url: str | None = None, **shard: Any
+) -> Settings:
+    doc: dict[str, Any] = {
+        "state": {"path": str(tmp_path / "state.db")},
+        "archive": {"bucket": "central"},
+        "collect": {"max_concurrency": 2, "relist_days": 7},
+        "aws": {"max_attempts": 2},
+        "shard": {"index": index, "count": count, **shard},
+    }
+    if hec_url is not None:
+        doc["forward"] = {
+            "batch_max_wait_secs": 0,
+            "connectors": [
+                {"name": "hec", "type": "splunk_hec", "url": hec_url, "token": HEC_TOKEN}
+            ],
+        }
+    return parse_settings(doc)
+
+
+def inventory(cfg: Settings) -> Inventory:
+    whole = Inventory(
+        [Account(a) for a in ACCOUNTS], {a: list(REGIONS) for a in ACCOUNTS}, [], SOURCES, []
+    )
+    return for_shard(whole, cfg.shard)
+
+
+async def _shard_cycle(cfg: Settings, snapshot: bool) -> CycleReport:
+    state = State(cfg.state.path, writer="test")
+    try:
+        ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+        report = await ing.run(inventory(cfg))
+        if snapshot:
+            await ing.publish_snapshot(force=True)
+        return report
+    finally:
+        state.close()
+
+
+def shard_cycle(cfg: Settings, *, snapshot: bool = True) -> CycleReport:
+    return asyncio.run(_shard_cycle(cfg, snapshot))
+
+
+def run_layout(
+    tmp_path: Path, count: int, hec_url: str | None = None, **shard: Any
+) -> list[CycleReport]:
+    """One cycle of every shard of ``count`` (one after another: they own disjoint pairs)."""
+    reports = [shard_cycle(settings(tmp_path, i, count, hec_url, **shard)) for i in range(count)]
+    for r in reports:
+        assert (r.errors, r.quarantined) == (0, 0), r
+    return reports
+
+
+@pytest.fixture
+def buckets(moto: str) -> None:
+    for b in ("central", "org-trail", "acct-trails"):
+        client("s3").create_bucket(Bucket=b)
+
+
+class Planter:
+    """Plants one phase at a time: per pair an organization-trail object of three new events
+    and an account-trail object with one new event and a copy of an event of the phase before
+    (two copies of it, archived once)."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, Rec] = {}
+        self.phase = 0
+        self.last: dict[tuple[str, str], Rec] = {}
+        self.objects = 0
+
+    def plant(self) -> int:
+        """The phase's new objects; returns how many."""
+        p = self.phase
+        self.phase += 1
+        s3 = client("s3")
+        n = 0
+        for k, (account, region) in enumerate(PAIRS):
+            minute = 10 * p
+            recs = [
+                record(
+                    f"p{p}-{account}-{region}-{j}",
+                    account,
+                    region,
+                    f"{DAY}T10:{minute + j:02d}:00Z",
+                )
+                for j in range(3)
+            ]
+            ts = f"20240501T10{minute:02d}Z"
+            src = org_source(account, region)
+            s3.put_object(
+                Bucket="org-trail",
+                Key=log_key(src.prefix, account, region, ts, f"Org{p}x{k:03d}"),
+                Body=log_object(recs),
+            )
+            own = record(
+                f"p{p}-{account}-{region}-acct", account, region, f"{DAY}T10:{minute + 5:02d}:00Z"
+            )
+            copies = [own] + (
+                [self.last[(account, region)]] if (account, region) in self.last else []
+            )
+            src = acct_source(account, region)
+            s3.put_object(
+                Bucket="acct-trails",
+                Key=log_key(src.prefix, account, region, ts, f"Acc{p}x{k:03d}"),
+                Body=log_object(copies),
+            )
+            n += 2
+            for r in (*recs, own):
+                self.events[r["eventID"]] = r
+            self.last[(account, region)] = recs[0]
+        self.objects += n
+        return n
+
+    def all(self) -> list[Rec]:
+        return list(self.events.values())
+
+
+def logged(err: str, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in err.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("event") == event:
+            out.append(doc)
+    return out
+
+
+def test_resize_2_3_1_archives_every_event_once_and_carries_the_state(
+    buckets: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    planter = Planter()
+    planter.plant()
+    first = run_layout(tmp_path, 2)
+    assert sum(r.objects for r in first) == planter.objects
+    assert_exactly_once(planter.all())
+
+    for count in (3, 1):
+        new = planter.plant()
+        capsys.readouterr()
+        reports = run_layout(tmp_path, count)
+        err = capsys.readouterr().err
+        # the new shards took over from current snapshots: only the new objects were
+        # fetched, nothing was read back from the archive
+        assert sum(r.objects for r in reports) == new, reports
+        assert sum(r.readback_objects for r in reports) == 0, reports
+        imported = logged(err, "resize.imported")
+        assert len(imported) == count
+        assert all(doc["current"] for doc in imported), imported
+        assert not logged(err, "resize.snapshot_stale")
+        assert_exactly_once(planter.all())
+
+    record_ = json.loads(
+        central_bodies(prefix="_ctagg/installation.json")["_ctagg/installation.json"]
+    )
+    assert (record_["shards"], record_["epoch"], record_["previous"]) == (
+        1,
+        3,
+        {"shards": 3, "epoch": 2},
+    )
+    retired = central_bodies(prefix="_ctagg/writer.shard-")
+    assert len(retired) == 5  # 2 + 3 old shards' markers, all retired
+    assert all(json.loads(b)["retired"] for b in retired.values())
+
+
+def test_a_stale_or_missing_snapshot_falls_back_to_reading_the_archive_back(
+    buckets: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    planter = Planter()
+    planter.plant()
+    run_layout(tmp_path, 2)
+    # shard 0 runs another cycle without a snapshot after it (a crash, say): its snapshot is
+    # stale; shard 1's snapshot is deleted
+    planter.plant()
+    assert shard_cycle(settings(tmp_path, 0, 2), snapshot=False).errors == 0
+    assert shard_cycle(settings(tmp_path, 1, 2)).errors == 0
+    client("s3").delete_object(Bucket="central", Key="_ctagg/snapshots/shard-1-of-2.db.gz")
+    assert_exactly_once(planter.all())
+
+    planter.plant()
+    capsys.readouterr()
+    reports = run_layout(tmp_path, 3)
+    err = capsys.readouterr().err
+
+    assert logged(err, "resize.snapshot_stale")
+    assert logged(err, "resize.snapshot_missing")
+    assert sum(r.readback_objects for r in reports) > 0
+    assert_exactly_once(planter.all())
+
+
+def test_a_process_whose_count_changed_under_it_stops(buckets: None, tmp_path: Path) -> None:
+    """Shard 0 of 2 runs on; a 3-shard process resizes the installation; shard 0 of 2's next
+    cycle refuses (InstallationMismatch), writing nothing."""
+    planter = Planter()
+    planter.plant()
+    run_layout(tmp_path, 2)
+
+    async def two_cycles() -> None:
+        cfg = settings(tmp_path, 0, 2)
+        state = State(cfg.state.path, writer="test")
+        try:
+            ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+            await ing.run(inventory(cfg))
+            await asyncio.to_thread(run_layout, tmp_path, 3)  # the resize, while this runs
+            planter.plant()
+            before = central_bodies()
+            with pytest.raises(InstallationMismatch, match="resized while it ran"):
+                await ing.run(inventory(cfg))
+            assert central_bodies() == before
+        finally:
+            state.close()
+
+    asyncio.run(two_cycles())
+
+
+def test_the_slot_count_never_changes(buckets: None, tmp_path: Path) -> None:
+    Planter().plant()
+    run_layout(tmp_path, 2)
+    before = central_bodies(prefix="")
+    with pytest.raises(InstallationMismatch, match="slot count of an installation never changes"):
+        shard_cycle(settings(tmp_path, 0, 2, slots=128))
+    assert central_bodies(prefix="") == before
+
+
+def test_an_unsharded_installation_scales_out_and_its_old_process_stops(
+    buckets: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One process with ``shard.snapshots: true``, then two shards: they take over from its
+    snapshot; the old process (its marker retired) refuses its next cycle."""
+    planter = Planter()
+    planter.plant()
+    one = settings(tmp_path, 0, 1, snapshots=True)
+    assert shard_cycle(one).objects == planter.objects
+
+    new = planter.plant()
+    capsys.readouterr()
+    reports = run_layout(tmp_path, 2)
+    err = capsys.readouterr().err
+    assert sum(r.objects for r in reports) == new
+    assert sum(r.readback_objects for r in reports) == 0
+    assert all(doc["current"] for doc in logged(err, "resize.imported"))
+    assert_exactly_once(planter.all())
+    marker = json.loads(central_bodies(prefix="_ctagg/writer.json")["_ctagg/writer.json"])
+    assert (marker["retired"], marker["resized_to"]) == (True, 2)
+
+    async def old_process_again() -> None:
+        state = State(one.state.path, writer="test")
+        try:
+            ing = Ingestor(one, state, StsSessions(), Aws(one.aws), clock=lambda: NOW)
+            ing.writer.truth.resizer.started = True  # it has been running all along
+            with pytest.raises(InstallationMismatch, match="resized while it ran"):
+                await ing.run(inventory(one))
+        finally:
+            state.close()
+
+    asyncio.run(old_process_again())
+
+
+def _publish_killed(cfg: Settings, step: Step) -> None:
+    async def go() -> None:
+        state = State(cfg.state.path, writer="test")
+        try:
+            ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+            await ing.run(inventory(cfg))
+            await ing.publish_snapshot(force=True)
+        finally:
+            state.close()
+
+    died = run_child(lambda: asyncio.run(go()), step)
+    assert died.killed, step.label()
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-upload", "after-upload"])
+def test_sigkill_while_the_snapshot_uploads(
+    buckets: None, tmp_path: Path, after: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed before the upload (the snapshot of the cycle before stays: stale) or right
+    after it (S3 has it, the state never recorded its ETag: the next upload must replace it).
+    Either way the resize that follows archives every event exactly once."""
+    planter = Planter()
+    planter.plant()
+    run_layout(tmp_path, 2)
+    planter.plant()
+    _publish_killed(settings(tmp_path, 0, 2), Step(central.Archive, "write_file", after=after))
+    if after:  # the next cycle and its upload go through
+        planter.plant()
+        assert shard_cycle(settings(tmp_path, 0, 2)).errors == 0
+    assert shard_cycle(settings(tmp_path, 1, 2)).errors == 0
+
+    planter.plant()
+    capsys.readouterr()
+    run_layout(tmp_path, 3)
+    err = capsys.readouterr().err
+    assert bool(logged(err, "resize.snapshot_stale")) is (not after)
+    assert_exactly_once(planter.all())
+
+
+async def _forward(cfg: Settings) -> int:
+    """Drain this shard's forwarder (the daemon's, over the central bucket in moto), then
+    snapshot the state as the daemon's shutdown does (after its lanes stopped); the rows a
+    resize imported as delivered that were left (none once the cursor passed them)."""
+    state = State(cfg.state.path)
+    try:
+        async with central.opened(cfg, Aws(cfg.aws), StsSessions()) as archive:
+            await forwarder_for(cfg, state, archive).drain()
+        ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+        await ing.publish_snapshot(force=True)
+        return state.count("forward_delivered")
+    finally:
+        state.close()
+
+
+async def test_each_event_reaches_the_sink_once_across_a_resize(
+    buckets: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two shards deliver unevenly before the resize to one: shard 0 delivered its first
+    phase only, shard 1 everything. The one shard's cursor stops at shard 0's first
+    undelivered row, shard 1's rows after it are skipped as delivered: the sink (a Splunk HEC
+    server to its wire contract) receives every planted event exactly once."""
+    hec = FakeSplunkHec({HEC_TOKEN})
+    await hec.start()
+    try:
+        planter = Planter()
+        planter.plant()
+        await asyncio.to_thread(run_layout, tmp_path, 2, hec.url)
+        for i in range(2):
+            await _forward(settings(tmp_path, i, 2, hec.url))
+        planter.plant()
+        await asyncio.to_thread(run_layout, tmp_path, 2, hec.url)
+        await _forward(settings(tmp_path, 1, 2, hec.url))  # shard 0's second phase waits
+        sent_before = len(hec.indexed)
+
+        capsys.readouterr()
+        await asyncio.to_thread(run_layout, tmp_path, 1, hec.url)
+        imported = logged(capsys.readouterr().err, "resize.imported")
+        one = settings(tmp_path, 0, 1, hec.url)
+        state = State(one.state.path)
+        try:  # the translated cursor and the rows beyond it delivered already
+            beyond = state.count("forward_delivered")
+        finally:
+            state.close()
+        left = await _forward(one)
+    finally:
+        await hec.stop()
+    received = [str(e["event"]["eventID"]) for e in hec.indexed]
+    assert len(received) > sent_before
+    assert sorted(received) == sorted(planter.events)  # every event, once
+    assert imported[0]["cursors"]["hec"][0] > 1
+    assert beyond > 0
+    assert left == 0
+
+
+def test_ownership_of_the_test_pairs_is_spread() -> None:
+    """The pairs above give every shard of 2 and 3 something to do (else the tests above
+    would show nothing of a handoff)."""
+    from aggregator.config import ShardSettings
+
+    for n in (2, 3):
+        for i in range(n):
+            assert any(owns(ShardSettings(index=i, count=n), a, r) for a, r in PAIRS)
+
+
+def test_only_the_marker_holder_uploads_the_snapshot(buckets: None, tmp_path: Path) -> None:
+    """A state that took the shard over (a lost volume: a new state file for the same shard)
+    replaces the old state's snapshot; the old state, no longer the marker's writer, uploads
+    nothing (it would hand a resize a copy the shard has moved past)."""
+    Planter().plant()
+    old = settings(tmp_path, 0, 2)
+    shard_cycle(old)
+    new = parse_settings(
+        {**old.model_dump(mode="json"), "state": {"path": str(tmp_path / "new" / "state.db")}}
+    )
+    (tmp_path / "new").mkdir()
+    shard_cycle(new)  # takes the marker over (reading the archive back), then uploads
+
+    key = "_ctagg/snapshots/shard-0-of-2.db.gz"
+    s3 = client("s3")
+    by = s3.head_object(Bucket="central", Key=key)["Metadata"]["state-id"]
+
+    async def old_uploads() -> None:
+        state = State(old.state.path, writer="test")
+        try:
+            ing = Ingestor(old, state, StsSessions(), Aws(old.aws), clock=lambda: NOW)
+            with pytest.raises(SnapshotConflict, match="is not the writer"):
+                await ing.publish_snapshot(force=True)
+            assert by != state.meta.identity()[0]
+        finally:
+            state.close()
+
+    asyncio.run(old_uploads())
+    assert s3.head_object(Bucket="central", Key=key)["Metadata"]["state-id"] == by
