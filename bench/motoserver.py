@@ -37,7 +37,9 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def classify(environ: dict[str, Any]) -> str:
-    """``s3:LIST``, ``s3:GET``, ``sts``, ... for one request (path-style S3 addressing)."""
+    """``s3:LIST``, ``s3:GET``, ``sts``, ... for one request (path-style S3 addressing);
+    requests for ctagg's own objects under ``_ctagg/`` (writer markers, the layout record,
+    state snapshots) are apart: ``s3:GET _ctagg``, ``s3:PUT _ctagg``."""
     m = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
     service = m[1] if m else "unsigned"
     if service != "s3":
@@ -50,6 +52,8 @@ def classify(environ: dict[str, Any]) -> str:
         return "s3:LIST" if ("list-type" in query or "prefix" in query or not query) else "s3:GET"
     if method == "POST" and "delete" in query:
         return "s3:DELETE"
+    if has_key and path.split("/", 1)[1].startswith("_ctagg/"):
+        return f"s3:{method} _ctagg"  # ctagg's own objects (markers, layout, snapshots)
     return f"s3:{method}"
 
 

@@ -71,13 +71,13 @@ def accounts_of(n: int) -> list[str]:
     return [f"{100000000000 + 7919 * i:012d}" for i in range(1, n + 1)]
 
 
-def assumed(account: str) -> Any:
+def assumed(account: str, service: str = "s3") -> Any:
     creds = boto3.client("sts", region_name="us-east-1").assume_role(
         RoleArn=f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole",
         RoleSessionName="bench",
     )["Credentials"]
     return boto3.client(
-        "s3",
+        service,
         region_name="us-east-1",
         aws_access_key_id=creds["AccessKeyId"],
         aws_secret_access_key=creds["SecretAccessKey"],
