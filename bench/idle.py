@@ -270,14 +270,19 @@ def hourly(
     return out
 
 
-def owner_of(filename: str) -> str:
-    """Who a profiled function belongs to: ``aggregator``, a site-package, the stdlib or C."""
+def owner_of(filename: str, function: str = "") -> str:
+    """Who a profiled function belongs to: ``aggregator``, a site-package, the stdlib or C
+    (cProfile times are wall time: the event loop's epoll wait for answers is apart)."""
+    if "select.epoll" in function:
+        return "waiting for answers (epoll)"
+    if "_GuardedConnection.execute" in function or "sqlite3" in function:
+        return "sqlite (ctagg's state)"
     if "/site-packages/" in filename:
         return filename.split("/site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
     if f"{ROOT}/aggregator/" in filename:
         return "aggregator (ctagg)"
     if filename.startswith("~") or filename == "":
-        return "built-in (C: sockets, select, sqlite, ...)"
+        return "built-in (C: sockets, ...)"
     return "stdlib (asyncio, ssl, json, ...)"
 
 
@@ -287,8 +292,9 @@ def top_of(profile: Path, n: int = 25) -> str:
     stats = pstats.Stats(str(profile), stream=buf)
     by: dict[str, float] = {}
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    for (filename, _, _), (_, _, tottime, _, _) in raw.items():
-        by[owner_of(filename)] = by.get(owner_of(filename), 0.0) + tottime
+    for (filename, _, function), (_, _, tottime, _, _) in raw.items():
+        owner = owner_of(filename, function)
+        by[owner] = by.get(owner, 0.0) + tottime
     total = sum(by.values()) or 1.0
     buf.write("own time by package:\n")
     for name, secs in sorted(by.items(), key=lambda kv: -kv[1])[:12]:
@@ -346,7 +352,12 @@ def main() -> int:
     ap.add_argument("--regions", type=int, default=17)
     ap.add_argument("--objects", type=int, default=1, help="handled log files per pair")
     ap.add_argument("--cycles", type=int, default=2, help="idle cycles measured per mode")
-    ap.add_argument("--busy-files", type=int, default=100, help="new files of the busy cycle")
+    ap.add_argument(
+        "--busy-files",
+        type=int,
+        default=100,
+        help="new files of the busy cycle (0: none, no table)",
+    )
     ap.add_argument("--profile", action="store_true", help="one more idle cycle under cProfile")
     ap.add_argument("--mode", choices=["poll", "hints", "both"], default="both")
     ap.add_argument(
@@ -385,7 +396,7 @@ def main() -> int:
             planted = plant(trail, pairs, range(args.objects))
             print(f"planted {len(planted):,} objects for {len(pairs):,} pairs in "
                   f"{time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
-            busy_pairs = pairs[:: max(1, len(pairs) // args.busy_files)][: args.busy_files]
+            busy_pairs = pairs[:: max(1, len(pairs) // max(1, args.busy_files))][: args.busy_files]
             index = args.objects
             relist_secs = 3600.0
             for mode in modes:
@@ -429,12 +440,13 @@ def main() -> int:
                     set_relisted(cfg, 0.0)
                     m["relist"] = idle(f"{mode} relist idle cycle", config_path, url, proc.pid, tmp)
                     set_relisted(cfg, time.time())
-                m["busy"], new = busy(
-                    f"{mode} busy cycle", trail, busy_pairs, index, run, f"{CENTRAL}-{mode}"
-                )
-                # the busy files leave the bucket: the next mode's state never saw them
-                for _, _, key, _, _ in new:
-                    trail.delete_object(Bucket=BUCKET, Key=key)
+                if args.busy_files:
+                    m["busy"], new = busy(
+                        f"{mode} busy cycle", trail, busy_pairs, index, run, f"{CENTRAL}-{mode}"
+                    )
+                    # the busy files leave the bucket: the next mode's state never saw them
+                    for _, _, key, _, _ in new:
+                        trail.delete_object(Bucket=BUCKET, Key=key)
                 if queue_url is not None:
                     trail.put_bucket_notification_configuration(
                         Bucket=BUCKET, NotificationConfiguration={}
@@ -448,7 +460,7 @@ def main() -> int:
                     print(top_of(prof))
 
         table = {}
-        if not (args.no_relist and "hints" in measured):
+        if args.busy_files and not (args.no_relist and "hints" in measured):
             table = cost_table(measured, args, len(pairs), relist_secs)
         summary["modes"] = {
             mode: {
