@@ -4,6 +4,7 @@ state says about collection."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from aggregator.cli._common import (
     shard_arg,
     source_label,
 )
-from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL
+from aggregator.cli._errors import EXIT_OK, EXIT_PARTIAL, CliError, explain
 from aggregator.cli._table import Column
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ def run_once(args: argparse.Namespace) -> int:
     """0: a clean cycle; 4: it ran with errors; 3: discovery could not run; 6: the state
     cannot be used; 7: another process writes the state (``_errors``)."""
     import asyncio
-    import sys
 
     from aggregator.log import get_logger
     from aggregator.service.app import App
@@ -119,9 +119,24 @@ def run_status(args: argparse.Namespace) -> int:
     finally:
         state.close()
     now = time.time()
+    owners: dict[str, Any] | None = None
+    owners_error: CliError | None = None
+    if shard is not None and not args.local:
+        try:
+            owners = read_owners(args.config, getattr(args, "shard", None), now)
+        except Exception as exc:  # the local rows are still shown; the exit code says it
+            owners_error = explain(exc)
+            print(owners_error.line(), file=sys.stderr)
+    code = EXIT_OK if owners_error is None else owners_error.code
     if args.json:
         if shard is not None:
             print(json_line({"shard": shard}))
+        if owners is not None:
+            print(json_line({"layout": owners["layout"]}))
+            for owner in owners["shards"]:
+                print(json_line({"shard_owner": owner}))
+        elif owners_error is not None:
+            print(json_line({"shard_owners_error": owners_error.what}))
         for r in rows:
             lag = lag_secs(r.newest_event_time, now)
             print(
@@ -133,8 +148,8 @@ def run_status(args: argparse.Namespace) -> int:
             print(json_line({"failure": f}))
         for item in forward:
             print(json_line({"forward": item}))
-        return EXIT_OK
-    from aggregator.cli._table import console_for
+        return code
+    from aggregator.cli._table import console_for, esc
 
     console = console_for()
 
@@ -143,14 +158,105 @@ def run_status(args: argparse.Namespace) -> int:
             f"shard {shard['index']} of {shard['count']} (0 .. {shard['count'] - 1}): "
             f"{len(shard['slots_owned'])} of {shard['slots']} slots, state {shard['state']}"
         )
+        if owners is not None:
+            print_owners(console, owners, shard["index"])
+        elif owners_error is not None:
+            console.print(f"[red]shards' writers unknown[/red]: {esc(owners_error.what)}")
     print_status(console, rows, failures, now)
     print_forwarding(console, forward)
-    return EXIT_OK
+    return code
+
+
+def read_owners(config: str, shard: tuple[int, int] | None, now: float) -> dict[str, Any]:
+    """The layout record and every shard's writer marker and snapshot, from the central
+    bucket (the config read again with the sections the archive's identity needs). Each
+    writer and snapshot gets ``age_secs``."""
+    import asyncio
+
+    from aggregator.archive.store import opened
+    from aggregator.aws.clients import Aws
+    from aggregator.config import Settings, load_settings
+    from aggregator.ingest.resize import shard_owners
+
+    uses = STATE_ONLY | {"aws", "credentials"}
+    settings = load_settings(config, defer=tuple(set(Settings.model_fields) - uses), shard=shard)
+
+    async def go() -> dict[str, Any]:
+        async with opened(settings, Aws(settings.aws)) as archive:
+            return await shard_owners(settings, archive)
+
+    out = asyncio.run(go())
+    for owner in out["shards"]:
+        for part, at in (("writer", "written_at"), ("snapshot", "taken_at")):
+            if owner[part] is not None:
+                owner[part]["age_secs"] = lag_secs(owner[part].get(at), now)
+    return out
+
+
+OWNER_COLUMNS = (
+    Column("shard", 0, justify="right", elide=False),
+    Column("slots", 1, justify="right", elide=False),
+    Column("writer (host, pid)", 2, min_width=12),
+    Column("generation", 3, justify="right", elide=False),
+    Column("last claimed", 4, elide=False),
+    Column("snapshot", 5, elide=False),
+)
+
+
+def print_owners(console: Console, owners: dict[str, Any], me: int) -> None:
+    """The layout the central bucket records and each shard's slots, writer and snapshot."""
+    from aggregator.cli._table import esc, print_table
+
+    layout = owners["layout"]
+    if layout is None:
+        console.print("layout: none recorded yet (the first shard's first cycle records it)")
+    else:
+        fits = "fits this config" if layout["agrees"] else "[red]differs from this config[/red]"
+        before = layout["previous"]
+        since = "" if before is None else f", resized from {before['shards']} shard(s)"
+        console.print(
+            f"layout: {layout['shards']} shard(s) of {layout['slots']} slots, epoch "
+            f"{layout['epoch']}{since}: {fits}"
+        )
+    cells = []
+    for o in owners["shards"]:
+        w, snap = o["writer"], o["snapshot"]
+        if w is None:
+            writer, generation, claimed = "-", "-", "never"
+        else:
+            writer = f"{w.get('host')} ({w.get('pid')})" + (" retired" if w.get("retired") else "")
+            generation = str(w.get("generation"))
+            claimed = f"{human_secs(w.get('age_secs'))} ago"
+        if snap is None:
+            taken = "none"
+        else:
+            current = w is not None and snap.get("generation") == w.get("generation")
+            taken = f"{human_secs(snap.get('age_secs'))} ago, generation {snap.get('generation')}"
+            taken += " (current)" if current else ""
+        cells.append(
+            [
+                f"{o['index']}" + (" *" if o["index"] == me else ""),
+                str(o["slots"]),
+                esc(writer),
+                generation,
+                claimed,
+                esc(taken),
+            ]
+        )
+    print_table(
+        console, OWNER_COLUMNS, cells, title="shards (* this one): slots, writers, snapshots"
+    )
 
 
 def add_status_args(p: argparse.ArgumentParser) -> None:
     config_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="the local state only: with shard.count > 1, skip reading the shards' layout, "
+        "writers and snapshots from the central bucket",
+    )
     shard_arg(p)
 
 

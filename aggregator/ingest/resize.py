@@ -162,6 +162,62 @@ async def read_marker(
     return got, doc if isinstance(doc, dict) else {}
 
 
+async def shard_owners(settings: Settings, archive: central.Archive) -> dict[str, Any]:
+    """What the central bucket says about the shards, for ``ctagg status``: the layout record
+    (None before a sharded process wrote one) and, for every shard of the recorded layout (of
+    the config without one), its slot count, its writer marker (who wrote it, when, at which
+    generation; retired by a resize) and its snapshot (when taken, at which generation).
+    2N + 1 small requests, made together."""
+    shard, prefix = settings.shard, settings.archive.prefix
+    where = f"s3://{settings.archive.bucket}/{prefix}{INSTALLATION_KEY}"
+    got = await archive.fetch(f"{prefix}{INSTALLATION_KEY}")
+    layout = None if got is None else Layout.parse(got[0], got[1], where)
+    count = layout.shards if layout is not None else shard.count
+    markers = await asyncio.gather(
+        *(read_marker(archive, marker_key_of(prefix, i, count)) for i in range(count))
+    )
+    snaps = await asyncio.gather(
+        *(archive.head(snapshot_key_of(prefix, i, count)) for i in range(count))
+    )
+    slots = [0] * count
+    for s in range(shard.slots):
+        slots[shard_of(s, count)] += 1
+    owners = []
+    for i, ((_, marker), snap) in enumerate(zip(markers, snaps, strict=True)):
+        owner: dict[str, Any] = {
+            "index": i,
+            "slots": slots[i],
+            "marker": marker_key_of(prefix, i, count),
+            "writer": None,
+            "snapshot": None,
+        }
+        if marker is not None:
+            owner["writer"] = {
+                k: marker.get(k) for k in ("host", "pid", "generation", "written_at", "retired")
+            }
+        if snap is not None:
+            meta = snap[1]
+            owner["snapshot"] = {
+                "key": snapshot_key_of(prefix, i, count),
+                "generation": int(meta["generation"]) if meta.get("generation") else None,
+                "taken_at": meta.get("taken-at"),
+            }
+        owners.append(owner)
+    record = None
+    if layout is not None:
+        record = {
+            "key": f"{prefix}{INSTALLATION_KEY}",
+            "slots": layout.slots,
+            "shards": layout.shards,
+            "epoch": layout.epoch,
+            "previous": None
+            if layout.previous is None
+            else {"shards": layout.previous[0], "epoch": layout.previous[1]},
+            "agrees": layout.slots == shard.slots and layout.shards == shard.count,
+        }
+    return {"layout": record, "shards": owners}
+
+
 class Resizer:
     """Checks the layout at every cycle start, resizes at a process's first one, publishes
     this shard's snapshots. One per Ingestor."""

@@ -47,10 +47,12 @@ import orjson
 
 from aggregator.archive import store as central
 from aggregator.archive.codec import encode_records
+from aggregator.aws.errors import error_message
 from aggregator.config import Settings
 from aggregator.ingest.collect import BadObject, Decoded, decode_log
 from aggregator.ingest.resize import (
     Fetched,
+    InstallationMismatch,
     Resizer,
     holds,
     marker_key_of,
@@ -154,6 +156,12 @@ class ArchiveTruth:
         self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
         self._trusted_day = "19700101"
         self.resizer = Resizer(settings, state, clock)
+        # this process's hold on its slots, as /readyz reads it: the writer marker it last
+        # wrote (None until a cycle start claims it, and again once a claim is refused: the
+        # layout does not fit, or another state writes this shard) and why the latest claim
+        # failed (a transient fault keeps the hold: nobody else is known to have it)
+        self.held: dict[str, Any] | None = None
+        self.claim_error: str | None = None
 
     def decode(self, body: bytes) -> Decoded:
         """A central object, decoded as a source object is (the same keys, the same limits)."""
@@ -169,7 +177,14 @@ class ArchiveTruth:
         generation, settle what an earlier cycle left in flight."""
         self.report = TruthReport()
         self._locks.clear()
-        await self._claim_marker(archive)
+        try:
+            self.held = await self._claim_marker(archive)
+        except Exception as exc:
+            self.claim_error = error_message(exc)
+            if isinstance(exc, InstallationMismatch | ArchiveWriterConflict):
+                self.held = None
+            raise
+        self.claim_error = None
         meta = self.state.meta
         trusted = meta.trusted_since() or 0.0
         self._trusted_day = datetime.fromtimestamp(trusted + _SKEW_SECS, UTC).strftime("%Y%m%d")
@@ -191,7 +206,9 @@ class ArchiveTruth:
         sid, generation = self.state.meta.identity()
         await self.resizer.check(archive, marker_is_ours=holds(marker, sid, generation))
 
-    async def _claim_marker(self, archive: central.Archive) -> None:
+    async def _claim_marker(self, archive: central.Archive) -> dict[str, Any]:
+        """Check the layout, then write this shard's writer marker at the next generation
+        (conditionally on the one read); returns what it wrote."""
         meta = self.state.meta
         got, marker = await self._marker(archive)
         await self.check_installation(archive, marker)
@@ -255,32 +272,32 @@ class ArchiveTruth:
                 + "; the archive is read back before events up to now are archived",
             )
         meta.set(generation=generation + 1, trusted_since=trusted)
-        body = orjson.dumps(
-            {
-                "state_id": sid,
-                "generation": generation + 1,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "state": self.state.path,
-                "written_at": datetime.fromtimestamp(now, UTC).isoformat(),
-            }
-        )
+        doc = {
+            "state_id": sid,
+            "generation": generation + 1,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "state": self.state.path,
+            "written_at": datetime.fromtimestamp(now, UTC).isoformat(),
+        }
+        body = orjson.dumps(doc)
         try:
             await archive.write(key, body, if_absent=got is None, if_match=got and got[1])
         except central.PreconditionFailed as exc:
             again = await archive.fetch(key)
-            doc = orjson.loads(again[0]) if again else {}
-            if doc.get("state_id") == sid and doc.get("generation") == generation + 1:
-                return  # our own write, retried after S3 had taken it
+            other = orjson.loads(again[0]) if again else {}
+            if other.get("state_id") == sid and other.get("generation") == generation + 1:
+                return doc  # our own write, retried after S3 had taken it
             meta.set(generation=generation)
             raise ArchiveWriterConflict(
                 f"another ctagg state wrote s3://{self.settings.archive.bucket}/{key} just now "
-                f"(host {doc.get('host')}, state {doc.get('state')}): one archive has one "
+                f"(host {other.get('host')}, state {other.get('state')}): one archive has one "
                 "writer (or one per shard)"
             ) from exc
         except BaseException:
             meta.set(generation=generation)  # the marker still says the old one
             raise
+        return doc
 
     async def _archive_has_objects(self, archive: central.Archive) -> bool:
         s3 = await archive.client()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aggregator.archive.retention import Retention
+from aggregator.aws.slots import owned_slots
 from aggregator.config import Settings
 from aggregator.forward.store import ForwardStore
 from aggregator.integrity.jobs import CompletenessJob
@@ -104,6 +105,33 @@ class AppLike(Protocol):
     async def close(self) -> None: ...
 
 
+class SlotsHeld:
+    """``shard_holds_slots`` in /readyz (a sharded installation): ok once this shard holds its
+    slots: the layout recorded in the central bucket fits its config and it wrote its writer
+    marker at a cycle start. Until then another pod may still be this shard's writer, or the
+    config describes another installation, and a rollout that waits for readiness must not
+    move on to the next pod."""
+
+    name = "shard_holds_slots"
+
+    def __init__(self, settings: Settings, truth: Any) -> None:
+        self.shard = settings.shard
+        self.truth = truth  # the ingest's ArchiveTruth: held, claim_error, resizer.layout
+        self.slots = len(owned_slots(settings.shard))
+
+    def status(self, now: float) -> tuple[bool, str]:
+        shard, held, error = self.shard, self.truth.held, self.truth.claim_error
+        why = f"; latest claim failed: {error}" if error else ""
+        if held is None:
+            return False, f"{shard.label} has not claimed its writer marker yet{why}"
+        layout = self.truth.resizer.layout
+        epoch = f", layout epoch {layout.epoch}" if layout is not None else ""
+        return True, (
+            f"{shard.label} holds {self.slots} of {shard.slots} slots (writer generation "
+            f"{held.get('generation')} at {held.get('written_at')}{epoch}){why}"
+        )
+
+
 class Daemon:
     """Builds the scheduler, health conditions and metrics around one app."""
 
@@ -122,7 +150,10 @@ class Daemon:
         self.metrics = metrics or Metrics()
         if isinstance(app.state, MeteredState):
             app.state.metrics = self.metrics
-        self.metrics.set_shard(self.settings.shard.ordinal, self.settings.shard.count)
+        shard, truth = self.settings.shard, app.ingestor.writer.truth
+        self.metrics.set_shard(
+            shard.ordinal, shard.count, len(owned_slots(shard)), lambda: truth.held is not None
+        )
         self.metrics.refresh_from_state(app.state)  # freshness gauges read it at each scrape
         self.health = Health()
         self.health.add_ready(
@@ -142,6 +173,8 @@ class Daemon:
         # collection paused by backpressure (a sink's backlog is full): said in /readyz too
         self.ingest_flowing = Condition("ingest_not_paused", ok=True, reason="not paused")
         self.health.add_ready(self.ingest_flowing)
+        if shard.count > 1:  # one shard holds every slot: ingest_recent says it all
+            self.health.add_ready(SlotsHeld(self.settings, truth))
         self.scheduler = Scheduler(
             svc, metrics=self.metrics, health=self.health, recorder=app.state.jobs
         )
@@ -179,6 +212,10 @@ class Daemon:
     def _discovered(self, inventory: Any) -> None:
         failures = Tally(f.stage for f in getattr(inventory, "failures", []))
         self.metrics.set_inventory(len(inventory.accounts), len(inventory.sources), dict(failures))
+        # the inventory is this shard's part already: the regions of the pairs it owns
+        self.metrics.set_shard_pairs(
+            sum(len(rs) for rs in getattr(inventory, "regions", {}).values())
+        )
         self.discovery_done.set(
             True, f"{len(inventory.accounts)} accounts, {len(inventory.sources)} sources"
         )

@@ -226,9 +226,20 @@ class ForwardCollector(Collector):
 class Metrics:
     """All metric objects. ``Metrics()`` makes its own :class:`CollectorRegistry`."""
 
-    def set_shard(self, index: int, count: int) -> None:
-        """Which shard this process is (1 on ``ctagg_shard_info{shard, count}``)."""
-        self.shard_info.labels(str(index), str(count)).set(1)
+    def set_shard(
+        self, index: int, count: int, slots: int, holds: Callable[[], bool] | None = None
+    ) -> None:
+        """Which shard this process is (1 on ``ctagg_shard_info{shard, count}``), how many
+        slots it owns and, read at each scrape, whether it holds them (its writer marker)."""
+        self._shard = str(index)
+        self.shard_info.labels(self._shard, str(count)).set(1)
+        self.shard_slots.labels(self._shard).set(slots)
+        if holds is not None:
+            self.shard_holds.labels(self._shard).set_function(lambda: float(holds()))
+
+    def set_shard_pairs(self, pairs: int) -> None:
+        """The (account, region) pairs of this shard's slots in the last discovery."""
+        self.shard_pairs.labels(self._shard).set(pairs)
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # No *_created series: they double every counter's output for no use in alerting.
@@ -245,6 +256,28 @@ class Metrics:
             "ctagg_shard_info",
             "This process's shard of a sharded installation (shard index, shard count).",
             ["shard", "count"],
+            registry=r,
+        )
+        # one series per process, labelled by its shard: never one per slot (a slot's pairs
+        # are in the per (account, region) series, whose owner is the pod that reports them)
+        self._shard = "0"
+        self.shard_slots = Gauge(
+            "ctagg_shard_slots",
+            "Slots this shard owns (all of shard.slots for one shard).",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_pairs = Gauge(
+            "ctagg_shard_pairs",
+            "(account, region) pairs in this shard's slots at the last discovery.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_holds = Gauge(
+            "ctagg_shard_holds_slots",
+            "1 while this shard holds its slots (it wrote its writer marker at the latest cycle "
+            "start and no other state or layout refused it since), else 0.",
+            ["shard"],
             registry=r,
         )
 

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from archivecheck import archived, assert_exactly_once, central_bodies
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
+from botocore.exceptions import EndpointConnectionError
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, Inventory, Source
@@ -306,3 +307,42 @@ async def test_an_object_already_in_the_archive_is_extended_not_overwritten(
     assert report.events_archived == 6  # new to this state's window
     assert_exactly_once(recs)
     assert sorted(e["eventID"] for e in archived()) == sorted(r["eventID"] for r in recs)
+
+
+class Unreachable:
+    """A central bucket that cannot be reached (every request a connection error)."""
+
+    async def fetch(self, key: str) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+
+async def test_the_hold_on_the_archive_is_what_the_latest_claim_wrote(
+    buckets: None, tmp_path: Path
+) -> None:
+    """What /readyz reads: ``held`` is the writer marker this process wrote at its latest
+    cycle start (the document in the bucket); a transient fault at the next start keeps it
+    (nobody else is known to hold it) and says why in ``claim_error``; the next good start
+    takes the next generation and clears the error."""
+    cfg = settings(tmp_path)
+    state = State(cfg.state.path)
+    try:
+        ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+        truth = ing.writer.truth
+        assert truth.held is None
+        await ing.run(inventory(ORG_SRC))
+        assert truth.held == marker()
+        assert truth.held["generation"] == 1
+        assert truth.claim_error is None
+
+        with pytest.raises(EndpointConnectionError):
+            await truth.begin(Unreachable())  # type: ignore[arg-type]
+        assert truth.held == marker()
+        assert truth.claim_error is not None
+        assert truth.claim_error.startswith("EndpointConnectionError: Could not connect")
+
+        await ing.run(inventory(ORG_SRC))
+        assert truth.held == marker()
+        assert truth.held["generation"] == 2
+        assert truth.claim_error is None
+    finally:
+        state.close()

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,21 @@ def handled(state: Path) -> set[tuple[str, str]]:
         conn.close()
 
 
+def readyz(port: int, secs: float = 30) -> dict[str, Any]:
+    """/readyz of the daemon on ``port`` once it says 200 (its last answer after ``secs``)."""
+    deadline = time.monotonic() + secs
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                doc: dict[str, Any] = json.loads(r.read())
+                return doc
+        except urllib.error.HTTPError as exc:
+            doc = json.loads(exc.read())
+            if time.monotonic() > deadline:
+                return doc
+        time.sleep(0.2)
+
+
 def run_shards(config: Path, moto: str, n: int) -> list[tuple[int, str, str]]:
     procs = [ctagg(moto, "once", "--json", str(config), "--shard", f"{i}/{n}") for i in range(n)]
     return [(p.wait(timeout=120), *p.communicate()) for p in procs]
@@ -194,8 +210,32 @@ def test_shards_together_archive_every_event_exactly_once(
             assert lines[0]["shard"]["index"] == i
             assert lines[0]["shard"]["count"] == n
             assert lines[0]["shard"]["slots_owned"] == owned_slots(ShardSettings(index=i, count=n))
+            # the layout and every shard's slots, writer and snapshot, from the central bucket
+            (layout,) = [d["layout"] for d in lines if "layout" in d]
+            assert (layout["slots"], layout["shards"], layout["epoch"]) == (256, n, 1)
+            assert layout["agrees"] is True
+            owners = [d["shard_owner"] for d in lines if "shard_owner" in d]
+            assert [o["index"] for o in owners] == list(range(n))
+            assert [o["slots"] for o in owners] == [
+                len(owned_slots(ShardSettings(index=j, count=n))) for j in range(n)
+            ]
+            bodies = central_bodies(prefix="_ctagg/")
+            for o in owners:
+                marker = json.loads(bodies[o["marker"]])
+                w = o["writer"]
+                assert (w["host"], w["pid"], w["generation"], w["written_at"]) == (
+                    marker["host"],
+                    marker["pid"],
+                    marker["generation"],
+                    marker["written_at"],
+                )
+                assert 0 <= w["age_secs"] < 300
+                # `ctagg once` uploads its snapshot after the cycle: current with the marker
+                assert o["snapshot"]["generation"] == marker["generation"]
+            assert len({o["writer"]["pid"] for o in owners}) == n  # one process per shard
         else:
             assert "shard" not in lines[0]
+            assert not [d for d in lines if "shard_owner" in d or "layout" in d]
     markers = set(central_bodies(prefix="_ctagg/"))
     if n == 1:
         assert markers == {"_ctagg/writer.json"}
@@ -258,6 +298,14 @@ def test_run_shards_starts_n_shard_processes_and_forwards_sigterm(
         with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/metrics", timeout=10) as r:
             body = r.read().decode()
         assert f'ctagg_shard_info{{count="2",shard="{i}"}} 1.0' in body
+        slots = len(owned_slots(ShardSettings(index=i, count=2)))
+        assert f'ctagg_shard_slots{{shard="{i}"}} {slots}.0' in body
+        # ready: the layout fits and it wrote its writer marker
+        ready = readyz(base + i)
+        assert ready["checks"]["shard_holds_slots"]["ok"] is True, ready
+        assert ready["checks"]["shard_holds_slots"]["reason"].startswith(
+            f"shard-{i}-of-2 holds {slots} of 256 slots (writer generation "
+        )
 
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
@@ -266,3 +314,57 @@ def test_run_shards_starts_n_shard_processes_and_forwards_sigterm(
     assert code == 0, err[-3000:]
     assert_exactly_once(planted["events"])
     assert handled(states[0]).isdisjoint(handled(states[1]))
+
+
+def test_status_names_every_shards_writer_and_keeps_its_rows_without_the_bucket(
+    tmp_path: Path, moto: str, planted: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only shard 0 of 2 ran: ``ctagg status --shard 0/2`` lists both shards with their slot
+    counts, shard 0 written by the process that ran (host, pid, generation) with a current
+    snapshot, shard 1 never written; ``--local`` reads nothing from the bucket; with the
+    central bucket unreachable the state's rows are still printed, the writers are said to be
+    unknown, and it exits 3."""
+    config = write_config(tmp_path)
+    proc = ctagg(moto, "once", "--json", str(config), "--shard", "0/2")
+    assert proc.wait(timeout=120) == 0, proc.communicate()
+    marker = json.loads(central_bodies(prefix="_ctagg/")["_ctagg/writer.shard-0-of-2.json"])
+    slots = [len(owned_slots(ShardSettings(index=j, count=2))) for j in range(2)]
+
+    assert main(["status", str(config), "--json", "--shard", "0/2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    owners = [d["shard_owner"] for d in lines if "shard_owner" in d]
+    assert [(o["index"], o["slots"]) for o in owners] == [(0, slots[0]), (1, slots[1])]
+    assert (owners[0]["writer"]["pid"], owners[0]["writer"]["generation"]) == (
+        marker["pid"],
+        marker["generation"],
+    )
+    assert (owners[1]["writer"], owners[1]["snapshot"]) == (None, None)
+
+    assert main(["status", str(config), "--shard", "0/2"]) == 0
+    text = capsys.readouterr().out
+    assert "layout: 2 shard(s) of 256 slots, epoch 1: fits this config" in text
+    assert "shards (* this one): slots, writers, snapshots" in text
+    table = [[c.strip() for c in line.strip("│ ").split("│")] for line in text.splitlines()]
+    rows = {r[0]: r[1:] for r in table if len(r) == 6}
+    assert rows["0 *"][:3] == [str(slots[0]), f"{marker['host']} ({marker['pid']})", "1"]
+    assert rows["0 *"][3].endswith("ago")
+    assert rows["0 *"][4].endswith("ago, generation 1 (current)")
+    assert rows["1"] == [str(slots[1]), "-", "-", "never", "none"]
+
+    # the central bucket cannot be reached: the local rows are shown, the writers are not
+    cfg = json.loads(config.read_text())
+    cfg["aws"]["endpoint_url"] = "http://127.0.0.1:9"
+    config.write_text(json.dumps(cfg))
+    assert main(["status", str(config), "--json", "--shard", "0/2", "--local"]) == 0
+    local = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not [d for d in local if "shard_owner" in d or "shard_owners_error" in d]
+    assert main(["status", str(config), "--json", "--shard", "0/2"]) == 3
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    rows_ = [d for d in lines if "account_id" in d]
+    assert rows_
+    assert sum(r["objects"] for r in rows_) == len(handled(tmp_path / "state.shard-0-of-2.db"))
+    (failed,) = [d["shard_owners_error"] for d in lines if "shard_owners_error" in d]
+    assert "http://127.0.0.1:9/central/_ctagg/installation.json" in failed
+    assert err.startswith(f"ctagg: {failed}")
+    assert not [d for d in lines if "shard_owner" in d]
