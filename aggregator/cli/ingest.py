@@ -59,7 +59,7 @@ def run_once(args: argparse.Namespace) -> int:
             done = report.as_dict()
             if not report.stopped:  # what a resize starts the new shards from
                 try:
-                    published = await app.ingestor.publish_snapshot(force=True)
+                    published = await app.ingestor.release()
                 except Exception as exc:  # the cycle's work stands; the exit code says it
                     log.error("snapshot.failed", error=describe_error(exc))
                     done["errors"] = int(done["errors"]) + 1
@@ -224,7 +224,8 @@ def print_owners(console: Console, owners: dict[str, Any], me: int) -> None:
         if w is None:
             writer, generation, claimed = "-", "-", "never"
         else:
-            writer = f"{w.get('host')} ({w.get('pid')})" + (" retired" if w.get("retired") else "")
+            writer = f"{w.get('host')} ({w.get('pid')})"
+            writer += " retired" if w.get("retired") else " stopped" if w.get("stopped_at") else ""
             generation = str(w.get("generation"))
             claimed = f"{human_secs(w.get('age_secs'))} ago"
         if snap is None:

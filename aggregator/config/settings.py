@@ -76,6 +76,14 @@ class ShardSettings(Strict):
         gt=0,
         description="Seconds between the daemon's snapshots (taken after an ingest cycle).",
     )
+    resize_quiet_secs: float | None = Field(
+        default=None,
+        gt=0,
+        description="A resize (a process started with another count than the recorded one) "
+        "starts only when every shard of the old layout has stopped (its writer marker says "
+        "so: a clean shutdown, the end of `ctagg once`) or has written no marker for this "
+        "long (it crashed). Default: three service.ingest_interval_secs.",
+    )
 
     @property
     def snapshots_on(self) -> bool:

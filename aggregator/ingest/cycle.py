@@ -129,6 +129,24 @@ class Ingestor:
             archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
             return await resizer.publish(archive)
 
+    async def release(self) -> Published | None:
+        """What a process does when it stops writing (a daemon's shutdown, the end of ``ctagg
+        once``): its last snapshot when ``shard.snapshots`` is on, then its writer marker says
+        it stopped, so a resize need not wait for it (also after a failed snapshot, which is
+        raised after: the new shards see it stale and read the archive back)."""
+        truth = self.writer.truth
+        if not self.settings.shard.snapshots_on and truth.held is None:
+            return None  # nothing to upload, no marker of this process's to mark
+        async with ClientPool(self.aws) as pool:
+            writer_session = await central.archive_session(self.settings, self.sessions)
+            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+            try:
+                if self.settings.shard.snapshots_on:
+                    return await truth.resizer.publish(archive)
+                return None
+            finally:
+                await truth.mark_stopped(archive)
+
     async def run(self, inventory: Inventory) -> CycleReport:
         started = time.perf_counter()
         report = CycleReport(

@@ -193,7 +193,8 @@ async def shard_owners(settings: Settings, archive: central.Archive) -> dict[str
         }
         if marker is not None:
             owner["writer"] = {
-                k: marker.get(k) for k in ("host", "pid", "generation", "written_at", "retired")
+                k: marker.get(k)
+                for k in ("host", "pid", "generation", "written_at", "stopped_at", "retired")
             }
         if snap is not None:
             meta = snap[1]
@@ -270,6 +271,7 @@ class Resizer:
                     f"{layout.epoch}); this process runs with {shard.count}: the installation "
                     "was resized while it ran, so it stops (restart it with the new count)"
                 )
+            await self._old_shards_stopped(archive, layout.shards)
             layout = await self._resize(archive, layout)
         await self._join(archive, layout, first)
         self.layout = layout
@@ -310,6 +312,8 @@ class Resizer:
         prefix = self.settings.archive.prefix
         unsharded = await archive.fetch(marker_key_of(prefix, 0, 1)) is not None
         previous = (1, 0) if unsharded else None
+        if unsharded:
+            await self._old_shards_stopped(archive, 1)
         count = self.settings.shard.count
         try:
             await archive.write(self._key, self._doc(count, 1, previous), if_absent=True)
@@ -322,6 +326,40 @@ class Resizer:
         if got is None:
             raise InstallationMismatch(f"{self._where} vanished right after it was written")
         return got
+
+    async def _old_shards_stopped(self, archive: central.Archive, shards: int) -> None:
+        """Refuse a resize while a shard of the old layout may still run: its writer marker
+        is live (not retired), does not say it stopped, and is younger than
+        ``shard.resize_quiet_secs``. Without this a direct change of the count (a
+        ``helm upgrade`` of ``replicas`` without scaling to zero first) would have the old
+        processes, restarted with their old count, resize back, and the two layouts would
+        take turns; with it the new process exits until the old ones are gone."""
+        cfg = self.settings
+        quiet = cfg.shard.resize_quiet_secs or 3 * cfg.service.ingest_interval_secs
+        now = self.clock()
+        keys = [marker_key_of(cfg.archive.prefix, i, shards) for i in range(shards)]
+        docs = await asyncio.gather(*(read_marker(archive, k) for k in keys))
+        running = []
+        for i, (_, doc) in enumerate(docs):
+            if not doc or retired(doc) or doc.get("stopped_at"):
+                continue
+            try:
+                age = now - datetime.fromisoformat(str(doc.get("written_at"))).timestamp()
+            except ValueError:
+                continue  # no time to judge by: taken as silent
+            if age < quiet:
+                running.append(
+                    f"{label(i, shards)} (host {doc.get('host')}, pid {doc.get('pid')}, "
+                    f"marker written {max(age, 0):.0f}s ago)"
+                )
+        if running:
+            raise InstallationMismatch(
+                f"{self._where} records {shards} shard(s); this process runs with "
+                f"{cfg.shard.count}, and a resize starts only once every old shard stopped; "
+                f"still running: {', '.join(running)}. Stop the old shards first (scale to 0, "
+                f"then start the new count), or, after a crash, wait {quiet:.0f}s "
+                "(shard.resize_quiet_secs)"
+            )
 
     async def _resize(self, archive: central.Archive, old: Layout) -> Layout:
         count = self.settings.shard.count

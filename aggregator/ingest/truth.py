@@ -162,6 +162,7 @@ class ArchiveTruth:
         # failed (a transient fault keeps the hold: nobody else is known to have it)
         self.held: dict[str, Any] | None = None
         self.claim_error: str | None = None
+        self._held_etag: str | None = None
 
     def decode(self, body: bytes) -> Decoded:
         """A central object, decoded as a source object is (the same keys, the same limits)."""
@@ -282,11 +283,12 @@ class ArchiveTruth:
         }
         body = orjson.dumps(doc)
         try:
-            await archive.write(key, body, if_absent=got is None, if_match=got and got[1])
+            stored = await archive.write(key, body, if_absent=got is None, if_match=got and got[1])
         except central.PreconditionFailed as exc:
             again = await archive.fetch(key)
             other = orjson.loads(again[0]) if again else {}
             if other.get("state_id") == sid and other.get("generation") == generation + 1:
+                self._held_etag = again[1] if again else None
                 return doc  # our own write, retried after S3 had taken it
             meta.set(generation=generation)
             raise ArchiveWriterConflict(
@@ -297,7 +299,31 @@ class ArchiveTruth:
         except BaseException:
             meta.set(generation=generation)  # the marker still says the old one
             raise
+        self._held_etag = stored.etag
         return doc
+
+    async def mark_stopped(self, archive: central.Archive) -> bool:
+        """The writer marker this process holds says it stopped writing (``stopped_at``,
+        If-Match on what it wrote): a resize waits for every old shard to have stopped, or to
+        have been silent for ``shard.resize_quiet_secs``. The next cycle start's claim clears
+        it. False (logged) when it holds no marker, another process wrote it since, or S3
+        refused: a resize then waits out the quiet time."""
+        if self.held is None:
+            return False
+        key = marker_key(self.settings)
+        doc = {**self.held, "stopped_at": datetime.fromtimestamp(self.clock(), UTC).isoformat()}
+        try:
+            stored = await archive.write(key, orjson.dumps(doc), if_match=self._held_etag)
+        except Exception as exc:
+            log.warning(
+                "writer.stop_not_marked",
+                key=key,
+                error=error_message(exc),
+                reason="a resize waits shard.resize_quiet_secs for this shard",
+            )
+            return False
+        self.held, self._held_etag = doc, stored.etag
+        return True
 
     async def _archive_has_objects(self, archive: central.Archive) -> bool:
         s3 = await archive.client()

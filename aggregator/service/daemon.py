@@ -257,11 +257,13 @@ class Daemon:
             await self._snapshot()  # between cycles: what a resize starts the new shards from
         return report
 
-    async def _snapshot(self, *, force: bool = False) -> None:
-        """This shard's state snapshot when it is due (``force``: at shutdown). A failed
-        upload is logged and tried again later; it never fails the cycle."""
+    async def _snapshot(self, *, release: bool = False) -> None:
+        """This shard's state snapshot when it is due (``release``: at shutdown, then the
+        writer marker says it stopped). A failed upload is logged and tried again later; it
+        never fails the cycle."""
+        ingestor = self.app.ingestor
         try:
-            published = await self.app.ingestor.publish_snapshot(force=force)
+            published = await (ingestor.release() if release else ingestor.publish_snapshot())
         except Exception as exc:
             log.error("snapshot.failed", error=describe_error(exc))
             self.metrics.snapshot(None, time.time())
@@ -468,11 +470,10 @@ class Daemon:
                 await asyncio.wait_for(self._detect_stack.aclose(), timeout=left)
             except Exception as err:
                 log.error("daemon.detect_stop_failed", error_type=type(err).__name__)
-            if self.settings.shard.snapshots_on:  # after the last cycle and delivery
-                try:
-                    await asyncio.wait_for(self._snapshot(force=True), timeout=left)
-                except TimeoutError:
-                    log.error("snapshot.failed", error="shutdown timeout")
+            try:  # after the last cycle and delivery: the snapshot, the marker says stopped
+                await asyncio.wait_for(self._snapshot(release=True), timeout=left)
+            except TimeoutError:
+                log.error("snapshot.failed", error="shutdown timeout")
             await self.app.close()
             log.info("daemon.stopped")
 

@@ -84,27 +84,35 @@ def inventory(cfg: Settings) -> Inventory:
     return for_shard(whole, cfg.shard)
 
 
-async def _shard_cycle(cfg: Settings, snapshot: bool) -> CycleReport:
+# a resize waits this long for an old shard that did not say it stopped (3 ingest intervals)
+QUIET = 900.0
+
+
+async def _shard_cycle(cfg: Settings, release: bool, clock: float) -> CycleReport:
     state = State(cfg.state.path, writer="test")
     try:
-        ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+        ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: clock)
         report = await ing.run(inventory(cfg))
-        if snapshot:
-            await ing.publish_snapshot(force=True)
+        if release:  # as a process stops: the snapshot, and the marker says it stopped
+            await ing.release()
         return report
     finally:
         state.close()
 
 
-def shard_cycle(cfg: Settings, *, snapshot: bool = True) -> CycleReport:
-    return asyncio.run(_shard_cycle(cfg, snapshot))
+def shard_cycle(cfg: Settings, *, release: bool = True, clock: float = NOW) -> CycleReport:
+    """One cycle of one shard's process; ``release=False``: it dies after the cycle."""
+    return asyncio.run(_shard_cycle(cfg, release, clock))
 
 
 def run_layout(
-    tmp_path: Path, count: int, hec_url: str | None = None, **shard: Any
+    tmp_path: Path, count: int, hec_url: str | None = None, clock: float = NOW, **shard: Any
 ) -> list[CycleReport]:
     """One cycle of every shard of ``count`` (one after another: they own disjoint pairs)."""
-    reports = [shard_cycle(settings(tmp_path, i, count, hec_url, **shard)) for i in range(count)]
+    reports = [
+        shard_cycle(settings(tmp_path, i, count, hec_url, **shard), clock=clock)
+        for i in range(count)
+    ]
     for r in reports:
         assert (r.errors, r.quarantined) == (0, 0), r
     return reports
@@ -232,14 +240,19 @@ def test_a_stale_or_missing_snapshot_falls_back_to_reading_the_archive_back(
     # shard 0 runs another cycle without a snapshot after it (a crash, say): its snapshot is
     # stale; shard 1's snapshot is deleted
     planter.plant()
-    assert shard_cycle(settings(tmp_path, 0, 2), snapshot=False).errors == 0
+    assert shard_cycle(settings(tmp_path, 0, 2), release=False).errors == 0
     assert shard_cycle(settings(tmp_path, 1, 2)).errors == 0
     client("s3").delete_object(Bucket="central", Key="_ctagg/snapshots/shard-1-of-2.db.gz")
     assert_exactly_once(planter.all())
 
     planter.plant()
+    # shard 0 never said it stopped: a resize waits out the quiet time (it may still run)
+    before = central_bodies()
+    with pytest.raises(InstallationMismatch, match=r"still running: shard-0-of-2 \(host "):
+        shard_cycle(settings(tmp_path, 0, 3), clock=NOW + QUIET - 1)
+    assert central_bodies() == before  # nothing written: not even the layout record
     capsys.readouterr()
-    reports = run_layout(tmp_path, 3)
+    reports = run_layout(tmp_path, 3, clock=NOW + QUIET)
     err = capsys.readouterr().err
 
     assert logged(err, "resize.snapshot_stale")
@@ -261,7 +274,8 @@ def test_a_process_whose_count_changed_under_it_stops(buckets: None, tmp_path: P
         try:
             ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
             await ing.run(inventory(cfg))
-            await asyncio.to_thread(run_layout, tmp_path, 3)  # the resize, while this runs
+            # the resize, while this runs (silent for the quiet time: a paused process)
+            await asyncio.to_thread(run_layout, tmp_path, 3, None, NOW + QUIET)
             planter.plant()
             before = central_bodies()
             with pytest.raises(InstallationMismatch, match="resized while it ran"):
@@ -271,6 +285,42 @@ def test_a_process_whose_count_changed_under_it_stops(buckets: None, tmp_path: P
             state.close()
 
     asyncio.run(two_cycles())
+
+
+def test_a_resize_back_waits_for_the_new_shards_to_stop(buckets: None, tmp_path: Path) -> None:
+    """A direct change of the count (no scale to zero): a shard of the new count 3 resizes
+    (the old shards said they stopped) and runs on; an old shard restarted with its old count
+    2 refuses to resize back while the new one may run (else the two layouts would take
+    turns), writing nothing; once the new shard stopped, the resize back goes through."""
+    planter = Planter()
+    planter.plant()
+    run_layout(tmp_path, 2)
+    markers = central_bodies(prefix="_ctagg/writer.")
+    assert all(json.loads(m)["stopped_at"] for m in markers.values())  # released
+
+    planter.plant()
+    assert shard_cycle(settings(tmp_path, 2, 3), release=False).errors == 0  # runs on
+    record = json.loads(central_bodies(prefix=INSTALLATION)[INSTALLATION])
+    assert (record["shards"], record["epoch"]) == (3, 2)
+    live = json.loads(central_bodies(prefix=MARKER_2_OF_3)[MARKER_2_OF_3])
+    assert "stopped_at" not in live
+
+    before = central_bodies()
+    with pytest.raises(InstallationMismatch, match=r"still running: shard-2-of-3 \(host "):
+        shard_cycle(settings(tmp_path, 0, 2))
+    assert central_bodies() == before
+
+    shard_cycle(settings(tmp_path, 2, 3))  # its next cycle, then it stops
+    assert json.loads(central_bodies(prefix=MARKER_2_OF_3)[MARKER_2_OF_3])["stopped_at"]
+    planter.plant()
+    run_layout(tmp_path, 2)  # shards 0 and 1 of 3 never ran: no markers to wait for
+    record = json.loads(central_bodies(prefix=INSTALLATION)[INSTALLATION])
+    assert (record["shards"], record["epoch"]) == (2, 3)
+    assert_exactly_once(planter.all())
+
+
+INSTALLATION = "_ctagg/installation.json"
+MARKER_2_OF_3 = "_ctagg/writer.shard-2-of-3.json"
 
 
 def test_the_slot_count_never_changes(buckets: None, tmp_path: Path) -> None:
@@ -349,7 +399,8 @@ def test_sigkill_while_the_snapshot_uploads(
 
     planter.plant()
     capsys.readouterr()
-    run_layout(tmp_path, 3)
+    # killed before it said it stopped: the resize waits out the quiet time
+    run_layout(tmp_path, 3, clock=NOW + (0 if after else QUIET))
     err = capsys.readouterr().err
     assert bool(logged(err, "resize.snapshot_stale")) is (not after)
     assert_exactly_once(planter.all())
@@ -357,14 +408,14 @@ def test_sigkill_while_the_snapshot_uploads(
 
 async def _forward(cfg: Settings) -> int:
     """Drain this shard's forwarder (the daemon's, over the central bucket in moto), then
-    snapshot the state as the daemon's shutdown does (after its lanes stopped); the rows a
+    release the state as the daemon's shutdown does (after its lanes stopped); the rows a
     resize imported as delivered that were left (none once the cursor passed them)."""
     state = State(cfg.state.path)
     try:
         async with central.opened(cfg, Aws(cfg.aws), StsSessions()) as archive:
             await forwarder_for(cfg, state, archive).drain()
         ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
-        await ing.publish_snapshot(force=True)
+        await ing.release()
         return state.count("forward_delivered")
     finally:
         state.close()
