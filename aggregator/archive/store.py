@@ -180,6 +180,9 @@ class Archive:
         self._s3 = s3
         self._connect = connect
         self._connecting = asyncio.Lock()
+        # called right before every PUT and DELETE; raises to refuse it (the ingest cycle's
+        # fence: no central write once this process may have lost its writer marker)
+        self.guard: Callable[[], None] | None = None
 
     async def client(self) -> Any:
         """The S3 client (connecting on first use; concurrent first uses share one connect)."""
@@ -256,6 +259,8 @@ class Archive:
         if metadata:
             extra["Metadata"] = metadata
         s3 = await self.client()
+        if self.guard is not None:
+            self.guard()
         try:
             resp = await s3.put_object(
                 Bucket=self.settings.bucket,
@@ -324,6 +329,8 @@ class Archive:
         if self.settings.conditional_writes and if_match is not None:
             extra["IfMatch"] = if_match
         s3 = await self.client()
+        if self.guard is not None:
+            self.guard()
         try:
             await s3.delete_object(Bucket=self.settings.bucket, Key=key, **extra)
         except Exception as exc:

@@ -69,6 +69,13 @@ def explain(exc: BaseException) -> CliError:
             "run one writer per archive: stop the other one, or give each its own archive.prefix",
             EXIT_LOCKED,
         )
+    if kind == "Fenced":
+        return CliError(
+            str(exc),
+            "what the cycle did not write is handled by the next one (if another process "
+            "took the writer marker over, that one has it)",
+            EXIT_LOCKED,
+        )
     if kind == "InstallationMismatch":
         return CliError(
             str(exc),

@@ -82,8 +82,28 @@ class ShardSettings(Strict):
         description="A resize (a process started with another count than the recorded one) "
         "starts only when every shard of the old layout has stopped (its writer marker says "
         "so: a clean shutdown, the end of `ctagg once`) or has written no marker for this "
-        "long (it crashed). Default: three service.ingest_interval_secs.",
+        "long (it crashed). Default: three service.ingest_interval_secs, and at least twice "
+        "fence_secs.",
     )
+    fence_secs: float = Field(
+        default=60,
+        gt=0,
+        description="Self-fencing: during a cycle a process renews its writer marker every "
+        "third of this (If-Match) and makes no central PUT or DELETE unless its last renewal "
+        "(or claim) started less than this long ago; a process paused or cut off for longer, "
+        "or whose marker another process wrote, ends its cycle with nothing more written.",
+    )
+
+    @field_validator("fence_secs")
+    @classmethod
+    def _quiet_outlasts_the_fence(cls, v: float, info: ValidationInfo) -> float:
+        quiet = info.data.get("resize_quiet_secs")
+        if quiet is not None and quiet < 2 * v:
+            raise ValueError(
+                f"fence_secs {v:g} needs resize_quiet_secs ({quiet:g}) of at least twice it: "
+                "a resize must not take over from a process that may still write"
+            )
+        return v
 
     @property
     def snapshots_on(self) -> bool:

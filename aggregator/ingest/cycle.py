@@ -22,6 +22,7 @@ half: the failed transaction rolled back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,7 @@ from aggregator.ingest.hints import HintIntake
 from aggregator.ingest.listing import Lister
 from aggregator.ingest.lookup import ClientFor, Sleep, lookup_targets
 from aggregator.ingest.resize import Published
-from aggregator.ingest.truth import ReadbackDeferred
+from aggregator.ingest.truth import Fenced, ReadbackDeferred
 from aggregator.ingest.windows import LookupWindows
 from aggregator.ingest.work import Cycle, CycleReport, Gate, Job, session_or_skip
 from aggregator.ingest.writer import CentralWriter
@@ -191,79 +192,95 @@ class Ingestor:
                     reason=error_message(exc),
                 )
                 return self._done(report, started)
-            workers = [
-                asyncio.create_task(self._worker(queue, pool, archive, cycle))
-                for _ in range(cfg.max_concurrency)
-            ]
-            listers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
-            readers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
-
-            async def list_one(src: Source) -> None:
-                async with listers:
-                    if src.reader_account_id in cycle.failed:
-                        return
-                    session = await session_or_skip(
-                        self.sessions, self.state, src.reader_account_id, cycle.failed
-                    )
-                    if session is not None:
-                        s3 = await pool.get(session, "s3")
-                        whole = relist or hints is None or hints.must_list(src)
-                        await self.lister.list_source(src, s3, cycle, enqueue, streams=whole)
-
-            async def lookup_one(account_id: str, region: str) -> None:
-                async with readers:
-                    await self.windows.read_pair(account_id, region, archive, cycle)
-
-            requests = self.windows.collector.requests
+            fence = self.writer.truth.fence
+            archive.guard = fence.check  # no central write once the marker may be lost
+            renewer = asyncio.create_task(self._renew(archive, fence.secs / 3))
             try:
-                async with self.windows.clients():
-                    await asyncio.gather(
-                        *(list_one(s) for s in inventory.sources),
-                        *(
-                            lookup_one(a, r)
-                            for a, r in lookup_targets(inventory, self.settings.integrity.lookup)
-                            if owns(self.settings.shard, a, r)  # explicit targets too
-                        ),
-                    )
-                    await queue.join()  # every queued object handled: the gaps are known now
-                    if cycle.broken is not None:
-                        raise cycle.broken
-                    if hints is not None and not self.stop.is_set():
-                        # after the listing: what it queued is committed, so the hints of it
-                        # are known handled and deleted without a second fetch
-                        await hints.drain(
-                            pool, self.sessions, inventory, cycle, submit, stop=self.stop
+                workers = [
+                    asyncio.create_task(self._worker(queue, pool, archive, cycle))
+                    for _ in range(cfg.max_concurrency)
+                ]
+                listers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
+                readers = asyncio.Semaphore(self.settings.discovery.max_concurrency)
+
+                async def list_one(src: Source) -> None:
+                    async with listers:
+                        if src.reader_account_id in cycle.failed:
+                            return
+                        session = await session_or_skip(
+                            self.sessions, self.state, src.reader_account_id, cycle.failed
                         )
-                        await queue.join()
+                        if session is not None:
+                            s3 = await pool.get(session, "s3")
+                            whole = relist or hints is None or hints.must_list(src)
+                            await self.lister.list_source(src, s3, cycle, enqueue, streams=whole)
+
+                async def lookup_one(account_id: str, region: str) -> None:
+                    async with readers:
+                        await self.windows.read_pair(account_id, region, archive, cycle)
+
+                requests = self.windows.collector.requests
+                try:
+                    async with self.windows.clients():
+                        await asyncio.gather(
+                            *(list_one(s) for s in inventory.sources),
+                            *(
+                                lookup_one(a, r)
+                                for a, r in lookup_targets(
+                                    inventory, self.settings.integrity.lookup
+                                )
+                                if owns(self.settings.shard, a, r)  # explicit targets too
+                            ),
+                        )
+                        await queue.join()  # every queued object handled: the gaps are known now
                         if cycle.broken is not None:
                             raise cycle.broken
-                    await self.windows.fill_gaps(archive, cycle)
+                        if hints is not None and not self.stop.is_set():
+                            # after the listing: what it queued is committed, so the hints of it
+                            # are known handled and deleted without a second fetch
+                            await hints.drain(
+                                pool, self.sessions, inventory, cycle, submit, stop=self.stop
+                            )
+                            await queue.join()
+                            if cycle.broken is not None:
+                                raise cycle.broken
+                        await self.windows.fill_gaps(archive, cycle)
+                finally:
+                    report.lookup_requests = self.windows.collector.requests - requests
+                    for _ in workers:
+                        await queue.put(_DONE)
+                    await asyncio.gather(*workers)
+                if not self.stop.is_set():
+                    await self._settle(archive)
+                report.readback_days = truth.readback_days
+                report.readback_objects = truth.readback_objects
+                report.readback_deferred = truth.deferred
+                report.intents_settled = truth.settled
+                report.behind_archive = truth.behind_archive
+                if truth.deferred:
+                    log.warning(
+                        "ingest.readback_deferred",
+                        objects=truth.deferred,
+                        budget=self.settings.dedupe.readback_max_objects,
+                        reason="objects need more of the archive read back than this cycle's "
+                        "budget (dedupe.readback_max_objects); they are handled in the next cycles",
+                    )
+                if not self.stop.is_set():
+                    self.lister.close_old_prefixes(cycle)
+                    if hints is not None and relist:
+                        hints.relisted()
             finally:
-                report.lookup_requests = self.windows.collector.requests - requests
-                for _ in workers:
-                    await queue.put(_DONE)
-                await asyncio.gather(*workers)
-            if not self.stop.is_set():
-                await self._settle(archive)
-            report.readback_days = truth.readback_days
-            report.readback_objects = truth.readback_objects
-            report.readback_deferred = truth.deferred
-            report.intents_settled = truth.settled
-            report.behind_archive = truth.behind_archive
-            if truth.deferred:
-                log.warning(
-                    "ingest.readback_deferred",
-                    objects=truth.deferred,
-                    budget=self.settings.dedupe.readback_max_objects,
-                    reason="objects need more of the archive read back than this cycle's "
-                    "budget (dedupe.readback_max_objects); they are handled in the next cycles",
-                )
-            if not self.stop.is_set():
-                self.lister.close_old_prefixes(cycle)
-                if hints is not None and relist:
-                    hints.relisted()
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
         report.failed_accounts = len({f.account_id for f in inventory.failures} | cycle.failed)
         return self._done(report, started)
+
+    async def _renew(self, archive: central.Archive, every: float) -> None:
+        """Renew the writer marker every ``every`` seconds while the cycle runs (the fence)."""
+        while True:
+            await asyncio.sleep(every)
+            await self.writer.truth.renew(archive)
 
     def _done(self, report: CycleReport, started: float) -> CycleReport:
         report.stopped = self.stop.is_set()
@@ -389,8 +406,8 @@ class Ingestor:
                 reason=str(exc),
             )
             return "quarantined"
-        except StorageError:
-            raise
+        except (StorageError, Fenced):
+            raise  # the cycle stops (the state failed; the marker may be lost)
         except Exception as exc:
             if is_not_found(exc) and self.state.retry.contains(src.bucket, job.key):
                 cycle.gaps.append((src, job.key))  # filled from LookupEvents after the queue

@@ -335,7 +335,11 @@ class Resizer:
         processes, restarted with their old count, resize back, and the two layouts would
         take turns; with it the new process exits until the old ones are gone."""
         cfg = self.settings
-        quiet = cfg.shard.resize_quiet_secs or 3 * cfg.service.ingest_interval_secs
+        # at least twice the fence: an old process silent this long writes nothing more
+        quiet = max(
+            cfg.shard.resize_quiet_secs or 3 * cfg.service.ingest_interval_secs,
+            2 * cfg.shard.fence_secs,
+        )
         now = self.clock()
         keys = [marker_key_of(cfg.archive.prefix, i, shards) for i in range(shards)]
         docs = await asyncio.gather(*(read_marker(archive, k) for k in keys))
@@ -343,8 +347,9 @@ class Resizer:
         for i, (_, doc) in enumerate(docs):
             if not doc or retired(doc) or doc.get("stopped_at"):
                 continue
+            alive = doc.get("renewed_at") or doc.get("written_at")  # its last sign of life
             try:
-                age = now - datetime.fromisoformat(str(doc.get("written_at"))).timestamp()
+                age = now - datetime.fromisoformat(str(alive)).timestamp()
             except ValueError:
                 continue  # no time to judge by: taken as silent
             if age < quiet:

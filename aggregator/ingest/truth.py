@@ -86,6 +86,40 @@ class ArchiveWriterConflict(Exception):
     """Another state wrote the archive's writer marker during this cycle's start."""
 
 
+class Fenced(Exception):
+    """This process may have lost its writer marker (no renewal within ``shard.fence_secs``,
+    or another process wrote it): its cycle writes nothing more to the central bucket."""
+
+
+class Fence:
+    """The time this process may still write the central bucket for: ``fence_secs`` from the
+    start of its last successful claim or renewal of its writer marker (a monotonic clock,
+    so a paused process sees the whole pause), until a renewal finds the marker lost."""
+
+    def __init__(self, secs: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.secs = secs
+        self.monotonic = monotonic
+        self.confirmed_at: float | None = None
+        self.lost: str | None = None
+
+    def confirm(self, at: float) -> None:
+        self.confirmed_at, self.lost = at, None
+
+    def check(self) -> None:
+        """Raise :class:`Fenced` unless a central write may go out now."""
+        if self.lost is not None:
+            raise Fenced(self.lost)
+        if self.confirmed_at is None:
+            raise Fenced("this process has not claimed its writer marker")
+        age = self.monotonic() - self.confirmed_at
+        if age >= self.secs:
+            raise Fenced(
+                f"the writer marker was last confirmed {age:.1f}s ago (shard.fence_secs "
+                f"{self.secs:g}): this process may have lost it (paused, cut off), so it writes "
+                "nothing more this cycle"
+            )
+
+
 @dataclass
 class TruthReport:
     readback_days: int = 0
@@ -163,6 +197,7 @@ class ArchiveTruth:
         self.held: dict[str, Any] | None = None
         self.claim_error: str | None = None
         self._held_etag: str | None = None
+        self.fence = Fence(settings.shard.fence_secs)
 
     def decode(self, body: bytes) -> Decoded:
         """A central object, decoded as a source object is (the same keys, the same limits)."""
@@ -178,8 +213,10 @@ class ArchiveTruth:
         generation, settle what an earlier cycle left in flight."""
         self.report = TruthReport()
         self._locks.clear()
+        started = self.fence.monotonic()
         try:
             self.held = await self._claim_marker(archive)
+            self.fence.confirm(started)
         except Exception as exc:
             self.claim_error = error_message(exc)
             if isinstance(exc, InstallationMismatch | ArchiveWriterConflict):
@@ -301,6 +338,45 @@ class ArchiveTruth:
             raise
         self._held_etag = stored.etag
         return doc
+
+    async def renew(self, archive: central.Archive) -> None:
+        """During a cycle: confirm this process still holds its writer marker (it names this
+        state at its generation) and rewrite it with ``renewed_at`` (If-Match), the sign of
+        life a resize looks for; then the fence runs from this renewal's start. A marker
+        another process wrote loses the hold (:class:`Fenced` from every later write); a
+        failed request changes nothing (the fence lapses if renewals keep failing)."""
+        if self.held is None:
+            return
+        key = marker_key(self.settings)
+        started = self.fence.monotonic()
+        sid, generation = self.state.meta.identity()
+        try:
+            self.fence.check()  # lapsed: no renewal either, the next cycle start claims anew
+            got, doc = await read_marker(archive, key)
+            if not holds(doc, sid, generation):
+                now = "retired" if retired(doc) else f"generation {(doc or {}).get('generation')}"
+                raise ArchiveWriterConflict(
+                    f"s3://{self.settings.archive.bucket}/{key} no longer names this state "
+                    f"(now: host {(doc or {}).get('host')}, {now})"
+                )
+            new = {
+                **(doc or {}),
+                "renewed_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
+            }
+            stored = await archive.write(key, orjson.dumps(new), if_match=got[1] if got else None)
+        except (ArchiveWriterConflict, central.PreconditionFailed) as exc:
+            why = f"the writer marker was lost: {exc}"
+            self.fence.lost, self.held, self.claim_error = why, None, why
+            log.error("writer.marker_lost", key=key, reason=why)
+            return
+        except Fenced as exc:
+            log.warning("writer.fenced", key=key, reason=str(exc))
+            return
+        except Exception as exc:
+            log.warning("writer.renew_failed", key=key, error=error_message(exc))
+            return
+        self.held, self._held_etag = new, stored.etag
+        self.fence.confirm(started)
 
     async def mark_stopped(self, archive: central.Archive) -> bool:
         """The writer marker this process holds says it stopped writing (``stopped_at``,

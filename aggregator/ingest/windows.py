@@ -32,7 +32,7 @@ from aggregator.ingest.lookup import (
     decode_window,
     window_source_key,
 )
-from aggregator.ingest.truth import ReadbackDeferred
+from aggregator.ingest.truth import Fenced, ReadbackDeferred
 from aggregator.ingest.work import (
     LOOKUP_BUCKET,
     Cycle,
@@ -164,7 +164,7 @@ class LookupWindows:
             cycle.listed.add(src.source_id)
         except ReadbackDeferred:
             return  # the cursor waits: this window is read again next cycle
-        except StorageError:
+        except (StorageError, Fenced):
             raise  # the state itself failed: the cycle stops (cycle.py)
         except Exception as exc:
             report.errors += 1
@@ -205,7 +205,7 @@ class LookupWindows:
                 await self._archive_window(lsrc, window, archive, report, started)
             except ReadbackDeferred:
                 continue  # the file stays missing: filled in a later cycle
-            except StorageError:
+            except (StorageError, Fenced):
                 raise
             except Exception as exc:
                 report.errors += 1

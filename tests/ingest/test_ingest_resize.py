@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ from aggregator.config import Settings, parse_settings
 from aggregator.forward.forwarder import forwarder_for
 from aggregator.ingest.cycle import Ingestor
 from aggregator.ingest.resize import InstallationMismatch, SnapshotConflict
+from aggregator.ingest.truth import Fenced
 from aggregator.ingest.work import CycleReport
 from aggregator.state import State
 from tests.fakes.splunk_hec import FakeSplunkHec
@@ -58,12 +64,17 @@ HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
 
 
 def settings(
-    tmp_path: Path, index: int, count: int, hec_url: str | None = None, **shard: Any
+    tmp_path: Path,
+    index: int,
+    count: int,
+    hec_url: str | None = None,
+    max_concurrency: int = 2,
+    **shard: Any,
 ) -> Settings:
     doc: dict[str, Any] = {
         "state": {"path": str(tmp_path / "state.db")},
         "archive": {"bucket": "central"},
-        "collect": {"max_concurrency": 2, "relist_days": 7},
+        "collect": {"max_concurrency": max_concurrency, "relist_days": 7},
         "aws": {"max_attempts": 2},
         "shard": {"index": index, "count": count, **shard},
     }
@@ -500,3 +511,105 @@ def test_only_the_marker_holder_uploads_the_snapshot(buckets: None, tmp_path: Pa
 
     asyncio.run(old_uploads())
     assert s3.head_object(Bucket="central", Key=key)["Metadata"]["state-id"] == by
+
+
+def _paused_cycle(cfg: Settings, pause_at: int) -> None:
+    """A shard's cycle in a forked child that stops itself (SIGSTOP) when it has fetched its
+    ``pause_at``-th object, before that object's central PUT: a pod frozen mid-cycle."""
+
+    async def go() -> None:
+        fetched = [0]
+
+        async def freeze(job: Any, data: bytes) -> None:
+            fetched[0] += 1
+            if fetched[0] == pause_at:
+                os.kill(os.getpid(), signal.SIGSTOP)
+
+        state = State(cfg.state.path, writer="zombie")
+        try:
+            ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+            ing.fetched = freeze  # type: ignore[method-assign]
+            await ing.run(inventory(cfg))
+        finally:
+            state.close()
+
+    asyncio.run(go())
+
+
+def test_a_paused_former_owner_writes_nothing_after_the_resize(
+    buckets: None, tmp_path: Path
+) -> None:
+    """Zombie: shard 0 of 2 freezes mid-cycle (after two objects archived), silent past the
+    quiet time; three new shards resize and archive everything. Thawed, the old process finds
+    its fence lapsed (no renewal for longer than shard.fence_secs) and ends its cycle with
+    Fenced: the central bucket, listed and decoded, is exactly as the new shards left it, and
+    holds every event once."""
+    planter = Planter()
+    planter.plant()
+    run_layout(tmp_path, 2, fence_secs=1)
+    planter.plant()
+    zombie = settings(tmp_path, 0, 2, max_concurrency=1, fence_secs=1)
+    assert zombie.collect.max_concurrency == 1  # no second PUT in flight when it freezes
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            _paused_cycle(zombie, pause_at=3)
+        except Fenced:
+            code = 17
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    try:
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
+        frozen_at = time.monotonic()
+        during = central_bodies(prefix="AWSLogs/")
+        assert during  # it archived before it froze
+
+        reports = run_layout(tmp_path, 3, clock=NOW + QUIET, fence_secs=1)  # the resize
+        assert sum(r.readback_objects for r in reports) > 0  # its snapshot is stale
+        assert_exactly_once(planter.all())
+        time.sleep(max(0.0, 1.5 - (time.monotonic() - frozen_at)))  # frozen > fence_secs
+        after_resize = central_bodies()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.WIFEXITED(status), status
+    assert os.WEXITSTATUS(status) == 17, status  # Fenced
+    assert central_bodies() == after_resize  # not one PUT or DELETE after the thaw
+    assert_exactly_once(planter.all())
+
+
+def test_a_cycle_longer_than_the_fence_renews_its_marker(buckets: None, tmp_path: Path) -> None:
+    """Every object takes 0.3 s, the fence is 1 s: the cycle (~7 s) renews the writer marker
+    every third of it (renewed_at, the same state and generation) and archives everything."""
+    planter = Planter()
+    planter.plant()
+    cfg = settings(tmp_path, 0, 1, max_concurrency=1, fence_secs=1)
+
+    async def slow_cycle() -> CycleReport:
+        async def slow(job: Any, data: bytes) -> None:
+            await asyncio.sleep(0.3)
+
+        state = State(cfg.state.path, writer="test")
+        try:
+            ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws))
+            ing.fetched = slow  # type: ignore[method-assign]
+            return await ing.run(inventory(cfg))
+        finally:
+            state.close()
+
+    started = time.monotonic()
+    report = asyncio.run(slow_cycle())
+    assert time.monotonic() - started > 3 * cfg.shard.fence_secs
+    assert (report.errors, report.objects) == (0, planter.objects)
+    marker = json.loads(central_bodies(prefix="_ctagg/writer.json")["_ctagg/writer.json"])
+    assert marker["generation"] == 1
+    assert marker["renewed_at"] > marker["written_at"]
+    assert_exactly_once(planter.all())
