@@ -160,7 +160,7 @@ def test_validation_catches_a_broken_manifest() -> None:
 def test_pod_is_locked_down(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
     """Non-root, read-only root filesystem, no privilege escalation, all capabilities dropped,
     RuntimeDefault seccomp, probes on /livez and /readyz, resources set."""
-    _, docs = rendered
+    values, docs = rendered
     (sts,) = by_kind(docs, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -180,7 +180,7 @@ def test_pod_is_locked_down(rendered: tuple[dict[str, Any], list[dict[str, Any]]
     assert {"name": "TMPDIR", "value": "/tmp"} in c["env"]
     run_at = c["args"].index("run")
     assert c["args"][run_at + 1] == "/etc/ctagg/config.yaml"
-    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["replicas"] == values.get("replicas", 1)
 
 
 def test_state_lives_on_a_pvc_unless_disabled(
@@ -211,11 +211,17 @@ def test_rendered_config_is_a_valid_ctagg_config(
     doc = yaml.safe_load(cm["data"]["config.yaml"])
     env = {"CTAGG_EXTERNAL_ID": "planted-external-id", "CTAGG_SPLUNK_TOKEN": "planted-token"}
     settings = parse_settings(doc, env=env)
-    assert settings.state.path == "/var/lib/ctagg/state.db"
+    # on the volume; with shards the file is named after its shard (state.shard-I-of-N.db)
+    assert settings.state.path == (
+        "/var/lib/ctagg/state.db"
+        if settings.shard.count == 1
+        else f"/var/lib/ctagg/state.{settings.shard.label}.db"
+    )
     (sts,) = by_kind(docs, "StatefulSet")
     (port,) = sts["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert settings.service.health_port == port["containerPort"]
     assert settings.service.health_host == "0.0.0.0"
+    assert settings.shard.count == sts["spec"]["replicas"]
 
 
 def test_production_values_wire_irsa_secrets_and_extras() -> None:
@@ -536,3 +542,162 @@ def test_ingest_alert_fires_when_ingest_never_succeeded(tmp_path: Path) -> None:
         [tool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+SHARDED = Path(__file__).parent / "values-sharded.yaml"
+
+
+def _pod(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    (sts,) = by_kind(docs, "StatefulSet")
+    return sts, sts["spec"]["template"]["spec"]
+
+
+def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (cm,) = by_kind(docs, "ConfigMap")
+    doc: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
+    return doc
+
+
+def test_replicas_are_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """replicas: 3 → three pods in parallel, config shard.count 3, each pod's index from its
+    ordinal (the pod-index label, POD_NAME as the fallback), spread over nodes; the rendered
+    config loads in ctagg as shard I of 3 for pod ctagg-...-I, with or without the label."""
+    docs = render(load_values(SHARDED))
+    sts, pod = _pod(docs)
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["serviceName"] in {s["metadata"]["name"] for s in by_kind(docs, "Service")}
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["CTAGG_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+    from aggregator.config import load_settings
+
+    cfg = _config(docs)
+    assert cfg["shard"]["count"] == 3
+    path = Path(__file__).parent / ".rendered-sharded.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    try:
+        name = sts["metadata"]["name"]
+        for env_ in ({"CTAGG_SHARD_INDEX": "2", "POD_NAME": f"{name}-2"},  # k8s >= 1.28
+                     {"CTAGG_SHARD_INDEX": "", "POD_NAME": f"{name}-1"}):  # fmt: skip
+            settings = load_settings(path, env=env_)
+            want = int(env_["POD_NAME"].rsplit("-", 1)[1])
+            assert (settings.shard.ordinal, settings.shard.count) == (want, 3)
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("values", "affinity"),
+    [
+        ({"replicas": 1}, None),  # one pod: nothing to spread
+        ({"replicas": 2}, "preferredDuringSchedulingIgnoredDuringExecution"),
+        ({"replicas": 2, "antiAffinity": "none"}, None),
+        ({"replicas": 2, "affinity": {"nodeAffinity": {}}}, "nodeAffinity"),  # the user's wins
+    ],
+)
+def test_anti_affinity_spreads_shards_unless_told_otherwise(
+    values: dict[str, Any], affinity: str | None
+) -> None:
+    sts, pod = _pod(render({**load_values(MINIMAL), **values}))
+    if affinity is None:
+        assert "affinity" not in pod
+    else:
+        got = pod["affinity"]
+        assert affinity in json.dumps(got)
+        if affinity == "nodeAffinity":
+            assert "podAntiAffinity" not in got
+    assert sts["spec"]["podManagementPolicy"] == (
+        "Parallel" if values["replicas"] > 1 else "OrderedReady"
+    )
+
+
+def test_scaled_to_zero_keeps_the_shard_count() -> None:
+    """replicas: 0 for a resize renders no pod and keeps the config's shard.count; without it
+    the chart refuses (the count of a stopped installation must stay known); a config count
+    that contradicts replicas is refused too."""
+    base = load_values(MINIMAL)
+    kept = {**base, "replicas": 0, "config": {**base["config"], "shard": {"count": 3}}}
+    docs = render(kept)
+    sts, _ = _pod(docs)
+    assert sts["spec"]["replicas"] == 0
+    assert _config(docs)["shard"]["count"] == 3
+    with pytest.raises(helm_python.HelmError, match=r"replicas: 0 .* needs config.shard.count"):
+        render({**base, "replicas": 0})
+    with pytest.raises(helm_python.HelmError, match=r"config.shard.count \(3\) differs"):
+        render({**kept, "replicas": 2})
+    assert _config(render({**kept, "replicas": 3}))["shard"]["count"] == 3  # agrees: fine
+
+
+def test_notes_explain_shards_and_resizing() -> None:
+    chart = helm_python.Chart.load(str(CHART))
+    notes = {
+        n: chart.render(v, name="ctagg", namespace="security", is_install=True)
+        for n, v in (
+            ("one", load_values(MINIMAL)),
+            ("three", load_values(SHARDED)),
+        )
+    }
+    text = {
+        n: next(t for k, t in out.items() if k.endswith("NOTES.txt")) for n, out in notes.items()
+    }
+    assert "3 shards: pod ctagg-cloudtrail-aggregator-I is shard I of 3" in text["three"]
+    assert "scale to 0 first" in text["three"]
+    assert "shards" not in text["one"]
+
+
+def test_shard_alerts_fire_for_a_shard_without_its_slots(tmp_path: Path) -> None:
+    """promtool test rules over the sharded values: shard 1 reporting 0 fires
+    CtaggShardNotHoldingSlots for it and CtaggShardsMissing (2 of 3 hold); all holding fires
+    neither; with one replica there are no shard rules."""
+    import subprocess
+
+    tool = _promtool()
+    rules = _rules_file(tmp_path, load_values(SHARDED))
+    job = 'job="ctagg-cloudtrail-aggregator"'
+    series = [
+        {"series": f'ctagg_shard_holds_slots{{{job}, shard="0"}}', "values": "1+0x60"},
+        {"series": f'ctagg_shard_holds_slots{{{job}, shard="1"}}', "values": "0+0x60"},
+        {"series": f'ctagg_shard_holds_slots{{{job}, shard="2"}}', "values": "1+0x60"},
+    ]
+    healthy = [dict(s, values="1+0x60") for s in series]
+    one = {"alertname": "CtaggShardNotHoldingSlots"}
+    missing = {"alertname": "CtaggShardsMissing"}
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {"interval": "1m", "input_series": series, "alert_rule_test": [
+                {**one, "eval_time": "20m", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "shard": "1"},
+                    "exp_annotations": {
+                        "summary": "Shard 1 does not hold its slots (its /readyz says why)"}}]},
+                {**missing, "eval_time": "20m", "exp_alerts": []},  # for: 30m
+                {**missing, "eval_time": "40m", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical"},
+                    "exp_annotations": {"summary": "Fewer than 3 shards hold their slots: some "
+                                        "(account, region) pairs are not collected"}}]},
+            ]},
+            {"interval": "1m", "input_series": healthy, "alert_rule_test": [
+                {**one, "eval_time": "40m", "exp_alerts": []},
+                {**missing, "eval_time": "40m", "exp_alerts": []},
+            ]},
+        ],
+    }  # fmt: skip
+    spec = tmp_path / "tests.yaml"
+    spec.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [tool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    single = {**load_values(SHARDED), "replicas": 1}
+    (rule,) = by_kind(render(single), "PrometheusRule")
+    assert "CtaggShard" not in json.dumps(rule)

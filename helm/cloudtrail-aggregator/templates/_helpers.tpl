@@ -53,9 +53,48 @@ alert rules select it, from this one definition. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* The installation's shard count: `replicas`, or with `replicas: 0` (scaled to zero for a
+resize) the config's shard.count; a config count that disagrees with replicas > 0 fails. */}}
+{{- define "ctagg.shardCount" -}}
+{{- $replicas := int .Values.replicas -}}
+{{- $shard := default (dict) (default (dict) .Values.config).shard -}}
+{{- $count := 0 -}}
+{{- if hasKey $shard "count" -}}{{- $count = int $shard.count -}}{{- end -}}
+{{- if gt $replicas 0 -}}
+{{- if and (gt $count 0) (ne $count $replicas) -}}
+{{- fail (printf "config.shard.count (%d) differs from replicas (%d): leave config.shard.count out, the chart sets it from replicas" $count $replicas) -}}
+{{- end -}}
+{{- $replicas -}}
+{{- else if gt $count 0 -}}
+{{- $count -}}
+{{- else -}}
+{{- fail "replicas: 0 (scaled to zero, e.g. for a resize) needs config.shard.count: the installation's shard count, which the config must keep while no pod runs" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The ctagg config file: the user's config with the keys the chart owns filled in. */}}
 {{- define "ctagg.config" -}}
-{{- $forced := dict "state" (dict "path" "/var/lib/ctagg/state.db") "service" (dict "health_host" "0.0.0.0" "health_port" (int .Values.service.port)) -}}
+{{- $forced := dict "state" (dict "path" "/var/lib/ctagg/state.db") "service" (dict "health_host" "0.0.0.0" "health_port" (int .Values.service.port)) "shard" (dict "count" (int (include "ctagg.shardCount" .))) -}}
 {{- $cfg := mustMergeOverwrite (deepCopy (default (dict) .Values.config)) $forced -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* The pod anti-affinity of `antiAffinity` (soft: preferred, hard: required, none), used
+when `affinity` is empty and there is more than one replica. */}}
+{{- define "ctagg.affinity" -}}
+{{- if .Values.affinity -}}
+{{- toYaml .Values.affinity -}}
+{{- else if and (gt (int .Values.replicas) 1) (ne .Values.antiAffinity "none") -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (fromYaml (include "ctagg.selectorLabels" .))) -}}
+podAntiAffinity:
+{{- if eq .Values.antiAffinity "hard" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - {{- toYaml $term | nindent 6 }}
+{{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        {{- toYaml $term | nindent 8 }}
+{{- end }}
+{{- end -}}
 {{- end -}}
