@@ -194,7 +194,15 @@ async def shard_owners(settings: Settings, archive: central.Archive) -> dict[str
         if marker is not None:
             owner["writer"] = {
                 k: marker.get(k)
-                for k in ("host", "pid", "generation", "written_at", "stopped_at", "retired")
+                for k in (
+                    "host",
+                    "pid",
+                    "generation",
+                    "written_at",
+                    "renewed_at",
+                    "stopped_at",
+                    "retired",
+                )
             }
         if snap is not None:
             meta = snap[1]
