@@ -87,13 +87,13 @@ class ChildResult:
     exit_code: int | None  # exited on its own (the step was never reached, or it failed)
 
 
-def run_child(fn: Callable[[], Any], step: Step | None = None, timeout: float = 120) -> ChildResult:
-    """Run ``fn`` in a forked child armed with ``step``; wait for it. A child that neither
-    exits nor dies within ``timeout`` is killed and the test fails (nothing may hang)."""
+def fork_child(fn: Callable[[], Any], step: Step | None = None) -> int:
+    """Run ``fn`` in a forked child armed with ``step``; its pid. The child exits 0 when
+    ``fn`` returns, 1 (traceback on stderr) when it raises; it never returns into pytest."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
+    if pid == 0:
         code = 0
         try:
             if step is not None:
@@ -107,6 +107,13 @@ def run_child(fn: Callable[[], Any], step: Step | None = None, timeout: float = 
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+    return pid
+
+
+def run_child(fn: Callable[[], Any], step: Step | None = None, timeout: float = 120) -> ChildResult:
+    """Run ``fn`` in a forked child armed with ``step``; wait for it. A child that neither
+    exits nor dies within ``timeout`` is killed and the test fails (nothing may hang)."""
+    pid = fork_child(fn, step)
     import time
 
     deadline = time.monotonic() + timeout

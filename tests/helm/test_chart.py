@@ -476,6 +476,18 @@ def _rules_file(tmp_path: Path, values: dict[str, Any]) -> Path:
     return path
 
 
+def _promtool_test(tool: str, tmp_path: Path, tests: dict[str, Any]) -> None:
+    """``promtool test rules`` over ``tests`` (a rule unit-test file): every case passes."""
+    import subprocess
+
+    spec = tmp_path / "tests.yaml"
+    spec.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [tool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
     import subprocess
 
@@ -492,7 +504,6 @@ def test_ingest_alert_fires_when_ingest_never_succeeded(tmp_path: Path) -> None:
     """promtool test rules: no success gauge at all (ingest never succeeded) fires
     CtaggIngestNotSucceeding after ingestFailingAfterSecs; an old success fires it too; a
     recent one does not."""
-    import subprocess
 
     tool = _promtool()
     values = {"config": {"archive": {"bucket": "bucket-a"}}, "prometheusRule": {"enabled": True,
@@ -536,12 +547,7 @@ def test_ingest_alert_fires_when_ingest_never_succeeded(tmp_path: Path) -> None:
             },
         ],
     }  # fmt: skip
-    spec = tmp_path / "tests.yaml"
-    spec.write_text(yaml.safe_dump(tests))
-    proc = subprocess.run(
-        [tool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_test(tool, tmp_path, tests)
 
 
 SHARDED = Path(__file__).parent / "values-sharded.yaml"
@@ -658,7 +664,6 @@ def test_shard_alerts_fire_for_a_shard_without_its_slots(tmp_path: Path) -> None
     """promtool test rules over the sharded values: shard 1 reporting 0 fires
     CtaggShardNotHoldingSlots for it and CtaggShardsMissing (2 of 3 hold); all holding fires
     neither; with one replica there are no shard rules."""
-    import subprocess
 
     tool = _promtool()
     rules = _rules_file(tmp_path, load_values(SHARDED))
@@ -692,12 +697,7 @@ def test_shard_alerts_fire_for_a_shard_without_its_slots(tmp_path: Path) -> None
             ]},
         ],
     }  # fmt: skip
-    spec = tmp_path / "tests.yaml"
-    spec.write_text(yaml.safe_dump(tests))
-    proc = subprocess.run(
-        [tool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_test(tool, tmp_path, tests)
     single = {**load_values(SHARDED), "replicas": 1}
     (rule,) = by_kind(render(single), "PrometheusRule")
     assert "CtaggShard" not in json.dumps(rule)

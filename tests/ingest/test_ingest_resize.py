@@ -15,16 +15,14 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 from archivecheck import assert_exactly_once, central_bodies
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
-from crashkit import Step, run_child
+from crashkit import Step, fork_child, run_child
 
 from aggregator.archive import store as central
 from aggregator.aws.clients import Aws
@@ -551,19 +549,14 @@ def test_a_paused_former_owner_writes_nothing_after_the_resize(
     zombie = settings(tmp_path, 0, 2, max_concurrency=1, fence_secs=3)
     assert zombie.collect.max_concurrency == 1  # no second PUT in flight when it freezes
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 0
+    def fenced_zombie() -> None:  # the child exits 0 only when its cycle ended Fenced
         try:
             _paused_cycle(zombie, pause_at=3)
         except Fenced:
-            code = 17
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        os._exit(code)
+            return
+        raise AssertionError("the thawed cycle was not fenced")
+
+    pid = fork_child(fenced_zombie)
     try:
         _, status = os.waitpid(pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status), status
@@ -581,7 +574,7 @@ def test_a_paused_former_owner_writes_nothing_after_the_resize(
     _, status = os.waitpid(pid, 0)
 
     assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 17, status  # Fenced
+    assert os.WEXITSTATUS(status) == 0, status  # Fenced
     assert central_bodies() == after_resize  # not one PUT or DELETE after the thaw
     assert_exactly_once(planter.all())
 

@@ -122,6 +122,18 @@ def gauge(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
+async def until_ready(base: str, secs: float = 30) -> dict[str, Any]:
+    """/readyz's body once it answers 200 (fails with its last answer after ``secs``)."""
+    deadline = time.monotonic() + secs
+    while True:
+        status, body = await get(base + "/readyz")
+        if status == 200:
+            assert isinstance(body, dict)
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)
+
+
 async def started(daemon: Daemon) -> tuple[asyncio.Task[int], str]:
     run = asyncio.create_task(daemon.run(install_signals=False))
     while daemon.server.port == 0:  # noqa: ASYNC110 (the server sets its port when bound)
@@ -158,12 +170,7 @@ async def test_a_shard_is_ready_only_once_it_holds_its_slots(
         assert isinstance(body, dict)
         assert body["checks"]["shard_holds_slots"] == unclaimed
 
-        deadline = time.monotonic() + 30
-        while (await get(base + "/readyz"))[0] != 200:
-            assert time.monotonic() < deadline, await get(base + "/readyz")
-            await asyncio.sleep(0.1)
-        _, body = await get(base + "/readyz")
-        assert isinstance(body, dict)
+        body = await until_ready(base)
         check = body["checks"]["shard_holds_slots"]
         slots = len(owned_slots(shard))
         assert check["ok"] is True
@@ -219,12 +226,7 @@ async def test_one_shard_has_no_shard_check(tmp_path: Path, planted: dict[str, A
     assert "shard_holds_slots" not in daemon.health.ready
     run, base = await started(daemon)
     try:
-        deadline = time.monotonic() + 30
-        while (await get(base + "/readyz"))[0] != 200:
-            assert time.monotonic() < deadline, await get(base + "/readyz")
-            await asyncio.sleep(0.1)
-        _, body = await get(base + "/readyz")
-        assert isinstance(body, dict)
+        body = await until_ready(base)
         assert "shard_holds_slots" not in body["checks"]
         _, text = await get(base + "/metrics")
         assert isinstance(text, str)
