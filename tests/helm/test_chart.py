@@ -706,6 +706,23 @@ def test_scaled_to_zero_keeps_the_shard_count() -> None:
     assert _config(render({**kept, "replicas": 3}))["shard"]["count"] == 3  # agrees: fine
 
 
+@pytest.mark.parametrize("index", [0, 2])
+def test_a_fixed_shard_index_is_refused_with_several_shards(index: int) -> None:
+    """Every pod reads the same ConfigMap: config.shard.index would make each of them that
+    shard (the config's index wins over CTAGG_SHARD_INDEX). Left out or null it is fine, and
+    with one replica index 0 is what the pod is anyway."""
+    values = load_values(SHARDED)
+    with_index = {**values, "config": {**values["config"], "shard": {"index": index}}}
+    with pytest.raises(helm_python.HelmError, match=r"config.shard.index is set: leave it out"):
+        render(with_index)
+    null = {**values, "config": {**values["config"], "shard": {"index": None}}}
+    assert _config(render(null))["shard"]["count"] == 3
+    one = load_values(MINIMAL)
+    assert _config(render({**one, "config": {**one["config"], "shard": {"index": 0}}}))[
+        "shard"
+    ] == {"index": 0, "count": 1}
+
+
 def test_notes_explain_shards_and_resizing() -> None:
     chart = helm_python.Chart.load(str(CHART))
     notes = {
