@@ -437,10 +437,10 @@ async def test_forwarding_starts_while_the_writer_role_is_refused(
 
 
 class SlowFetch(Ingestor):
-    """Holds every object 1.5 s after its GET: the hint heartbeat (visibility 2 s) fires."""
+    """Holds every object 2.5 s after its GET: the hint heartbeat (visibility 2 s) fires."""
 
     async def fetched(self, job: Any, data: bytes) -> None:
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.5)
 
 
 def _s3_event(bucket: str, key: str) -> str:
