@@ -1,7 +1,7 @@
 """Dynamic IAM check: every AWS call the code makes in end-to-end runs against moto (ingest
-cycle, retention with Object Lock, lifecycle retention, doctor) is recorded with the identity
-that made it, mapped to its IAM action(s) and resource, and evaluated against that identity's
-shipped policy document (hub role or member role)."""
+cycle, hint mode over two shards, retention with Object Lock, lifecycle retention, doctor) is
+recorded with the identity that made it, mapped to its IAM action(s) and resource, and
+evaluated against that identity's shipped policy document (hub role or member role)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ SUBST = {
     "TRAIL_BUCKET": TRAIL,
     "ALERT_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:111111111111:ctagg-alerts",
     "DIGEST_KMS_KEY_ARN": "arn:aws:kms:us-east-1:111111111111:key/digest-signing",
+    "HINT_QUEUE_PREFIX": "ctagg-hints-",
 }
 
 
@@ -433,3 +434,101 @@ async def test_forwarding_starts_while_the_writer_role_is_refused(
         state.close()
     finally:
         await hec.stop()
+
+
+class SlowFetch(Ingestor):
+    """Holds every object 2.5 s after its GET: the hint heartbeat (visibility 2 s) fires."""
+
+    async def fetched(self, job: Any, data: bytes) -> None:
+        await asyncio.sleep(2.5)
+
+
+def _s3_event(bucket: str, key: str) -> str:
+    obj = {"key": key, "size": 100}
+    rec = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "awsRegion": "us-east-1"}
+    return json.dumps({"Records": [{**rec, "s3": {"bucket": {"name": bucket}, "object": obj}}]})
+
+
+async def test_hint_mode_queue_calls_are_allowed(
+    tmp_path: Path, org: Inventory, recorder: Recorder
+) -> None:
+    """Hint mode over two shards (one intake queue, `shard_queue_url` per shard): the shard
+    that does not own the pair forwards its hint to the owner's queue (SendMessage) and reads
+    the intake's visibility timeout (GetQueueAttributes); the owner receives it, extends its
+    visibility while the object is in work (ChangeMessageVisibility) and deletes it. Every
+    queue call is one the hub policy allows on queues named HINT_QUEUE_PREFIX*, and the same
+    calls on queues named otherwise are refused."""
+    from aggregator.aws.slots import for_shard, owns
+
+    sqs = client("sqs")
+    intake = sqs.create_queue(QueueName="ctagg-hints-intake")["QueueUrl"]
+    per_shard = [sqs.create_queue(QueueName=f"ctagg-hints-{i}")["QueueUrl"] for i in (0, 1)]
+    template = per_shard[0][: -len("0")] + "{index}"
+
+    def shard_settings(index: int, **notif: Any) -> Settings:
+        return settings(
+            tmp_path,
+            shard={"count": 2, "index": index},
+            collect={
+                "backfill_days": 30,
+                "notifications": {
+                    "queue_url": intake,
+                    "shard_queue_url": template,
+                    "wait_time_secs": 0,
+                    **notif,
+                },
+            },
+        )
+
+    first = shard_settings(0)
+    owner = 0 if owns(first.shard, A1, "us-east-1") else 1
+    cfgs = {
+        owner: shard_settings(owner, visibility_timeout_secs=2),
+        1 - owner: shard_settings(1 - owner),
+    }
+    sessions = RecordingSessions(recorder)
+    runs = {}
+    for index, cfg in cfgs.items():
+        state = MeteredState(cfg.state.path)
+        cls = SlowFetch if index == owner else Ingestor
+        runs[index] = (cls(cfg, state, sessions, Aws(cfg.aws)), for_shard(org, cfg.shard), state)
+    try:
+        for ing, inv, _ in runs.values():
+            await ing.run(inv)  # the first cycles list: the owner archives the 3 objects
+        today = datetime.now(UTC)
+        (src,) = org.sources
+        key = log_key(src.prefix, A1, "us-east-1", today.strftime("%Y%m%dT0050Z"), "HINT")
+        body = log_object([record("hinted", A1, time=today.strftime("%Y-%m-%dT00:50:00Z"))])
+        client("s3", LOG_ARCHIVE).put_object(Bucket=TRAIL, Key=key, Body=body)
+        sqs.send_message(QueueUrl=intake, MessageBody=_s3_event(TRAIL, key))
+
+        ing, inv, _ = runs[1 - owner]
+        report = await ing.run(inv)
+        assert report.hints_forwarded == 1
+        ing, inv, _ = runs[owner]
+        report = await ing.run(inv)
+        assert report.objects == 1
+        assert report.hint_extensions >= 1
+        assert report.hint_messages_deleted == 1
+    finally:
+        for _, _, state in runs.values():
+            state.close()
+
+    queue_calls = [c for c in recorder.calls if c.service == "sqs"]
+    ops = {c.operation for c in queue_calls}
+    assert {
+        "ReceiveMessage",
+        "DeleteMessage",
+        "SendMessage",
+        "GetQueueAttributes",
+        "ChangeMessageVisibility",
+    } <= ops
+    found = violations(recorder)
+    assert found == [], "\n".join(found)
+    # the check covers the queue calls: the same calls on a queue the prefix does not name
+    renamed = Recorder()
+    for c in queue_calls:
+        url = str(c.params["QueueUrl"]).replace("ctagg-hints-", "payroll-")
+        renamed.calls.append(Call(c.service, c.operation, {**c.params, "QueueUrl": url}, "", ""))
+    refused = violations(renamed)
+    assert len(refused) == len(queue_calls), refused

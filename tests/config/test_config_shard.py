@@ -48,10 +48,14 @@ def test_every_bad_shard_value_is_named_with_its_path(tmp_path: Path) -> None:
 
 
 def test_index_from_env_then_pod_ordinal_only_with_several_shards(tmp_path: Path) -> None:
-    """$CTAGG_SHARD_INDEX wins; else POD_NAME/HOSTNAME '-<n>' when count > 1; else 0."""
+    """$CTAGG_SHARD_INDEX wins (unless empty); else POD_NAME/HOSTNAME '-<n>' when count > 1;
+    else 0."""
     three = write(tmp_path, {"count": 3})
     assert load_settings(three, {"CTAGG_SHARD_INDEX": "2", "POD_NAME": "ctagg-1"}).shard.index == 2
     assert load_settings(three, {"POD_NAME": "ctagg-1", "HOSTNAME": "x-2"}).shard.index == 1
+    # the chart's pod-index label is empty before Kubernetes 1.28: POD_NAME decides
+    assert load_settings(three, {"CTAGG_SHARD_INDEX": "", "POD_NAME": "ctagg-2"}).shard.index == 2
+    assert load_settings(three, {"CTAGG_SHARD_INDEX": " ", "POD_NAME": "ctagg-0"}).shard.index == 0
     assert load_settings(three, {"HOSTNAME": "ctagg-cloudtrail-aggregator-2"}).shard.index == 2
     assert load_settings(three, {"HOSTNAME": "laptop"}).shard.ordinal == 0
     one = write(tmp_path, {"count": 1}, "one.yaml")

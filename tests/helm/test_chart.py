@@ -564,7 +564,7 @@ def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-def test_replicas_are_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replicas_are_shards(tmp_path: Path) -> None:
     """replicas: 3 → three pods in parallel, config shard.count 3, each pod's index from its
     ordinal (the pod-index label, POD_NAME as the fallback), spread over nodes; the rendered
     config loads in ctagg as shard I of 3 for pod ctagg-...-I, with or without the label."""
@@ -588,17 +588,32 @@ def test_replicas_are_shards(monkeypatch: pytest.MonkeyPatch) -> None:
 
     cfg = _config(docs)
     assert cfg["shard"]["count"] == 3
-    path = Path(__file__).parent / ".rendered-sharded.yaml"
+    path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    try:
-        name = sts["metadata"]["name"]
-        for env_ in ({"CTAGG_SHARD_INDEX": "2", "POD_NAME": f"{name}-2"},  # k8s >= 1.28
-                     {"CTAGG_SHARD_INDEX": "", "POD_NAME": f"{name}-1"}):  # fmt: skip
-            settings = load_settings(path, env=env_)
-            want = int(env_["POD_NAME"].rsplit("-", 1)[1])
-            assert (settings.shard.ordinal, settings.shard.count) == (want, 3)
-    finally:
-        path.unlink()
+    name = sts["metadata"]["name"]
+    for env_ in ({"CTAGG_SHARD_INDEX": "2", "POD_NAME": f"{name}-2"},  # k8s >= 1.28
+                 {"CTAGG_SHARD_INDEX": "", "POD_NAME": f"{name}-1"},  # older: the label is empty
+                 {"CTAGG_SHARD_INDEX": "", "POD_NAME": f"{name}-0"}):  # fmt: skip
+        settings = load_settings(path, env=env_)
+        want = int(env_["POD_NAME"].rsplit("-", 1)[1])
+        assert (settings.shard.ordinal, settings.shard.count) == (want, 3)
+        assert settings.shard.label == f"shard-{want}-of-3"
+        assert settings.state.path == f"/var/lib/ctagg/state.shard-{want}-of-3.db"  # its PVC
+
+
+def test_the_default_is_one_shard() -> None:
+    """No replicas value: one pod, shard.count 1 (the installation of before), OrderedReady,
+    no anti-affinity, the index variables present anyway, the PDB's maxUnavailable 1."""
+    docs = render(load_values(MINIMAL))
+    sts, pod = _pod(docs)
+    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["podManagementPolicy"] == "OrderedReady"
+    assert "affinity" not in pod
+    assert _config(docs)["shard"] == {"count": 1}
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert {"CTAGG_SHARD_INDEX", "POD_NAME"} <= env
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 @pytest.mark.parametrize(
@@ -613,7 +628,9 @@ def test_replicas_are_shards(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_anti_affinity_spreads_shards_unless_told_otherwise(
     values: dict[str, Any], affinity: str | None
 ) -> None:
-    sts, pod = _pod(render({**load_values(MINIMAL), **values}))
+    docs = render({**load_values(MINIMAL), **values})
+    sts, pod = _pod(docs)
+    kubernetes_validate.validate(sts, K8S, strict=True)
     if affinity is None:
         assert "affinity" not in pod
     else:
@@ -626,6 +643,55 @@ def test_anti_affinity_spreads_shards_unless_told_otherwise(
     )
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_anti_affinity_terms_select_the_shards_by_node(mode: str) -> None:
+    """soft (the default): preferred, weight 100; hard: required. Both over
+    kubernetes.io/hostname with exactly the StatefulSet's selector labels (so they match this
+    release's pods and no other's)."""
+    values = {**load_values(MINIMAL), "replicas": 3}
+    if mode == "hard":
+        values["antiAffinity"] = "hard"
+    sts, pod = _pod(render(values))
+    anti = pod["affinity"]["podAntiAffinity"]
+    assert list(anti) == [
+        "preferredDuringSchedulingIgnoredDuringExecution"
+        if mode == "soft"
+        else "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    (term,) = next(iter(anti.values()))
+    if mode == "soft":
+        assert term["weight"] == 100
+        term = term["podAffinityTerm"]
+    assert term == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": sts["spec"]["selector"]["matchLabels"]},
+    }
+    assert sts["spec"]["selector"]["matchLabels"].items() <= (
+        sts["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+@pytest.mark.parametrize(
+    ("pdb", "want"),
+    [
+        ({}, 1),  # the default: one shard down at a time
+        ({"maxUnavailable": 0}, 0),  # the user's explicit setting wins
+        ({"maxUnavailable": 2}, 2),
+        ({"enabled": False}, None),
+    ],
+)
+def test_the_disruption_budget_is_the_users_when_set(pdb: dict[str, Any], want: int | None) -> None:
+    values = load_values(SHARDED)
+    values["podDisruptionBudget"] = {**load_values(MINIMAL).get("podDisruptionBudget", {}), **pdb}
+    budgets = by_kind(render(values), "PodDisruptionBudget")
+    if want is None:
+        assert budgets == []
+        return
+    (got,) = budgets
+    kubernetes_validate.validate(got, K8S, strict=True)
+    assert got["spec"]["maxUnavailable"] == want
+
+
 def test_scaled_to_zero_keeps_the_shard_count() -> None:
     """replicas: 0 for a resize renders no pod and keeps the config's shard.count; without it
     the chart refuses (the count of a stopped installation must stay known); a config count
@@ -634,6 +700,9 @@ def test_scaled_to_zero_keeps_the_shard_count() -> None:
     kept = {**base, "replicas": 0, "config": {**base["config"], "shard": {"count": 3}}}
     docs = render(kept)
     sts, _ = _pod(docs)
+    for doc in docs:
+        if doc["kind"] not in ("ServiceMonitor", "PrometheusRule"):
+            kubernetes_validate.validate(doc, K8S, strict=True)
     assert sts["spec"]["replicas"] == 0
     assert _config(docs)["shard"]["count"] == 3
     with pytest.raises(helm_python.HelmError, match=r"replicas: 0 .* needs config.shard.count"):
@@ -643,6 +712,23 @@ def test_scaled_to_zero_keeps_the_shard_count() -> None:
     assert _config(render({**kept, "replicas": 3}))["shard"]["count"] == 3  # agrees: fine
 
 
+@pytest.mark.parametrize("index", [0, 2])
+def test_a_fixed_shard_index_is_refused_with_several_shards(index: int) -> None:
+    """Every pod reads the same ConfigMap: config.shard.index would make each of them that
+    shard (the config's index wins over CTAGG_SHARD_INDEX). Left out or null it is fine, and
+    with one replica index 0 is what the pod is anyway."""
+    values = load_values(SHARDED)
+    with_index = {**values, "config": {**values["config"], "shard": {"index": index}}}
+    with pytest.raises(helm_python.HelmError, match=r"config.shard.index is set: leave it out"):
+        render(with_index)
+    null = {**values, "config": {**values["config"], "shard": {"index": None}}}
+    assert _config(render(null))["shard"]["count"] == 3
+    one = load_values(MINIMAL)
+    assert _config(render({**one, "config": {**one["config"], "shard": {"index": 0}}}))[
+        "shard"
+    ] == {"index": 0, "count": 1}
+
+
 def test_notes_explain_shards_and_resizing() -> None:
     chart = helm_python.Chart.load(str(CHART))
     notes = {
@@ -650,14 +736,24 @@ def test_notes_explain_shards_and_resizing() -> None:
         for n, v in (
             ("one", load_values(MINIMAL)),
             ("three", load_values(SHARDED)),
+            ("zero", {**load_values(SHARDED), "replicas": 0, "config": {
+                **load_values(SHARDED)["config"], "shard": {"count": 3}}}),
         )
-    }
+    }  # fmt: skip
     text = {
         n: next(t for k, t in out.items() if k.endswith("NOTES.txt")) for n, out in notes.items()
     }
     assert "3 shards: pod ctagg-cloudtrail-aggregator-I is shard I of 3" in text["three"]
     assert "scale to 0 first" in text["three"]
+    assert "docs/operations.md#resizing-offline" in text["three"]
+    # what a direct upgrade of replicas does, and how to finish it
+    assert "An upgrade that changed\nreplicas directly does not finish" in text["three"]
+    assert "then scale to 3." in text["three"]
+    assert "Scaled to zero (shard count 3): no pod runs" in text["zero"]
+    assert "without config.shard.count" in text["zero"]
+    assert "3 shards:" not in text["zero"]
     assert "shards" not in text["one"]
+    assert "namespace security.\n\nHealth and metrics" in text["one"]
 
 
 def test_shard_alerts_fire_for_a_shard_without_its_slots(tmp_path: Path) -> None:

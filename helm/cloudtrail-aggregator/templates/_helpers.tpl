@@ -72,8 +72,13 @@ resize) the config's shard.count; a config count that disagrees with replicas > 
 {{- end -}}
 {{- end -}}
 
-{{/* The ctagg config file: the user's config with the keys the chart owns filled in. */}}
+{{/* The ctagg config file: the user's config with the keys the chart owns filled in. A fixed
+shard.index with several shards would make every pod the same shard: refused. */}}
 {{- define "ctagg.config" -}}
+{{- $shard := default (dict) (default (dict) .Values.config).shard -}}
+{{- if and (hasKey $shard "index") (not (kindIs "invalid" (index $shard "index"))) (gt (int (include "ctagg.shardCount" .)) 1) -}}
+{{- fail "config.shard.index is set: leave it out, each pod's shard index is its StatefulSet ordinal (CTAGG_SHARD_INDEX / POD_NAME); a fixed index would make every pod the same shard" -}}
+{{- end -}}
 {{- $forced := dict "state" (dict "path" "/var/lib/ctagg/state.db") "service" (dict "health_host" "0.0.0.0" "health_port" (int .Values.service.port)) "shard" (dict "count" (int (include "ctagg.shardCount" .))) -}}
 {{- $cfg := mustMergeOverwrite (deepCopy (default (dict) .Values.config)) $forced -}}
 {{- toYaml $cfg -}}
