@@ -237,7 +237,7 @@ class Resizer:
         self.settings = settings
         self.state = state
         self.clock = clock
-        self.started = False  # this process checked the layout once (a resize happens then)
+        self.started = False  # a layout check succeeded once (a resize happens before that)
         self.layout: Layout | None = None  # the record as the last check found it
         self._last_snapshot = 0.0
 
@@ -256,8 +256,13 @@ class Resizer:
         recorded one (recording it, or resizing at a process's first check), and that this
         state belongs to it (importing the old shards' snapshots when it is new to it).
         One shard whose marker is its own asks nothing: its requests are those of an
-        installation that was never sharded."""
-        first, self.started = not self.started, True
+        installation that was never sharded. Until a check succeeds every check is the
+        process's first: a resize refused (an old shard still runs) or cut short is tried
+        again at the next cycle start."""
+        await self._check(archive, marker_is_ours=marker_is_ours, first=not self.started)
+        self.started = True
+
+    async def _check(self, archive: central.Archive, *, marker_is_ours: bool, first: bool) -> None:
         shard = self.settings.shard
         if shard.count <= 1 and marker_is_ours:
             return

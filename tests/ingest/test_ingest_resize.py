@@ -328,6 +328,39 @@ def test_a_resize_back_waits_for_the_new_shards_to_stop(buckets: None, tmp_path:
     assert_exactly_once(planter.all())
 
 
+def test_a_refused_resize_is_tried_again_once_the_old_shards_stop(
+    buckets: None, tmp_path: Path
+) -> None:
+    """A one-shard daemon started while shard 1 of 2 still runs (a direct change of the
+    count): its cycles are refused ("still running"), not taken for a resize that happened
+    under it; once the old shard stopped, its next cycle resizes 2 -> 1 and archives the
+    rest, every event once (the bug: every later cycle said "resized while it ran")."""
+    planter = Planter()
+    planter.plant()
+    run_layout(tmp_path, 2)
+    planter.plant()
+    assert shard_cycle(settings(tmp_path, 1, 2), release=False).errors == 0  # runs on
+
+    async def one_daemon() -> None:
+        cfg = settings(tmp_path, 0, 1)
+        state = State(cfg.state.path, writer="test")
+        try:
+            ing = Ingestor(cfg, state, StsSessions(), Aws(cfg.aws), clock=lambda: NOW)
+            for _ in range(2):
+                with pytest.raises(InstallationMismatch, match="still running: shard-1-of-2"):
+                    await ing.run(inventory(cfg))
+            await asyncio.to_thread(shard_cycle, settings(tmp_path, 1, 2))  # it stops
+            report = await ing.run(inventory(cfg))
+            assert report.errors == 0
+        finally:
+            state.close()
+
+    asyncio.run(one_daemon())
+    record = json.loads(central_bodies(prefix=INSTALLATION)[INSTALLATION])
+    assert (record["shards"], record["epoch"]) == (1, 2)
+    assert_exactly_once(planter.all())
+
+
 INSTALLATION = "_ctagg/installation.json"
 MARKER_2_OF_3 = "_ctagg/writer.shard-2-of-3.json"
 
