@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aggregator.archive import store as central
@@ -108,14 +108,19 @@ class Ingestor:
 
     # ------------------------------------------------------------------ cycle
 
+    @contextlib.asynccontextmanager
+    async def _central(self) -> AsyncIterator[tuple[ClientPool, central.Archive]]:
+        """A client pool and the central archive through it, as the archive's writer role."""
+        async with ClientPool(self.aws) as pool:
+            writer_session = await central.archive_session(self.settings, self.sessions)
+            yield pool, central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+
     async def check_installation(self) -> None:
         """Raise ``InstallationMismatch`` when the config's shard and slot counts do not fit the
         ones recorded in the central bucket (recording them when none are, resizing when this
         is the process's first check): what every cycle checks first, for a daemon to refuse
         to start, or to take over its pairs before it serves."""
-        async with ClientPool(self.aws) as pool:
-            writer_session = await central.archive_session(self.settings, self.sessions)
-            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+        async with self._central() as (_, archive):
             await self.writer.truth.check_installation(archive)
 
     async def publish_snapshot(self, *, force: bool = False) -> Published | None:
@@ -125,9 +130,7 @@ class Ingestor:
         resizer = self.writer.truth.resizer
         if not (self.settings.shard.snapshots_on and (force or resizer.snapshot_due())):
             return None
-        async with ClientPool(self.aws) as pool:
-            writer_session = await central.archive_session(self.settings, self.sessions)
-            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+        async with self._central() as (_, archive):
             return await resizer.publish(archive)
 
     async def release(self) -> Published | None:
@@ -138,9 +141,7 @@ class Ingestor:
         truth = self.writer.truth
         if not self.settings.shard.snapshots_on and truth.held is None:
             return None  # nothing to upload, no marker of this process's to mark
-        async with ClientPool(self.aws) as pool:
-            writer_session = await central.archive_session(self.settings, self.sessions)
-            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+        async with self._central() as (_, archive):
             try:
                 if self.settings.shard.snapshots_on:
                     return await truth.resizer.publish(archive)
@@ -175,9 +176,7 @@ class Ingestor:
             await queue.put(job)
             return True
 
-        async with ClientPool(self.aws) as pool:
-            writer_session = await central.archive_session(self.settings, self.sessions)
-            archive = central.Archive(self.settings.archive, await pool.get(writer_session, "s3"))
+        async with self._central() as (pool, archive):
             try:
                 truth = await self.writer.begin(archive)
             except Exception as exc:

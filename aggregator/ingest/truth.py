@@ -196,7 +196,6 @@ class ArchiveTruth:
         # failed (a transient fault keeps the hold: nobody else is known to have it)
         self.held: dict[str, Any] | None = None
         self.claim_error: str | None = None
-        self._held_etag: str | None = None
         self.fence = Fence(settings.shard.fence_secs)
 
     def decode(self, body: bytes) -> Decoded:
@@ -320,12 +319,11 @@ class ArchiveTruth:
         }
         body = orjson.dumps(doc)
         try:
-            stored = await archive.write(key, body, if_absent=got is None, if_match=got and got[1])
+            await archive.write(key, body, if_absent=got is None, if_match=got and got[1])
         except central.PreconditionFailed as exc:
             again = await archive.fetch(key)
             other = orjson.loads(again[0]) if again else {}
             if other.get("state_id") == sid and other.get("generation") == generation + 1:
-                self._held_etag = again[1] if again else None
                 return doc  # our own write, retried after S3 had taken it
             meta.set(generation=generation)
             raise ArchiveWriterConflict(
@@ -336,34 +334,38 @@ class ArchiveTruth:
         except BaseException:
             meta.set(generation=generation)  # the marker still says the old one
             raise
-        self._held_etag = stored.etag
         return doc
 
+    async def _stamp(self, archive: central.Archive, field: str) -> dict[str, Any]:
+        """Rewrite the writer marker this state holds with ``field`` set to now (If-Match on
+        what was read); what it wrote. Raises :class:`ArchiveWriterConflict` when the marker
+        no longer names this state at its generation, ``PreconditionFailed`` when another
+        process wrote it in between."""
+        key = marker_key(self.settings)
+        sid, generation = self.state.meta.identity()
+        got, doc = await read_marker(archive, key)
+        if not holds(doc, sid, generation):
+            now = "retired" if retired(doc) else f"generation {(doc or {}).get('generation')}"
+            raise ArchiveWriterConflict(
+                f"s3://{self.settings.archive.bucket}/{key} no longer names this state "
+                f"(now: host {(doc or {}).get('host')}, {now})"
+            )
+        new = {**(doc or {}), field: datetime.fromtimestamp(self.clock(), UTC).isoformat()}
+        await archive.write(key, orjson.dumps(new), if_match=got[1] if got else None)
+        return new
+
     async def renew(self, archive: central.Archive) -> None:
-        """During a cycle: confirm this process still holds its writer marker (it names this
-        state at its generation) and rewrite it with ``renewed_at`` (If-Match), the sign of
-        life a resize looks for; then the fence runs from this renewal's start. A marker
-        another process wrote loses the hold (:class:`Fenced` from every later write); a
-        failed request changes nothing (the fence lapses if renewals keep failing)."""
+        """During a cycle: confirm this process still holds its writer marker and rewrite it
+        with ``renewed_at``, the sign of life a resize looks for; then the fence runs from
+        this renewal's start. A marker another process wrote loses the hold
+        (:class:`Fenced` from every later write); a failed request changes nothing (the fence
+        lapses if renewals keep failing)."""
         if self.held is None:
             return
-        key = marker_key(self.settings)
-        started = self.fence.monotonic()
-        sid, generation = self.state.meta.identity()
+        key, started = marker_key(self.settings), self.fence.monotonic()
         try:
             self.fence.check()  # lapsed: no renewal either, the next cycle start claims anew
-            got, doc = await read_marker(archive, key)
-            if not holds(doc, sid, generation):
-                now = "retired" if retired(doc) else f"generation {(doc or {}).get('generation')}"
-                raise ArchiveWriterConflict(
-                    f"s3://{self.settings.archive.bucket}/{key} no longer names this state "
-                    f"(now: host {(doc or {}).get('host')}, {now})"
-                )
-            new = {
-                **(doc or {}),
-                "renewed_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
-            }
-            stored = await archive.write(key, orjson.dumps(new), if_match=got[1] if got else None)
+            self.held = await self._stamp(archive, "renewed_at")
         except (ArchiveWriterConflict, central.PreconditionFailed) as exc:
             why = f"the writer marker was lost: {exc}"
             self.fence.lost, self.held, self.claim_error = why, None, why
@@ -375,30 +377,26 @@ class ArchiveTruth:
         except Exception as exc:
             log.warning("writer.renew_failed", key=key, error=error_message(exc))
             return
-        self.held, self._held_etag = new, stored.etag
         self.fence.confirm(started)
 
     async def mark_stopped(self, archive: central.Archive) -> bool:
-        """The writer marker this process holds says it stopped writing (``stopped_at``,
-        If-Match on what it wrote): a resize waits for every old shard to have stopped, or to
-        have been silent for ``shard.resize_quiet_secs``. The next cycle start's claim clears
-        it. False (logged) when it holds no marker, another process wrote it since, or S3
-        refused: a resize then waits out the quiet time."""
+        """The writer marker this process holds says it stopped writing (``stopped_at``): a
+        resize waits for every old shard to have stopped, or to have been silent for
+        ``shard.resize_quiet_secs``. The next cycle start's claim clears it. False (logged)
+        when it holds no marker, another process wrote it since, or S3 refused: a resize then
+        waits out the quiet time."""
         if self.held is None:
             return False
-        key = marker_key(self.settings)
-        doc = {**self.held, "stopped_at": datetime.fromtimestamp(self.clock(), UTC).isoformat()}
         try:
-            stored = await archive.write(key, orjson.dumps(doc), if_match=self._held_etag)
+            self.held = await self._stamp(archive, "stopped_at")
         except Exception as exc:
             log.warning(
                 "writer.stop_not_marked",
-                key=key,
+                key=marker_key(self.settings),
                 error=error_message(exc),
                 reason="a resize waits shard.resize_quiet_secs for this shard",
             )
             return False
-        self.held, self._held_etag = doc, stored.etag
         return True
 
     async def _archive_has_objects(self, archive: central.Archive) -> bool:

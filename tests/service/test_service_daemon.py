@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, AccountFailure, Inventory
+from aggregator.aws.slots import for_shard
 from aggregator.config import Settings, parse_settings
 from aggregator.ingest.cycle import Ingestor
 from aggregator.service.daemon import Daemon, MeteredState
@@ -26,13 +27,21 @@ TODAY = time.strftime("%Y%m%d", time.gmtime())
 
 
 class PipelineApp:
-    """The real ingest path with a fixed inventory (discovery is another room's work)."""
+    """The real ingest path with a fixed inventory (discovery is another room's work),
+    filtered to the config's shard as ``App.refresh_discovery`` does; ``broker``: the STS
+    sessions (default: A2's role cannot be assumed)."""
 
-    def __init__(self, settings: Settings, inventory: Inventory, discovery_delay: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        inventory: Inventory,
+        discovery_delay: float,
+        broker: StsSessions | None = None,
+    ) -> None:
         self.settings = settings
         self.state = MeteredState(settings.state.path)
         self.aws = Aws(settings.aws)
-        self.broker = StsSessions(deny={A2})
+        self.broker = StsSessions(deny={A2}) if broker is None else broker
         self.ingestor = Ingestor(settings, self.state, self.broker, self.aws)
         self.inventory: Inventory | None = None
         self._inventory = inventory
@@ -41,8 +50,8 @@ class PipelineApp:
 
     async def refresh_discovery(self) -> Inventory:
         await asyncio.sleep(self._delay)
-        self.inventory = self._inventory
-        return self._inventory
+        self.inventory = for_shard(self._inventory, self.settings.shard)
+        return self.inventory
 
     async def run_once(self) -> Any:
         assert self.inventory is not None

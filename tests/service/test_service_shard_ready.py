@@ -16,49 +16,17 @@ import aiohttp
 import pytest
 from archivecheck import assert_exactly_once, central_bodies
 from awsfixtures import StsSessions, client, log_key, log_object, make_source, record
-from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.aws.clients import Aws
 from aggregator.aws.inventory import Account, Inventory
-from aggregator.aws.slots import for_shard, owned_slots, owns
+from aggregator.aws.slots import owned_slots, owns
 from aggregator.config import Settings, ShardSettings, parse_settings
-from aggregator.ingest.cycle import Ingestor
 from aggregator.ingest.resize import InstallationMismatch
-from aggregator.service.daemon import Daemon, MeteredState
+from aggregator.service.daemon import Daemon
+from tests.service.test_service_daemon import PipelineApp, series
 
 ACCOUNTS = ["111111111111", "333333333333", "444444444444"]
 REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
 TODAY = time.strftime("%Y%m%d", time.gmtime())
-
-
-class ShardApp:
-    """The real ingest path of one shard with a fixed inventory, filtered to the shard as
-    ``App.refresh_discovery`` does; discovery takes ``delay`` seconds."""
-
-    def __init__(self, settings: Settings, inventory: Inventory, delay: float) -> None:
-        self.settings = settings
-        self.state = MeteredState(settings.state.path)
-        self.aws = Aws(settings.aws)
-        self.broker = StsSessions()
-        self.ingestor = Ingestor(settings, self.state, self.broker, self.aws)
-        self.inventory: Inventory | None = None
-        self._inventory = inventory
-        self._delay = delay
-
-    async def refresh_discovery(self) -> Inventory:
-        await asyncio.sleep(self._delay)
-        self.inventory = for_shard(self._inventory, self.settings.shard)
-        return self.inventory
-
-    async def run_once(self) -> Any:
-        assert self.inventory is not None
-        return await self.ingestor.run(self.inventory)
-
-    def request_stop(self) -> None:
-        self.ingestor.stop.set()
-
-    async def close(self) -> None:
-        self.state.close()
 
 
 @pytest.fixture
@@ -113,15 +81,6 @@ async def get(url: str) -> tuple[int, dict[str, Any] | str]:
         return r.status, json.loads(text) if "json" in ctype else text
 
 
-def gauge(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name
-    }
-
-
 async def until_ready(base: str, secs: float = 30) -> dict[str, Any]:
     """/readyz's body once it answers 200 (fails with its last answer after ``secs``)."""
     deadline = time.monotonic() + secs
@@ -152,7 +111,7 @@ async def test_a_shard_is_ready_only_once_it_holds_its_slots(
     mine = [(a, r) for a in ACCOUNTS for r in REGIONS if owns(shard, a, r)]
     assert 0 < len(mine) < len(ACCOUNTS) * len(REGIONS)  # a real split
     cfg = settings(tmp_path, {"count": 2, "index": 1})
-    app = ShardApp(cfg, planted["inventory"], delay=1.0)
+    app = PipelineApp(cfg, planted["inventory"], 1.0, StsSessions())
     daemon = Daemon(app)
 
     ok, report = daemon.health.readiness()
@@ -184,10 +143,10 @@ async def test_a_shard_is_ready_only_once_it_holds_its_slots(
 
         _, text = await get(base + "/metrics")
         assert isinstance(text, str)
-        assert gauge(text, "ctagg_shard_slots") == {(("shard", "1"),): slots}
-        assert gauge(text, "ctagg_shard_pairs") == {(("shard", "1"),): len(mine)}
-        assert gauge(text, "ctagg_shard_info") == {(("count", "2"), ("shard", "1")): 1}
-        assert gauge(text, "ctagg_shard_holds_slots") == {(("shard", "1"),): 1}
+        assert series(text, "ctagg_shard_slots") == {(("shard", "1"),): slots}
+        assert series(text, "ctagg_shard_pairs") == {(("shard", "1"),): len(mine)}
+        assert series(text, "ctagg_shard_info") == {(("count", "2"), ("shard", "1")): 1}
+        assert series(text, "ctagg_shard_holds_slots") == {(("shard", "1"),): 1}
         assert_exactly_once([e for e in planted["events"] if (e["recipientAccountId"],
                              e["awsRegion"]) in mine])  # fmt: skip
 
@@ -212,7 +171,7 @@ async def test_a_shard_is_ready_only_once_it_holds_its_slots(
         )
         _, text = await get(base + "/metrics")
         assert isinstance(text, str)
-        assert gauge(text, "ctagg_shard_holds_slots") == {(("shard", "1"),): 0}
+        assert series(text, "ctagg_shard_holds_slots") == {(("shard", "1"),): 0}
     finally:
         daemon.scheduler.request_stop("test")
         assert await asyncio.wait_for(run, timeout=15) == 0
@@ -221,7 +180,7 @@ async def test_a_shard_is_ready_only_once_it_holds_its_slots(
 async def test_one_shard_has_no_shard_check(tmp_path: Path, planted: dict[str, Any]) -> None:
     """count 1: /readyz has no shard_holds_slots check and turns ready after the first cycle as
     before; ctagg_shard_slots counts all 256 slots and ctagg_shard_pairs every pair."""
-    app = ShardApp(settings(tmp_path, None), planted["inventory"], delay=0.0)
+    app = PipelineApp(settings(tmp_path, None), planted["inventory"], 0.0, StsSessions())
     daemon = Daemon(app)
     assert "shard_holds_slots" not in daemon.health.ready
     run, base = await started(daemon)
@@ -230,9 +189,9 @@ async def test_one_shard_has_no_shard_check(tmp_path: Path, planted: dict[str, A
         assert "shard_holds_slots" not in body["checks"]
         _, text = await get(base + "/metrics")
         assert isinstance(text, str)
-        assert gauge(text, "ctagg_shard_slots") == {(("shard", "0"),): 256}
-        assert gauge(text, "ctagg_shard_pairs") == {(("shard", "0"),): 9}
-        assert gauge(text, "ctagg_shard_holds_slots") == {(("shard", "0"),): 1}
+        assert series(text, "ctagg_shard_slots") == {(("shard", "0"),): 256}
+        assert series(text, "ctagg_shard_pairs") == {(("shard", "0"),): 9}
+        assert series(text, "ctagg_shard_holds_slots") == {(("shard", "0"),): 1}
         assert set(central_bodies(prefix="_ctagg/")) == {"_ctagg/writer.json"}
         assert_exactly_once(planted["events"])
     finally:
